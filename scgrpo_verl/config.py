@@ -1,0 +1,224 @@
+"""Validated configuration of the plugin (one source of truth for defaults).
+
+The YAML section ``self_teacher`` (``configs/self_teacher_defaults.yaml``) mirrors
+:class:`SelfTeacherConfig` field by field; a test keeps the two equal. verl sees the section
+in two places, both interpolated from the one top-level section:
+
+- ``actor_rollout_ref.actor.policy_loss`` becomes :class:`SelfTeacherPolicyLossConfig` (its
+  ``_target_``), so verl's own ``validate_config`` builds and checks it at start-up, and the
+  actor's loss reads ``config.policy_loss.self_teacher``;
+- ``algorithm.self_teacher`` reaches the ``sc_grpo`` advantage estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from scgrpo_verl.algos.divergence import DIVERGENCE_KINDS
+
+PLUGIN_LOSS_MODES = ("sc_grpo", "sdpo", "sdpg")
+TEACHER_WEIGHTS = ("live", "frozen", "ema", "trust_region")
+SDPO_DISTILLATION_MODES = ("full", "topk", "sampled_token")
+REFERENCE_KL_TYPES = ("urkl", "ufkl")
+SIBLING_CHOICES = ("uniform", "first")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"self_teacher.{key}: {message}")
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+@dataclass(frozen=True)
+class SCGRPOConfig:
+    """SC-GRPO options (ALGORITHMS.md section 1)."""
+
+    c_min: float = 1e-4  # floor of c in f(D) = D / (D + c)
+    quantile: float = 0.75  # c = max(P75 of active-token D in the micro-batch, c_min)
+    renormalize: bool = False  # rescale weights to mean 1 (changes the effective learning rate)
+    solve_none_alpha: float = 0.1  # pseudo-advantage scale for groups with n_c = 0
+    epsilon: float = 1e-6  # std floor of the solve-none z-score
+    seed: int = 0  # seeds the uniform draws of references and verified siblings
+
+    def __post_init__(self):
+        _require(self.c_min > 0, "sc_grpo.c_min", f"must be > 0, got {self.c_min}")
+        _require(0.0 < self.quantile < 1.0, "sc_grpo.quantile", f"must be in (0, 1), got {self.quantile}")
+        _require(self.solve_none_alpha >= 0, "sc_grpo.solve_none_alpha", f"must be >= 0, got {self.solve_none_alpha}")
+        _require(self.epsilon > 0, "sc_grpo.epsilon", f"must be > 0, got {self.epsilon}")
+
+
+@dataclass(frozen=True)
+class SDPOConfig:
+    """SDPO options (ALGORITHMS.md section 2; defaults of the reference code)."""
+
+    distillation: str = "topk"  # full | topk | sampled_token
+    topk: int = 100  # student's top-k ids
+    add_tail: bool = True  # tail bucket log(1 - sum top-k p); False renormalises over the top-k
+    alpha: float = 0.5  # 0 forward KL(q||p), 1 reverse KL(p||q), else generalized JSD
+    is_clip: Optional[float] = 2.0  # sg(min(pi/pi_old, is_clip)); null disables
+    pg_coef: float = 0.0  # lambda in lambda * PG + (1 - lambda) * distillation (reference code: 0)
+
+    def __post_init__(self):
+        _require(
+            self.distillation in SDPO_DISTILLATION_MODES,
+            "sdpo.distillation",
+            f"must be one of {SDPO_DISTILLATION_MODES}, got {self.distillation!r}",
+        )
+        _require(self.topk >= 1, "sdpo.topk", f"must be >= 1, got {self.topk}")
+        _require(_in_unit_interval(self.alpha), "sdpo.alpha", f"must be in [0, 1], got {self.alpha}")
+        _require(
+            self.distillation != "sampled_token" or self.alpha == 1.0,
+            "sdpo.alpha",
+            f"sampled_token distillation estimates reverse KL and needs alpha = 1, got {self.alpha}",
+        )
+        _require(self.is_clip is None or self.is_clip > 0, "sdpo.is_clip", f"must be > 0 or null, got {self.is_clip}")
+        _require(_in_unit_interval(self.pg_coef), "sdpo.pg_coef", f"must be in [0, 1], got {self.pg_coef}")
+
+    @property
+    def divergence_kind(self) -> str:
+        return "jsd"
+
+
+@dataclass(frozen=True)
+class SDPGConfig:
+    """SDPG options (ALGORITHMS.md section 3). alpha * L_K uses verl's ``actor.kl_loss_coef``."""
+
+    beta_base: float = 1e-3
+    warmup_steps: int = 50  # T_warm
+    decay_steps: int = 350  # T_decay
+    total_steps: int = 400  # T
+    opd_clamp: float = 20.0  # per-token clamp of KL(p || q)
+    ref_kl: str = "urkl"  # urkl: 0.5 log^2(pi/pi_ref) | ufkl: pi_ref/pi + log(pi/pi_ref)
+
+    def __post_init__(self):
+        _require(self.beta_base >= 0, "sdpg.beta_base", f"must be >= 0, got {self.beta_base}")
+        for name in ("warmup_steps", "decay_steps", "total_steps"):
+            _require(getattr(self, name) >= 0, f"sdpg.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _require(self.opd_clamp > 0, "sdpg.opd_clamp", f"must be > 0, got {self.opd_clamp}")
+        _require(self.ref_kl in REFERENCE_KL_TYPES, "sdpg.ref_kl", f"must be one of {REFERENCE_KL_TYPES}, got {self.ref_kl!r}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How the self-teacher is built (ALGORITHMS.md sections 1-3 and 'Shared machinery')."""
+
+    weights: str = "live"  # live | frozen | ema | trust_region
+    ema_rate: float = 0.05  # EMA teacher: teacher <- (1 - rate) teacher + rate policy, once per step
+    trust_region_mix: float = 0.05  # logits lerp between the frozen initial model and the live policy
+    success_threshold: float = 1.0  # a rollout is verified when reward >= threshold
+    sibling_choice: str = "uniform"  # uniform (SC-GRPO) | first (SDPO's first success)
+    exclude_self: bool = True  # never condition a rollout on itself (dont_reprompt_on_self_success)
+    remove_thinking: bool = True  # strip <think>...</think> from demonstrations
+    use_feedback: bool = False  # put the environment's textual feedback into the teacher prompt
+    feedback_only_without_solution: bool = True  # SDPO default: feedback only when no verified sibling
+    use_privileged_context: bool = False  # dataset row's hint / reference (SDPG)
+    max_reprompt_len: int = 10240  # teacher prompt budget in tokens; demonstrations are shortened first
+    divergence_chunk_size: int = 1024  # tokens per chunk of the full-vocabulary teacher pass
+
+    def __post_init__(self):
+        _require(self.weights in TEACHER_WEIGHTS, "teacher.weights", f"must be one of {TEACHER_WEIGHTS}, got {self.weights!r}")
+        _require(0.0 < self.ema_rate <= 1.0, "teacher.ema_rate", f"must be in (0, 1], got {self.ema_rate}")
+        _require(
+            _in_unit_interval(self.trust_region_mix),
+            "teacher.trust_region_mix",
+            f"must be in [0, 1], got {self.trust_region_mix}",
+        )
+        _require(
+            self.sibling_choice in SIBLING_CHOICES,
+            "teacher.sibling_choice",
+            f"must be one of {SIBLING_CHOICES}, got {self.sibling_choice!r}",
+        )
+        _require(self.max_reprompt_len > 0, "teacher.max_reprompt_len", f"must be > 0, got {self.max_reprompt_len}")
+        _require(
+            self.divergence_chunk_size > 0,
+            "teacher.divergence_chunk_size",
+            f"must be > 0, got {self.divergence_chunk_size}",
+        )
+
+
+@dataclass(frozen=True)
+class SelfTeacherConfig:
+    """The whole ``self_teacher`` section."""
+
+    enable: bool = False  # the method configs switch it on; off = stock verl behaviour
+    sc_grpo: SCGRPOConfig = field(default_factory=SCGRPOConfig)
+    sdpo: SDPOConfig = field(default_factory=SDPOConfig)
+    sdpg: SDPGConfig = field(default_factory=SDPGConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> "SelfTeacherConfig":
+        return build_dataclass(cls, values, "self_teacher")
+
+
+def build_dataclass(cls: type, values: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, naming the full key of any unknown option."""
+    if isinstance(values, cls):
+        return values
+    if values is None:
+        return cls()
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known) - {"_target_"})
+    if unknown:
+        raise ValueError(f"{path}.{unknown[0]}: unknown option; known options are {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name == "_target_":
+            continue
+        default = known[name].default_factory if known[name].default_factory is not MISSING else None
+        if default is not None and is_dataclass(default):
+            value = build_dataclass(default, value, f"{path}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _policy_loss_base():
+    from verl.workers.config import PolicyLossConfig
+
+    return PolicyLossConfig
+
+
+@dataclass
+class SelfTeacherPolicyLossConfig(_policy_loss_base()):
+    """verl's PolicyLossConfig plus the plugin section, validated when verl builds the actor config.
+
+    ``adv_estimator`` is interpolated from ``algorithm.adv_estimator`` so the pairing of estimator and
+    loss is checked at start-up (verl itself only looks the estimator up at the first advantage step).
+    """
+
+    self_teacher: Any = None
+    adv_estimator: Optional[str] = None
+
+    def __post_init__(self):
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY
+
+        object.__setattr__(self, "self_teacher", SelfTeacherConfig.from_mapping(self.self_teacher))
+        if self.loss_mode not in POLICY_LOSS_REGISTRY:
+            raise ValueError(
+                f"actor_rollout_ref.actor.policy_loss.loss_mode: unknown loss {self.loss_mode!r}; "
+                f"registered: {sorted(POLICY_LOSS_REGISTRY)}"
+            )
+        if self.adv_estimator is not None and self.adv_estimator not in ADV_ESTIMATOR_REGISTRY:
+            raise ValueError(
+                f"algorithm.adv_estimator: unknown estimator {self.adv_estimator!r}; "
+                f"registered: {sorted(ADV_ESTIMATOR_REGISTRY)}"
+            )
+        if (self.loss_mode == "sc_grpo") != (self.adv_estimator == "sc_grpo") and self.adv_estimator is not None:
+            raise ValueError(
+                "algorithm.adv_estimator and actor_rollout_ref.actor.policy_loss.loss_mode must both be 'sc_grpo' "
+                f"for SC-GRPO (got estimator {self.adv_estimator!r}, loss {self.loss_mode!r})"
+            )
+        if self.loss_mode in PLUGIN_LOSS_MODES and not self.self_teacher.enable:
+            raise ValueError(
+                f"self_teacher.enable: loss_mode {self.loss_mode!r} needs the self-teacher; set self_teacher.enable=true"
+            )

@@ -1,0 +1,31 @@
+"""Entry point loaded by ``import verl`` (group ``verl.plugins``) in every process: registers everything.
+
+verl swallows plugin import errors at DEBUG level, so a failure here is logged at WARNING with its
+cause before it propagates.
+"""
+
+import logging
+
+logger = logging.getLogger("scgrpo_verl")
+
+ADV_ESTIMATORS = ("sc_grpo",)
+
+
+def register() -> None:
+    """Import the glue modules whose decorators fill verl's registries, then check the registries."""
+    import scgrpo_verl.estimator  # noqa: F401  (registers the sc_grpo estimator)
+    import scgrpo_verl.losses  # noqa: F401  (registers the sc_grpo / sdpo / sdpg loss modes)
+    from scgrpo_verl.config import PLUGIN_LOSS_MODES
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    for name in ADV_ESTIMATORS:
+        get_adv_estimator_fn(name)
+    for name in PLUGIN_LOSS_MODES:
+        get_policy_loss_fn(name)
+
+
+try:
+    register()
+except Exception as error:
+    logger.warning("scgrpo_verl: registering with verl failed: %r", error, exc_info=True)
+    raise

@@ -1,0 +1,48 @@
+"""Packaging for scgrpo_verl, a plugin for stock verl (tested on verl 0.9.1)."""
+
+from setuptools import find_packages, setup
+
+VERL_VERSION = "0.9.1"  # the release the test suite runs against; bump together with CI
+
+INSTALL_REQUIRES = [
+    f"verl[verl-core]=={VERL_VERSION}",
+    "torch>=2.6",
+    "omegaconf>=2.3",
+    "hydra-core>=1.3",
+    "pandas",
+    "pyarrow>=19.0.0",
+    "datasets",
+    "math-verify>=0.8",
+    "tqdm",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "pytest-timeout",
+        "tokenizers",
+    ],
+    # The versions verl 0.9.1's own `vllm` and `flash-attn-cu130torch211` extras name.
+    "gpu": [
+        "vllm==0.24.0",
+        "flash-attn==2.8.3",
+    ],
+}
+
+setup(
+    name="scgrpo_verl",
+    version="0.1.0",
+    description="SC-GRPO, SDPO and SDPG self-teacher credit assignment as a plugin for verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["scgrpo_verl", "scgrpo_verl.*"]),
+    package_data={"scgrpo_verl": ["configs/*.yaml", "configs/**/*.yaml"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "verl.plugins": ["scgrpo_verl = scgrpo_verl.plugin"],
+        "console_scripts": ["scgrpo-verl = scgrpo_verl.cli:main"],
+    },
+)
