@@ -1,0 +1,1 @@
+"""Benchmark -> verl parquet converters (one script per benchmark; shared logic in ``common``)."""
