@@ -1,0 +1,107 @@
+"""Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+VOCAB = 48
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config).float().eval()
+
+
+def nested(rows):
+    return torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)
+
+
+def make_micro_batch(prompt_lens, response_lens, seed=0, extra=None, batch_num_tokens=None, global_batch_size=None,
+                     dp_size=1, non_tensor=None):
+    """A micro-batch as verl's actor hands it to the loss: jagged (B, j) tensors plus global batch info."""
+    from verl.utils import tensordict_utils as tu
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(VOCAB, (p,), generator=g) for p in prompt_lens]
+    responses = [torch.randint(VOCAB, (r,), generator=g) for r in response_lens]
+    batch = {
+        "prompts": nested(prompts),
+        "responses": nested(responses),
+        "input_ids": nested(torch.cat([a, b]) for a, b in zip(prompts, responses)),
+        "position_ids": nested(torch.arange(p + r) for p, r in zip(prompt_lens, response_lens)),
+        "attention_mask": nested(torch.ones(p + r, dtype=torch.long) for p, r in zip(prompt_lens, response_lens)),
+        "response_mask": nested(torch.ones(r) for r in response_lens),
+        "old_log_probs": nested(-torch.rand(r, generator=g) * 3 for r in response_lens),
+        "advantages": nested(torch.full((r,), float(torch.randn(1, generator=g))) for r in response_lens),
+    }
+    batch.update(extra or {})
+    td = TensorDict(batch, batch_size=[len(prompt_lens)])
+    tu.assign_non_tensor(
+        td,
+        use_remove_padding=False,
+        temperature=1.0,
+        pad_token_id=0,
+        dp_size=dp_size,
+        batch_num_tokens=sum(response_lens) if batch_num_tokens is None else batch_num_tokens,
+        global_batch_size=len(prompt_lens) if global_batch_size is None else global_batch_size,
+        **(non_tensor or {}),
+    )
+    return td
+
+
+def engine_loss(model, micro_batch, loss_fn):
+    """verl's FSDP engine forward step without FSDP: its own input/output preparation, logits
+    processor call (when ``distillation_use_topk``) and final loss call."""
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    fake_engine = SimpleNamespace(pad_to_length=False, engine_config=SimpleNamespace(entropy_checkpointing=False))
+    model_inputs, output_args = FSDPEngineWithLMHead.prepare_model_inputs(fake_engine, micro_batch)
+    raw = model(**model_inputs, use_cache=False)
+    model_output = FSDPEngineWithLMHead.prepare_model_outputs(fake_engine, raw, output_args, micro_batch, loss_fn)
+    return loss_fn(model_output=model_output, data=micro_batch, dp_group=None)
+
+
+def response_logits(model, micro_batch):
+    """(B, R_max, V) student logits predicting each response token, from one forward per sample."""
+    rows = []
+    for prompt, response in zip(micro_batch["prompts"].unbind(), micro_batch["responses"].unbind()):
+        ids = torch.cat([prompt, response]).unsqueeze(0)
+        logits = model(input_ids=ids).logits[0]
+        rows.append(logits[len(prompt) - 1 : len(prompt) - 1 + len(response)])
+    width = max(r.shape[0] for r in rows)
+    return torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
+
+
+def slice_micro_batch(td, start, stop):
+    """Rows [start, stop) of a jagged micro-batch, keeping its (global) non-tensor batch info."""
+    from tensordict import NonTensorData
+
+    from verl.utils import tensordict_utils as tu
+
+    out, info = {}, {}
+    for key in td.keys():
+        value = td.get(key)
+        if isinstance(value, NonTensorData):
+            info[key] = value.data
+        elif value.is_nested:
+            out[key] = nested(value.unbind()[start:stop])
+        else:
+            out[key] = value[start:stop]
+    sliced = TensorDict(out, batch_size=[stop - start])
+    tu.assign_non_tensor(sliced, **info)
+    return sliced

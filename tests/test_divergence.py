@@ -1,0 +1,184 @@
+"""Divergence library against naive per-token loops over the vocabulary (independent closed forms)."""
+
+import math
+
+import pytest
+import torch
+
+from scgrpo_verl.algos.divergence import (
+    chunked_hidden_divergence,
+    divergence_from_log_probs,
+    full_vocab_divergence,
+    sampled_token_kl,
+    student_topk_ids,
+    topk_divergence,
+    topk_log_probs,
+)
+
+KINDS = [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.5), ("jsd", 0.2), ("jsd", 0.0), ("jsd", 1.0)]
+
+
+def naive_divergence(p_logits, q_logits, kind, alpha, temperature=1.0):
+    """Python loop over tokens and vocabulary entries, in float64."""
+    out = []
+    for zp, zq in zip(p_logits.double().tolist(), q_logits.double().tolist()):
+        ep = [math.exp(z / temperature) for z in zp]
+        eq = [math.exp(z / temperature) for z in zq]
+        p = [e / sum(ep) for e in ep]
+        q = [e / sum(eq) for e in eq]
+
+        def kl(a, b):
+            return sum(ai * math.log(ai / bi) for ai, bi in zip(a, b) if ai > 0)
+
+        if kind == "forward_kl" or (kind == "jsd" and alpha == 0.0):
+            out.append(kl(q, p))
+        elif kind == "reverse_kl" or (kind == "jsd" and alpha == 1.0):
+            out.append(kl(p, q))
+        else:
+            m = [(1 - alpha) * pi + alpha * qi for pi, qi in zip(p, q)]
+            out.append((1 - alpha) * kl(p, m) + alpha * kl(q, m))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind,alpha", KINDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_full_vocab_matches_naive_loop(kind, alpha, temperature):
+    g = torch.Generator().manual_seed(0)
+    p_logits = torch.randn(7, 11, generator=g) * 2
+    q_logits = torch.randn(7, 11, generator=g) * 2
+    got = full_vocab_divergence(p_logits, q_logits, kind, alpha, temperature)
+    expected = naive_divergence(p_logits, q_logits, kind, alpha, temperature)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_full_vocab_bf16_inputs_accumulate_in_fp32_and_mask():
+    g = torch.Generator().manual_seed(1)
+    p_logits = (torch.randn(2, 5, 300, generator=g) * 3).bfloat16()
+    q_logits = (torch.randn(2, 5, 300, generator=g) * 3).bfloat16()
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
+    got = full_vocab_divergence(p_logits, q_logits, "reverse_kl", mask=mask)
+    assert got.dtype == torch.float32 and got.shape == (2, 5)
+    # the reference upcasts the same bf16 values and loops in float64
+    expected = naive_divergence(p_logits.reshape(10, 300).float(), q_logits.reshape(10, 300).float(), "reverse_kl", None)
+    torch.testing.assert_close(got.double(), expected.reshape(2, 5) * mask, rtol=1e-4, atol=1e-6)
+    assert (got[mask == 0] == 0).all()
+
+
+def test_identical_distributions_have_zero_divergence_and_jsd_is_bounded():
+    logits = torch.randn(4, 9)
+    for kind, alpha in KINDS:
+        torch.testing.assert_close(full_vocab_divergence(logits, logits, kind, alpha), torch.zeros(4), atol=1e-6, rtol=0)
+    far = torch.full((1, 2), -50.0)
+    p = far.clone()
+    p[0, 0] = 50
+    q = far.clone()
+    q[0, 1] = 50
+    # JSD with alpha = 1/2 is at most log 2
+    assert full_vocab_divergence(p, q, "jsd", 0.5).item() <= math.log(2) + 1e-6
+
+
+def test_invalid_kind_and_alpha_raise():
+    with pytest.raises(ValueError, match="unknown divergence kind"):
+        divergence_from_log_probs(torch.zeros(1, 2), torch.zeros(1, 2), "tv")
+    with pytest.raises(ValueError, match="alpha"):
+        divergence_from_log_probs(torch.zeros(1, 2), torch.zeros(1, 2), "jsd", 1.5)
+
+
+def naive_hidden_divergence(h_s, h_t, weight, kind, alpha, temperature, mask):
+    """Unchunked autograd reference: both [N x V] logits materialised."""
+    values = full_vocab_divergence(h_s @ weight.T, h_t @ weight.T.detach(), kind, alpha, temperature)
+    return values * mask
+
+
+@pytest.mark.parametrize("kind,alpha", [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.3)])
+@pytest.mark.parametrize("chunk_size", [1, 3, 64])
+def test_chunked_hidden_values_and_gradients_match_autograd(kind, alpha, chunk_size):
+    g = torch.Generator().manual_seed(2)
+    num_tokens, hidden, vocab = 10, 6, 23
+    weight = torch.randn(vocab, hidden, generator=g, requires_grad=True)
+    h_s = torch.randn(num_tokens, hidden, generator=g, requires_grad=True)
+    h_t = torch.randn(num_tokens, hidden, generator=g, requires_grad=True)
+    mask = (torch.rand(num_tokens, generator=g) > 0.3).float()
+    upstream = torch.randn(num_tokens, generator=g)
+
+    got = chunked_hidden_divergence(h_s, h_t, weight, kind, alpha, 0.9, mask, chunk_size=chunk_size)
+    (got * upstream).sum().backward()
+    grads = h_s.grad.clone(), weight.grad.clone()
+    assert h_t.grad is None  # the teacher side is stop-gradient
+
+    h_s.grad = None
+    weight.grad = None
+    expected = naive_hidden_divergence(h_s, h_t, weight, kind, alpha, 0.9, mask)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], h_s.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_hidden_separate_teacher_head_and_empty_mask():
+    g = torch.Generator().manual_seed(3)
+    w_s, w_t = torch.randn(17, 4, generator=g), torch.randn(17, 4, generator=g)
+    h_s, h_t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    got = chunked_hidden_divergence(h_s, h_t, w_s, "forward_kl", teacher_lm_head_weight=w_t, chunk_size=2)
+    torch.testing.assert_close(got, full_vocab_divergence(h_s @ w_s.T, h_t @ w_t.T, "forward_kl"))
+    empty = chunked_hidden_divergence(h_s, h_t, w_s, mask=torch.zeros(5))
+    assert torch.equal(empty, torch.zeros(5))
+
+
+def naive_topk(p_logits, q_logits, k, kind, alpha, add_tail):
+    """Build the (K+1)-bucket or renormalised K-bucket distributions entry by entry."""
+    rows_p, rows_q = [], []
+    for zp, zq in zip(p_logits.double(), q_logits.double()):
+        p, q = torch.softmax(zp, -1), torch.softmax(zq, -1)
+        order = sorted(range(len(zp)), key=lambda v: -zp[v].item())[:k]
+        bp = [p[v].item() for v in order]
+        bq = [q[v].item() for v in order]
+        if add_tail:
+            bp.append(1 - sum(bp))
+            bq.append(1 - sum(bq))
+        else:
+            bp = [x / sum(bp) for x in bp]
+            bq = [x / sum(bq) for x in bq]
+        rows_p.append(bp)
+        rows_q.append(bq)
+    lp, lq = torch.tensor(rows_p).log(), torch.tensor(rows_q).log()
+    return naive_divergence(lp, lq, kind, alpha)  # softmax of log-probs is the distribution itself
+
+
+@pytest.mark.parametrize("kind,alpha", [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.5)])
+@pytest.mark.parametrize("add_tail", [True, False])
+def test_topk_matches_naive_buckets(kind, alpha, add_tail):
+    g = torch.Generator().manual_seed(4)
+    p_logits, q_logits = torch.randn(6, 40, generator=g), torch.randn(6, 40, generator=g)
+    got = topk_divergence(p_logits, q_logits, 5, kind, alpha, add_tail=add_tail)
+    torch.testing.assert_close(got.double(), naive_topk(p_logits, q_logits, 5, kind, alpha, add_tail), rtol=1e-4, atol=1e-6)
+
+
+def test_topk_tail_is_exact_and_full_k_equals_full_vocab():
+    logits = torch.randn(3, 12)
+    ids = student_topk_ids(logits, 4)
+    with_tail = topk_log_probs(logits, ids)
+    torch.testing.assert_close(with_tail.exp().sum(-1), torch.ones(3))
+    q = torch.randn(3, 12)
+    # k = V: the tail bucket is empty (zero mass) and the divergence is the full-vocabulary one
+    torch.testing.assert_close(
+        topk_divergence(logits, q, 12, "reverse_kl"), full_vocab_divergence(logits, q, "reverse_kl"), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="top-k"):
+        student_topk_ids(logits, 13)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sampled_token_estimators_are_unbiased_for_reverse_kl(estimator):
+    """E_{y~p}[k(y)] summed exactly over the vocabulary equals KL(p || q)."""
+    g = torch.Generator().manual_seed(5)
+    p_logits, q_logits = torch.randn(4, 30, generator=g), torch.randn(4, 30, generator=g)
+    log_p, log_q = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
+    per_token = sampled_token_kl(log_p, log_q, estimator)  # every vocabulary entry as the sample
+    expectation = (log_p.exp() * per_token).sum(-1)
+    torch.testing.assert_close(expectation.double(), naive_divergence(p_logits, q_logits, "reverse_kl", None), rtol=1e-5, atol=1e-6)
+    if estimator == "k3":
+        assert (per_token >= 0).all()
+    with pytest.raises(ValueError, match="estimator"):
+        sampled_token_kl(log_p, log_q, "k2")
