@@ -43,7 +43,8 @@ def response_hidden_states(model, sequences: Sequence[Sequence[int]], response_l
     """Last hidden states predicting each response token, concatenated over rollouts, (N, H).
 
     ``sequences[i]`` is a prompt followed by ``response_lengths[i]`` response ids; position
-    ``len - r - 1 + t`` predicts response token t. One forward per rollout keeps padding out of it.
+    ``len - r - 1 + t`` predicts response token t. One forward per rollout keeps padding out of it
+    (under FSDP every rank must therefore hold the same number of rollouts, as verl's dispatch does).
     """
     device = next(model.parameters()).device
     rows = []
@@ -56,11 +57,18 @@ def response_hidden_states(model, sequences: Sequence[Sequence[int]], response_l
     return torch.cat(rows)
 
 
-def _lm_head(model) -> torch.nn.Linear:
+def _lm_head(model) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The lm_head (weight (V, H), bias) as plain tensors; FSDP2 DTensor shards are gathered."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError("model has no output embeddings (lm_head)")
-    return head
+
+    def full(param):
+        if param is None:
+            return None
+        return param.full_tensor() if hasattr(param, "full_tensor") else param
+
+    return full(head.weight), full(getattr(head, "bias", None))
 
 
 @torch.no_grad()
@@ -96,7 +104,7 @@ def teacher_pass(
             raise ValueError("student and teacher sequences must end with the same response ids")
     lengths = [int(n) for n in response_lengths]
     h_student = response_hidden_states(student_model, student_sequences, lengths)
-    heads = []  # (hidden states, lm_head, weight in the teacher logits)
+    heads = []  # (hidden states, (lm_head weight, bias), weight of this model in the teacher logits)
     if teacher_model is not None:
         heads.append((response_hidden_states(teacher_model, teacher_sequences, lengths), _lm_head(teacher_model), 1.0))
     elif frozen_model is not None:
@@ -104,18 +112,18 @@ def teacher_pass(
         heads.append((response_hidden_states(frozen_model, teacher_sequences, lengths), _lm_head(frozen_model), 1.0 - trust_region_mix))
     else:
         heads.append((response_hidden_states(student_model, teacher_sequences, lengths), _lm_head(student_model), 1.0))
-    student_head = _lm_head(student_model)
+    student_weight, student_bias = _lm_head(student_model)
     sampled = torch.cat([torch.as_tensor(list(s[len(s) - n :])) for s, n in zip(student_sequences, lengths)])
     sampled = sampled.to(h_student.device)
 
     teacher_lp, divergence, ids_out, topk_out = [], [], [], []
     for start in range(0, h_student.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        teacher_logits = sum(w * head(h[rows]).float() for h, head, w in heads)
+        teacher_logits = sum(mix * F.linear(h[rows], *head).float() for h, head, mix in heads)
         q = log_softmax_fp32(teacher_logits, temperature)
         teacher_lp.append(q.gather(-1, sampled[rows].unsqueeze(-1)).squeeze(-1))
         if divergence_kind is not None or topk is not None:
-            student_logits = student_head(h_student[rows])
+            student_logits = F.linear(h_student[rows], student_weight, student_bias)
             if divergence_kind is not None:
                 divergence.append(
                     divergence_from_log_probs(log_softmax_fp32(student_logits, temperature), q, divergence_kind, alpha)

@@ -1,0 +1,275 @@
+"""The ``self_teacher`` trainer mode: verl's sync V1 PPO trainer plus the self-teacher step (glue).
+
+Selected with ``trainer.v1.trainer_mode=self_teacher`` (the method configs set it). It behaves as
+``sync`` wherever verl compares the mode, and per step adds, after verl's old log-prob pass:
+
+1. teacher contexts for every rollout from its group (``scgrpo_verl.teacher.context``);
+2. the teacher pass on the actor workers (``SelfTeacherWorker.compute_self_teacher``), whose outputs
+   go to TransferQueue next to the batch (``sc_divergence`` / ``teacher_*`` / ``self_teacher_mask``);
+3. SC-GRPO's solve-none pseudo-advantages in the advantage step;
+4. the plugin loss (installed once with ``set_loss_fn``), the step counter for SDPG's beta(k), and the
+   EMA teacher update after the actor update.
+
+With ``self_teacher.enable=false`` every step is exactly verl's sync step.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDict
+
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
+
+from scgrpo_verl.algos.sc_grpo import ROUTE_SOLVE_NONE, solve_none_pseudo_advantage
+from scgrpo_verl.config import PLUGIN_LOSS_MODES, SelfTeacherConfig
+from scgrpo_verl.losses import self_teacher_loss
+
+logger = logging.getLogger(__name__)
+
+TRAINER_MODE = "self_teacher"
+
+
+def validate_self_teacher_config(config: DictConfig) -> tuple[SelfTeacherConfig, Any]:
+    """Check the whole plugin configuration before anything starts; returns (section, actor config).
+
+    Raises ``ValueError`` naming the offending key.
+    """
+    if "self_teacher" not in config:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={TRAINER_MODE} needs the self_teacher section: compose with the "
+            "scgrpo_verl configs (defaults: [ppo_trainer, self_teacher_defaults, _self_])"
+        )
+    settings = SelfTeacherConfig.from_mapping(config.self_teacher)
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    loss_mode = actor.policy_loss.loss_mode
+    if settings.enable and loss_mode not in PLUGIN_LOSS_MODES:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode: the self-teacher needs one of {PLUGIN_LOSS_MODES}, "
+            f"got {loss_mode!r}"
+        )
+    if settings.teacher.weights == "ema" and config.actor_rollout_ref.actor.use_kl_loss:
+        raise ValueError(
+            "self_teacher.teacher.weights: the EMA teacher lives in the ref engine, which use_kl_loss needs for "
+            "the frozen reference policy; use weights=frozen/live/trust_region or turn off use_kl_loss"
+        )
+    if settings.enable and (loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.distillation == "full")):
+        raise ValueError(
+            f"self_teacher: loss_mode {loss_mode!r} needs the full-vocabulary teacher distribution at update "
+            "time, which this release does not compute inside the actor update yet; for SDPO use "
+            "self_teacher.sdpo.distillation=topk or sampled_token"
+        )
+    if config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) > 1:
+        raise ValueError("actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1 is not supported by the self-teacher")
+    return settings, actor
+
+
+def teacher_pass_options(settings: SelfTeacherConfig, loss_mode: str, temperature: float) -> dict:
+    """What the workers' teacher pass computes for each method."""
+    options = {
+        "weights": settings.teacher.weights,
+        "trust_region_mix": settings.teacher.trust_region_mix,
+        "temperature": float(temperature),
+        "chunk_size": settings.teacher.divergence_chunk_size,
+        "divergence_kind": None,
+        "alpha": None,
+        "topk": None,
+    }
+    if loss_mode == "sc_grpo":
+        options["divergence_kind"] = "forward_kl"  # D = KL(q || p)
+    elif loss_mode == "sdpo" and settings.sdpo.distillation == "topk":
+        options["topk"] = settings.sdpo.topk
+    return options
+
+
+@register_trainer(TRAINER_MODE)
+class SelfTeacherTrainer(PPOTrainerSync):
+    """verl's sync V1 trainer with the self-teacher step (module docstring)."""
+
+    def __init__(self, config: DictConfig):
+        self.self_teacher, self.actor_loss_config = validate_self_teacher_config(config)
+        super().__init__(config)
+        self.loss_mode = self.actor_loss_config.policy_loss.loss_mode
+        self.teacher_generator = torch.Generator().manual_seed(self.self_teacher.sc_grpo.seed)
+
+    # -- behave as "sync" wherever verl compares trainer_mode ----------------------------------
+    def _build_replay_buffer(self):
+        self.trainer_mode = "sync"
+        self.parameter_sync_step = self.config.trainer.v1.get("sync", {}).get("parameter_sync_step", 1)
+        return super()._build_replay_buffer()
+
+    # -- workers -----------------------------------------------------------------------------------
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        if not self.self_teacher.enable:
+            return
+        from scgrpo_verl.worker import SelfTeacherWorker
+
+        needs_ref_engine = self.self_teacher.teacher.weights != "live"
+        for role in list(self.role_worker_mapping):
+            if role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor):
+                target = Role.ActorRolloutRef if (role == Role.ActorRollout and needs_ref_engine) else role
+                del self.role_worker_mapping[role]
+                self.role_worker_mapping[target] = ray.remote(SelfTeacherWorker)
+                self.mapping[target] = self.mapping.pop(role)
+        self.resource_pool_manager.mapping = self.mapping
+
+    def _setup(self):
+        super()._setup()
+        if not self.self_teacher.enable:
+            return
+        self.actor_rollout_wg.set_loss_fn(partial(self_teacher_loss, config=self.actor_loss_config))
+        self.actor_rollout_wg.set_ema_teacher(self.self_teacher.teacher.weights == "ema")
+
+    # -- the teacher step --------------------------------------------------------------------------
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if self.self_teacher.enable:
+            batch = self._compute_self_teacher(batch, metrics)
+        return batch
+
+    def _compute_self_teacher(self, batch, metrics: dict):
+        from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts
+
+        tq = trainer_base.tq
+        fields = ["uid", "raw_prompt", "input_ids", "responses", "rm_scores"]
+        teacher = self.self_teacher.teacher
+        if teacher.use_feedback:
+            fields.append("feedback")
+        if teacher.use_privileged_context:
+            fields.append("reward_model")
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        responses = [row.tolist() for row in data["responses"].unbind()]
+        scores = data["rm_scores"].values().new_tensor([float(row.sum()) for row in data["rm_scores"].unbind()])
+        uids = list(data["uid"]) if not torch.is_tensor(data["uid"]) else data["uid"].tolist()
+        feedback = list(data["feedback"]) if teacher.use_feedback else [""] * len(responses)
+        privileged = (
+            [str(dict(row).get("ground_truth", "")) for row in data["reward_model"]]
+            if teacher.use_privileged_context
+            else [None] * len(responses)
+        )
+        rollouts = [
+            Rollout(
+                uid=uid,
+                prompt=list(messages),
+                response_ids=ids,
+                response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                score=float(score),
+                feedback=str(fb or ""),
+                privileged=priv,
+            )
+            for uid, messages, ids, score, fb, priv in zip(uids, data["raw_prompt"], responses, scores, feedback, privileged)
+        ]
+        contexts = build_teacher_contexts(
+            rollouts, self.tokenizer, self.loss_mode, teacher, self.self_teacher.teacher.templates,
+            generator=self.teacher_generator,
+        )
+        metrics.update(contexts.metrics())
+        student_inputs = [row for row in data["input_ids"].unbind()]
+        teacher_inputs = [
+            torch.as_tensor(ids) if ids is not None else student
+            for ids, student in zip(contexts.teacher_input_ids, student_inputs)
+        ]
+        stage = TensorDict(
+            {
+                "teacher_input_ids": torch.nested.as_nested_tensor(teacher_inputs, layout=torch.jagged),
+                "self_teacher_mask": contexts.mask.float(),
+            },
+            batch_size=[len(rollouts)],
+        )
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=stage)
+        batch.extra_info["self_teacher_pass"] = teacher_pass_options(
+            self.self_teacher, self.loss_mode, self.config.actor_rollout_ref.rollout.temperature
+        )
+        output = self.actor_rollout_wg.compute_self_teacher(batch)
+        assert len(output) == len(batch)
+        if self.loss_mode == "sc_grpo":
+            result = tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=["self_teacher_pass_divergence"]
+            )
+            divergence = result["self_teacher_pass_divergence"]
+            mask = contexts.mask.float()
+            sc = TensorDict(
+                {
+                    "sc_divergence": torch.nested.as_nested_tensor(
+                        [d * m for d, m in zip(divergence.unbind(), mask)], layout=torch.jagged
+                    ),
+                    "sc_route": contexts.route.long(),
+                    "sc_reference": contexts.reference.long(),
+                },
+                batch_size=[len(rollouts)],
+            )
+            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=sc)
+            values = torch.cat([d for d, m in zip(divergence.unbind(), mask) if m > 0]) if mask.any() else None
+            if values is not None:
+                quantiles = torch.quantile(values.float(), torch.tensor([0.5, 0.75, 0.95]))
+                metrics["self_teacher/divergence_p50"] = quantiles[0].item()
+                metrics["self_teacher/divergence_p75"] = quantiles[1].item()
+                metrics["self_teacher/divergence_p95"] = quantiles[2].item()
+        return batch
+
+    # -- advantages, update, EMA -------------------------------------------------------------------
+    def _compute_advantage(self, batch, metrics: dict):
+        batch = super()._compute_advantage(batch, metrics)
+        if self.self_teacher.enable and self.loss_mode == "sc_grpo":
+            apply_solve_none_advantages(batch, self.self_teacher, metrics)
+        return batch
+
+    def _update_actor(self, batch, metrics: dict):
+        if self.self_teacher.enable:
+            batch.extra_info["global_steps"] = self.global_steps
+            batch.extra_info["distillation_use_topk"] = self.loss_mode == "sdpo" and (
+                self.self_teacher.sdpo.distillation == "topk"
+            )
+        batch = super()._update_actor(batch, metrics)
+        if self.self_teacher.enable and self.self_teacher.teacher.weights == "ema":
+            self.actor_rollout_wg.update_ema_teacher(self.self_teacher.teacher.ema_rate)
+        return batch
+
+
+def apply_solve_none_advantages(batch, settings: SelfTeacherConfig, metrics: dict) -> None:
+    """Replace the advantages of solve-none groups by SC-GRPO's pseudo-advantages, in TransferQueue."""
+    tq = trainer_base.tq
+    data = tq.kv_batch_get(
+        keys=batch.keys,
+        partition_id=batch.partition_id,
+        select_fields=["uid", "advantages", "response_mask", "sc_divergence", "sc_route", "sc_reference"],
+    )
+    route = data["sc_route"].reshape(-1).long()
+    metrics["self_teacher/frac_solve_none"] = (route == ROUTE_SOLVE_NONE).float().mean().item()
+    if not (route == ROUTE_SOLVE_NONE).any():
+        return
+    response_mask = data["response_mask"].to_padded_tensor(0.0)
+    divergence = data["sc_divergence"].to_padded_tensor(0.0)
+    advantages = data["advantages"].to_padded_tensor(0.0)
+    uids = list(data["uid"]) if not torch.is_tensor(data["uid"]) else data["uid"].tolist()
+    pseudo, _ = solve_none_pseudo_advantage(
+        divergence,
+        response_mask,
+        np.array(uids, dtype=object),
+        route,
+        data["sc_reference"].reshape(-1).bool(),
+        alpha=settings.sc_grpo.solve_none_alpha,
+        epsilon=settings.sc_grpo.epsilon,
+        c_min=settings.sc_grpo.c_min,
+        quantile=settings.sc_grpo.quantile,
+    )
+    solve_none = (route == ROUTE_SOLVE_NONE).unsqueeze(-1)
+    advantages = torch.where(solve_none, pseudo.unsqueeze(-1) * response_mask, advantages)
+    lengths = data["response_mask"].offsets().diff().tolist()
+    nested = torch.nested.as_nested_tensor([advantages[i, :n] for i, n in enumerate(lengths)], layout=torch.jagged)
+    tq.kv_batch_put(
+        keys=batch.keys,
+        partition_id=batch.partition_id,
+        fields=TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=[len(lengths)]),
+    )
