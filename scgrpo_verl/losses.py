@@ -15,7 +15,8 @@ Micro-batch keys read (written to TransferQueue by the trainer's teacher step):
 - ``self_teacher_mask`` (B,): 1 where the rollout has a teacher (SDPO / SDPG), else 0.
 - SC-GRPO: ``sc_divergence`` nested (B, r) D = KL(q || p); ``sc_route`` (B,) ROUTE_* codes.
 - SDPO topk: ``teacher_topk_ids`` nested (B, r, K), ``teacher_topk_log_probs`` nested (B, r, K[+1]).
-- SDPO full / SDPG: ``teacher_logits`` nested (B, r, V) (or a provider set on the worker).
+- SDPO full / SDPG: ``teacher_logits`` nested (B, r, V), or ``teacher_logits_fn(data) -> (N, V)``, which
+  ``SelfTeacherWorker`` binds to run the teacher forward inside the actor update (nothing stored).
 - SDPO sampled_token: ``teacher_log_probs`` nested (B, r).
 - SDPG: non-tensor ``global_steps`` (the step k of beta(k)).
 """
@@ -85,7 +86,9 @@ def _teacher_values(data: TensorDict, key: str) -> torch.Tensor:
     return value.values() if getattr(value, "is_nested", False) else value.reshape(-1, *value.shape[2:])
 
 
-def self_teacher_token_divergence(config, data: TensorDict, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def self_teacher_token_divergence(
+    config, data: TensorDict, student_logits: torch.Tensor, teacher_logits_fn=None
+) -> dict[str, torch.Tensor]:
     """Logits-processor step: per-token divergence on the live student logits, (1, nnz, V) -> (1, nnz)."""
     st = config.policy_loss.self_teacher
     mode = config.policy_loss.loss_mode
@@ -104,7 +107,13 @@ def self_teacher_token_divergence(config, data: TensorDict, student_logits: torc
         values = divergence_from_log_probs(student_log_probs, teacher_log_probs, "jsd", st.sdpo.alpha)
     elif (mode == "sdpo" and st.sdpo.distillation == "full") or mode == "sdpg":
         kind, alpha = ("jsd", st.sdpo.alpha) if mode == "sdpo" else ("reverse_kl", None)
-        values = full_vocab_divergence(student, _teacher_values(data, "teacher_logits"), kind, alpha)
+        if "teacher_logits" in data or teacher_logits_fn is None:
+            teacher_logits = _teacher_values(data, "teacher_logits")
+        else:
+            teacher_logits = teacher_logits_fn(data)
+        if teacher_logits.shape != student.shape:
+            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(student.shape)}")
+        values = full_vocab_divergence(student, teacher_logits, kind, alpha)
     else:
         raise ValueError(f"loss_mode {mode!r} with these options needs no logits processor")
     out = torch.zeros(logits.shape[0], dtype=values.dtype, device=values.device)
@@ -117,11 +126,16 @@ def self_teacher_loss(
     data: Optional[TensorDict] = None,
     dp_group=None,
     student_logits: Optional[torch.Tensor] = None,
+    teacher_logits_fn=None,
 ):
-    """Actor loss of SC-GRPO / SDPO / SDPG (ALGORITHMS.md sections 1-3); any other mode is ``ppo_loss``."""
+    """Actor loss of SC-GRPO / SDPO / SDPG (ALGORITHMS.md sections 1-3); any other mode is ``ppo_loss``.
+
+    ``teacher_logits_fn(data) -> (N, V)``: teacher logits at the micro-batch's response tokens (in
+    sample order), for the full-vocabulary terms when the micro-batch carries no ``teacher_logits``.
+    """
     mode = config.policy_loss.loss_mode
     if student_logits is not None:
-        return self_teacher_token_divergence(config, data, student_logits)
+        return self_teacher_token_divergence(config, data, student_logits, teacher_logits_fn)
     if mode not in PLUGIN_LOSS_MODES:
         return ppo_loss(config, model_output, data, dp_group)
     st = config.policy_loss.self_teacher

@@ -63,12 +63,6 @@ def validate_self_teacher_config(config: DictConfig) -> tuple[SelfTeacherConfig,
             "self_teacher.teacher.weights: the EMA teacher lives in the ref engine, which use_kl_loss needs for "
             "the frozen reference policy; use weights=frozen/live/trust_region or turn off use_kl_loss"
         )
-    if settings.enable and (loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.distillation == "full")):
-        raise ValueError(
-            f"self_teacher: loss_mode {loss_mode!r} needs the full-vocabulary teacher distribution at update "
-            "time, which this release does not compute inside the actor update yet; for SDPO use "
-            "self_teacher.sdpo.distillation=topk or sampled_token"
-        )
     if config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) > 1:
         raise ValueError("actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1 is not supported by the self-teacher")
     return settings, actor
@@ -129,7 +123,8 @@ class SelfTeacherTrainer(PPOTrainerSync):
         if not self.self_teacher.enable:
             return
         self.actor_rollout_wg.set_loss_fn(partial(self_teacher_loss, config=self.actor_loss_config))
-        self.actor_rollout_wg.set_ema_teacher(self.self_teacher.teacher.weights == "ema")
+        teacher = self.self_teacher.teacher
+        self.actor_rollout_wg.configure_self_teacher(teacher.weights, teacher.trust_region_mix)
 
     # -- the teacher step --------------------------------------------------------------------------
     def _compute_old_log_prob(self, batch, metrics: dict):
@@ -228,8 +223,10 @@ class SelfTeacherTrainer(PPOTrainerSync):
     def _update_actor(self, batch, metrics: dict):
         if self.self_teacher.enable:
             batch.extra_info["global_steps"] = self.global_steps
-            batch.extra_info["distillation_use_topk"] = self.loss_mode == "sdpo" and (
-                self.self_teacher.sdpo.distillation == "topk"
+            # verl runs the loss as a logits processor when this flag is set: SDPO's top-k / full and
+            # SDPG's full-vocabulary terms are computed there, on the live student logits
+            batch.extra_info["distillation_use_topk"] = self.loss_mode == "sdpg" or (
+                self.loss_mode == "sdpo" and self.self_teacher.sdpo.distillation in ("topk", "full")
             )
         batch = super()._update_actor(batch, metrics)
         if self.self_teacher.enable and self.self_teacher.teacher.weights == "ema":

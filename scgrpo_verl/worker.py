@@ -18,7 +18,10 @@ from verl.single_controller.base.decorator import Dispatch, make_nd_compute_data
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from scgrpo_verl.teacher.passes import ema_update_, teacher_pass
+from functools import partial
+
+from scgrpo_verl.losses import self_teacher_loss
+from scgrpo_verl.teacher.passes import ema_update_, teacher_pass, teacher_response_logits
 
 EMA_CHECKPOINT_DIR = "self_teacher_ema"
 
@@ -103,6 +106,33 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
             self.ref.load_checkpoint(ema_path, None, False)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def set_ema_teacher(self, enabled: bool) -> None:
-        """Mark the ref engine as the EMA teacher, so checkpoints save and restore it."""
-        self._ema_teacher = bool(enabled)
+    def configure_self_teacher(self, weights: str, trust_region_mix: float) -> None:
+        """Which weights the teacher uses; an ``ema`` teacher is saved and restored with checkpoints."""
+        self._teacher_weights = weights
+        self._trust_region_mix = float(trust_region_mix)
+        self._ema_teacher = weights == "ema"
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def set_loss_fn(self, loss_fn):
+        """Install the actor loss; the plugin loss gets the in-update teacher forward bound to it."""
+        if isinstance(loss_fn, partial) and loss_fn.func is self_teacher_loss:
+            loss_fn = partial(loss_fn, teacher_logits_fn=self.micro_batch_teacher_logits)
+        self.actor.set_loss_fn(loss_fn=loss_fn)
+
+    def micro_batch_teacher_logits(self, data: TensorDict) -> torch.Tensor:
+        """Teacher logits (N, V) at a micro-batch's response tokens, computed inside the actor update."""
+        if "teacher_input_ids" not in data:
+            raise KeyError("the micro-batch has no 'teacher_input_ids' (written by the trainer's teacher step)")
+        _, teacher, frozen = self._teacher_models(getattr(self, "_teacher_weights", "live"))
+        model = teacher if teacher is not None else self.actor.engine.module
+        temperature = tu.get_non_tensor_data(data=data, key="temperature", default=1.0)
+        if torch.is_tensor(temperature):
+            temperature = float(temperature.reshape(-1)[0])
+        return teacher_response_logits(
+            model,
+            [row.tolist() for row in data["teacher_input_ids"].unbind()],
+            data["responses"].offsets().diff().tolist(),
+            frozen_model=frozen,
+            trust_region_mix=getattr(self, "_trust_region_mix", 0.05),
+            temperature=temperature,
+        )

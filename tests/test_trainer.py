@@ -19,7 +19,7 @@ def test_trainer_mode_is_registered_with_verl():
     assert get_trainer_cls(TRAINER_MODE).__name__ == "SelfTeacherTrainer"
 
 
-@pytest.mark.parametrize("name", ["sc_grpo", "sdpo"])
+@pytest.mark.parametrize("name", ["sc_grpo", "sdpo", "sdpg"])
 def test_method_configs_pass_the_trainer_validation(name):
     settings, actor = validate_self_teacher_config(compose_config(name))
     assert settings.enable and actor.policy_loss.loss_mode == name
@@ -27,8 +27,7 @@ def test_method_configs_pass_the_trainer_validation(name):
 
 @pytest.mark.parametrize("name,overrides,key", [
     ("sdpo", ["actor_rollout_ref.actor.use_kl_loss=true"], "self_teacher.teacher.weights"),
-    ("sdpg", [], "self_teacher"),
-    ("sdpo", ["self_teacher.sdpo.distillation=full"], "self_teacher"),
+    ("sdpg", ["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode"),
     ("sc_grpo", ["self_teacher.teacher.weights=nope"], "self_teacher.teacher.weights"),
 ])
 def test_bad_plugin_config_is_rejected_before_the_first_rollout(name, overrides, key):

@@ -143,6 +143,33 @@ def teacher_pass(
 
 
 @torch.no_grad()
+def teacher_response_logits(
+    model,
+    teacher_sequences: Sequence[Sequence[int]],
+    response_lengths: Sequence[int],
+    frozen_model=None,
+    trust_region_mix: float = 0.05,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Teacher logits / temperature at every response token, concatenated over rollouts, (N, V) fp32.
+
+    Used inside the actor update for the full-vocabulary terms (SDPO ``full``, SDPG's L_OPD), where the
+    student's logits of the same micro-batch exist anyway. With ``frozen_model`` the logits are the
+    trust-region mix lerp(frozen, model, mix).
+    """
+    device = next(model.parameters()).device
+    rows = []
+    for ids, length in zip(teacher_sequences, response_lengths):
+        input_ids = torch.as_tensor([list(ids)], device=device)
+        logits = model(input_ids=input_ids, use_cache=False).logits[0].float()
+        if frozen_model is not None:
+            frozen = frozen_model(input_ids=input_ids, use_cache=False).logits[0].float()
+            logits = torch.lerp(frozen, logits, trust_region_mix)
+        rows.append(logits[len(ids) - length - 1 : len(ids) - 1])
+    return torch.cat(rows) / temperature
+
+
+@torch.no_grad()
 def ema_update_(teacher: torch.nn.Module, student: torch.nn.Module, rate: float) -> None:
     """EMA teacher step, in place: theta_teacher <- (1 - rate) theta_teacher + rate theta_student (SDPO section 2)."""
     if not 0.0 < rate <= 1.0:
