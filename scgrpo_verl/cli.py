@@ -1,4 +1,10 @@
-"""``scgrpo-verl``: command-line checks of the plugin's configs on any machine (no GPU needed)."""
+"""``scgrpo-verl``: the plugin's command line (no GPU needed).
+
+- ``check``: compose a shipped config and run verl's and the plugin's validation;
+- ``dry-run``: one self-teacher step on a synthetic batch, stage by stage (:mod:`scgrpo_verl.dry_run`);
+- ``cpu-run``: a few real ``main_ppo`` steps on the CPU debugging backend (:mod:`scgrpo_verl.cpu_backend`);
+- ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,34 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    from scgrpo_verl.dry_run import main
+
+    return main(args)
+
+
+def _cpu_run(args: argparse.Namespace) -> int:
+    from scgrpo_verl.cpu_backend.run import main
+
+    return main(args.rest)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from scgrpo_verl.explain import explain
+
+    def text(value: str) -> str:
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as handle:
+                return handle.read()
+        return value
+
+    credit = explain(args.model_path, text(args.prompt), text(args.rollout), text(args.solution), args.out,
+                     system=args.system)
+    print(f"wrote {args.out}: {len(credit.tokens)} tokens, c={credit.c:.4g}, "
+          f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +65,31 @@ def main(argv=None) -> int:
     check.add_argument("--config-name", required=True, help="grpo | dapo | sc_grpo | sdpo | sdpg")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
+
+    dry = commands.add_parser("dry-run", help="one self-teacher step of a config on a synthetic batch (CPU)")
+    dry.add_argument("--config-name", required=True, help="grpo | dapo | sc_grpo | sdpo | sdpg")
+    dry.add_argument("--groups", type=int, default=3, help="rollout groups (patterns: mixed, all wrong, all right)")
+    dry.add_argument("--group-size", type=int, default=None, help="rollouts per group (default min(rollout.n, 4))")
+    dry.add_argument("--max-new-tokens", type=int, default=24)
+    dry.add_argument("--seed", type=int, default=0)
+    dry.add_argument("--workdir", default=None, help="where the tiny model is built (default: a temp folder)")
+    dry.add_argument("--json", default=None, help="also write the report as JSON here")
+    dry.add_argument("overrides", nargs="*", help="Hydra overrides; model.path=DIR runs a local checkpoint")
+    dry.set_defaults(func=_dry_run)
+
+    cpu = commands.add_parser("cpu-run", add_help=False,
+                              help="real main_ppo steps on the CPU debugging backend (cpu-run --help for options)")
+    cpu.add_argument("rest", nargs=argparse.REMAINDER)
+    cpu.set_defaults(func=_cpu_run)
+
+    page = commands.add_parser("explain", help="write an HTML token-credit page (D and f(D) per token)")
+    page.add_argument("--model-path", required=True, help="local Hugging Face checkpoint folder")
+    page.add_argument("--prompt", required=True, help="the question (or @file)")
+    page.add_argument("--rollout", required=True, help="the rollout to explain (or @file)")
+    page.add_argument("--solution", required=True, help="a verified solution of the same question (or @file)")
+    page.add_argument("--system", default=None, help="optional system prompt")
+    page.add_argument("--out", default="token_credit.html")
+    page.set_defaults(func=_explain)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from scgrpo_verl.algos.divergence import DIVERGENCE_KINDS
+from scgrpo_verl.teacher.templates import TemplateConfig
 
 PLUGIN_LOSS_MODES = ("sc_grpo", "sdpo", "sdpg")
 TEACHER_WEIGHTS = ("live", "frozen", "ema", "trust_region")
@@ -120,6 +121,7 @@ class TeacherConfig:
     use_privileged_context: bool = False  # dataset row's hint / reference (SDPG)
     max_reprompt_len: int = 10240  # teacher prompt budget in tokens; demonstrations are shortened first
     divergence_chunk_size: int = 1024  # tokens per chunk of the full-vocabulary teacher pass
+    templates: TemplateConfig = field(default_factory=TemplateConfig)  # teacher-prompt templates
 
     def __post_init__(self):
         _require(self.weights in TEACHER_WEIGHTS, "teacher.weights", f"must be one of {TEACHER_WEIGHTS}, got {self.weights!r}")

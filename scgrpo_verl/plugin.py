@@ -28,6 +28,9 @@ def register() -> None:
 
 
 try:
+    from scgrpo_verl.cpu_backend import maybe_activate
+
+    maybe_activate()  # the CPU debugging backend, only when SCGRPO_VERL_CPU_BACKEND=1 (before verl's engines import)
     register()
 except Exception as error:
     logger.warning("scgrpo_verl: registering with verl failed: %r", error, exc_info=True)

@@ -125,6 +125,18 @@ class SelfTeacherTrainer(PPOTrainerSync):
         self.actor_rollout_wg.set_loss_fn(partial(self_teacher_loss, config=self.actor_loss_config))
         teacher = self.self_teacher.teacher
         self.actor_rollout_wg.configure_self_teacher(teacher.weights, teacher.trust_region_mix)
+        self._install_update_options()
+
+    def _install_update_options(self) -> None:
+        """verl's ``_update_actor`` writes its own update options (``distillation_use_topk`` among them) into
+        the batch meta right before it calls the workers; ours are written last, at the call."""
+        update_actor = self.actor_rollout_wg.update_actor
+
+        def update_actor_with_self_teacher(batch, *args, **kwargs):
+            batch.extra_info.update(self._update_options())
+            return update_actor(batch, *args, **kwargs)
+
+        self.actor_rollout_wg.update_actor = update_actor_with_self_teacher
 
     # -- the teacher step --------------------------------------------------------------------------
     def _compute_old_log_prob(self, batch, metrics: dict):
@@ -140,14 +152,14 @@ class SelfTeacherTrainer(PPOTrainerSync):
         fields = ["uid", "raw_prompt", "input_ids", "responses", "rm_scores"]
         teacher = self.self_teacher.teacher
         if teacher.use_feedback:
-            fields.append("feedback")
+            fields.append("extra_fields")  # the reward function's extra keys are in extra_fields["reward_extra_info"]
         if teacher.use_privileged_context:
             fields.append("reward_model")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         responses = [row.tolist() for row in data["responses"].unbind()]
         scores = data["rm_scores"].values().new_tensor([float(row.sum()) for row in data["rm_scores"].unbind()])
         uids = list(data["uid"]) if not torch.is_tensor(data["uid"]) else data["uid"].tolist()
-        feedback = list(data["feedback"]) if teacher.use_feedback else [""] * len(responses)
+        feedback = reward_feedback(_as_list(data["extra_fields"])) if teacher.use_feedback else [""] * len(responses)
         privileged = (
             [str(dict(row).get("ground_truth", "")) for row in data["reward_model"]]
             if teacher.use_privileged_context
@@ -182,12 +194,13 @@ class SelfTeacherTrainer(PPOTrainerSync):
             },
             batch_size=[len(rollouts)],
         )
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=stage)
+        batch = put_fields(batch, stage)
         batch.extra_info["self_teacher_pass"] = teacher_pass_options(
             self.self_teacher, self.loss_mode, self.config.actor_rollout_ref.rollout.temperature
         )
         output = self.actor_rollout_wg.compute_self_teacher(batch)
         assert len(output) == len(batch)
+        batch = put_fields(batch, None, output)
         if self.loss_mode == "sc_grpo":
             result = tq.kv_batch_get(
                 keys=batch.keys, partition_id=batch.partition_id, select_fields=["self_teacher_pass_divergence"]
@@ -204,7 +217,7 @@ class SelfTeacherTrainer(PPOTrainerSync):
                 },
                 batch_size=[len(rollouts)],
             )
-            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=sc)
+            batch = put_fields(batch, sc)
             values = torch.cat([d for d, m in zip(divergence.unbind(), mask) if m > 0]) if mask.any() else None
             if values is not None:
                 quantiles = torch.quantile(values.float(), torch.tensor([0.5, 0.75, 0.95]))
@@ -217,25 +230,63 @@ class SelfTeacherTrainer(PPOTrainerSync):
     def _compute_advantage(self, batch, metrics: dict):
         batch = super()._compute_advantage(batch, metrics)
         if self.self_teacher.enable and self.loss_mode == "sc_grpo":
-            apply_solve_none_advantages(batch, self.self_teacher, metrics)
+            batch = apply_solve_none_advantages(batch, self.self_teacher, metrics)
         return batch
 
-    def _update_actor(self, batch, metrics: dict):
-        if self.self_teacher.enable:
-            batch.extra_info["global_steps"] = self.global_steps
+    def _update_options(self) -> dict:
+        """Non-tensor options of the actor update the plugin loss reads."""
+        return {
+            "global_steps": self.global_steps,  # the step k of SDPG's beta(k)
             # verl runs the loss as a logits processor when this flag is set: SDPO's top-k / full and
             # SDPG's full-vocabulary terms are computed there, on the live student logits
-            batch.extra_info["distillation_use_topk"] = self.loss_mode == "sdpg" or (
-                self.loss_mode == "sdpo" and self.self_teacher.sdpo.distillation in ("topk", "full")
-            )
+            "distillation_use_topk": self.loss_mode == "sdpg"
+            or (self.loss_mode == "sdpo" and self.self_teacher.sdpo.distillation in ("topk", "full")),
+        }
+
+    def _update_actor(self, batch, metrics: dict):
         batch = super()._update_actor(batch, metrics)
         if self.self_teacher.enable and self.self_teacher.teacher.weights == "ema":
             self.actor_rollout_wg.update_ema_teacher(self.self_teacher.teacher.ema_rate)
         return batch
 
 
-def apply_solve_none_advantages(batch, settings: SelfTeacherConfig, metrics: dict) -> None:
-    """Replace the advantages of solve-none groups by SC-GRPO's pseudo-advantages, in TransferQueue."""
+def _as_list(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def reward_feedback(extra_fields: list) -> list[str]:
+    """The ``feedback`` string the reward function returned for each rollout ("" when it returned none).
+
+    verl's agent loop keeps a reward function's extra keys (everything but ``score``) per sample in the
+    ``extra_fields`` TransferQueue field, under ``reward_extra_info``.
+    """
+    out = []
+    for fields in extra_fields:
+        info = (fields or {}).get("reward_extra_info") or {}
+        value = info.get("feedback", "")
+        out.append("" if value is None else str(value))
+    return out
+
+
+def put_fields(batch, fields: TensorDict | None, written=None):
+    """Write ``fields`` next to ``batch`` in TransferQueue and list them in ``batch.fields``; returns ``batch``.
+
+    Workers read only the fields a ``KVBatchMeta`` lists (``None``: all), so fields written here, or by a
+    worker call whose returned meta is ``written``, must be added to the batch meta the trainer passes on.
+    """
+    meta = written if fields is None else trainer_base.tq.kv_batch_put(
+        keys=batch.keys, partition_id=batch.partition_id, fields=fields
+    )
+    added = list(getattr(meta, "fields", None) or []) or (list(fields.keys()) if fields is not None else [])
+    if batch.fields is not None:
+        batch.fields = list(dict.fromkeys([*batch.fields, *added]))
+    return batch
+
+
+def apply_solve_none_advantages(batch, settings: SelfTeacherConfig, metrics: dict):
+    """Replace the advantages of solve-none groups by SC-GRPO's pseudo-advantages, in TransferQueue.
+
+    Returns the batch meta (updated when advantages were written)."""
     tq = trainer_base.tq
     data = tq.kv_batch_get(
         keys=batch.keys,
@@ -245,7 +296,7 @@ def apply_solve_none_advantages(batch, settings: SelfTeacherConfig, metrics: dic
     route = data["sc_route"].reshape(-1).long()
     metrics["self_teacher/frac_solve_none"] = (route == ROUTE_SOLVE_NONE).float().mean().item()
     if not (route == ROUTE_SOLVE_NONE).any():
-        return
+        return batch
     response_mask = data["response_mask"].to_padded_tensor(0.0)
     divergence = data["sc_divergence"].to_padded_tensor(0.0)
     advantages = data["advantages"].to_padded_tensor(0.0)
@@ -265,8 +316,4 @@ def apply_solve_none_advantages(batch, settings: SelfTeacherConfig, metrics: dic
     advantages = torch.where(solve_none, pseudo.unsqueeze(-1) * response_mask, advantages)
     lengths = data["response_mask"].offsets().diff().tolist()
     nested = torch.nested.as_nested_tensor([advantages[i, :n] for i, n in enumerate(lengths)], layout=torch.jagged)
-    tq.kv_batch_put(
-        keys=batch.keys,
-        partition_id=batch.partition_id,
-        fields=TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=[len(lengths)]),
-    )
+    return put_fields(batch, TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=[len(lengths)]))

@@ -1,10 +1,10 @@
 """Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from tensordict import TensorDict
+
+from scgrpo_verl.engine_path import engine_loss, nested  # noqa: F401  (re-exported for the tests)
 
 VOCAB = 48
 
@@ -25,10 +25,6 @@ def tiny_model():
         tie_word_embeddings=False,
     )
     return Qwen2ForCausalLM(config).float().eval()
-
-
-def nested(rows):
-    return torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)
 
 
 def make_micro_batch(prompt_lens, response_lens, seed=0, extra=None, batch_num_tokens=None, global_batch_size=None,
@@ -62,18 +58,6 @@ def make_micro_batch(prompt_lens, response_lens, seed=0, extra=None, batch_num_t
         **(non_tensor or {}),
     )
     return td
-
-
-def engine_loss(model, micro_batch, loss_fn):
-    """verl's FSDP engine forward step without FSDP: its own input/output preparation, logits
-    processor call (when ``distillation_use_topk``) and final loss call."""
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-
-    fake_engine = SimpleNamespace(pad_to_length=False, engine_config=SimpleNamespace(entropy_checkpointing=False))
-    model_inputs, output_args = FSDPEngineWithLMHead.prepare_model_inputs(fake_engine, micro_batch)
-    raw = model(**model_inputs, use_cache=False)
-    model_output = FSDPEngineWithLMHead.prepare_model_outputs(fake_engine, raw, output_args, micro_batch, loss_fn)
-    return loss_fn(model_output=model_output, data=micro_batch, dp_group=None)
 
 
 def response_logits(model, micro_batch):

@@ -20,7 +20,8 @@ class FakeTransferQueue:
                     row[name] = value[i]
                 else:
                     row[name] = list(value)[i]
-        return KVBatchMeta(keys=list(keys), tags=[{} for _ in keys], partition_id=partition_id)
+        persisted = sorted(set.intersection(*(set(self.rows[(partition_id, key)]) for key in keys)))
+        return KVBatchMeta(keys=list(keys), tags=[{} for _ in keys], partition_id=partition_id, fields=persisted)
 
     def kv_batch_get(self, keys, partition_id, select_fields=None):
         out = {}

@@ -80,3 +80,138 @@ def test_solve_none_advantages_written_back_to_transfer_queue(monkeypatch):
         else:
             torch.testing.assert_close(got, grpo[i])  # other groups keep verl's GRPO advantage
     assert metrics["self_teacher/frac_solve_none"] == 0.5
+
+
+class FakeWorkerGroup:
+    """The actor worker group as the trainer sees it: reads the fields a batch meta lists from the
+    (fake) TransferQueue, runs SelfTeacherWorker.compute_self_teacher, writes its output back (as verl's
+    tqbridge does) and returns the updated meta."""
+
+    def __init__(self, tq, worker):
+        self.tq, self.worker, self.seen_fields = tq, worker, None
+
+    def compute_self_teacher(self, meta):
+        from verl.utils import tensordict_utils as tu
+
+        assert meta.fields is not None and "teacher_input_ids" in meta.fields, meta.fields
+        self.seen_fields = list(meta.fields)
+        td = self.tq.kv_batch_get(meta.keys, meta.partition_id, [f for f in meta.fields if f != "raw_prompt"])
+        tu.assign_non_tensor(td, **meta.extra_info)
+        out = self.worker.compute_self_teacher(td)
+        return self.tq.kv_batch_put(meta.keys, meta.partition_id, out)
+
+
+def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp_path):
+    """The trainer's teacher step on a mocked TransferQueue and worker group with a real tokenizer and a
+    tiny random Qwen2: contexts from TQ fields, the teacher pass on the worker, SC-GRPO fields written
+    back and listed in the batch meta, then the solve-none advantage step."""
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from scgrpo_verl.teacher.passes import teacher_pass
+    from scgrpo_verl.trainer import SelfTeacherTrainer
+    from tokenizer_utils import build_byte_level_tokenizer
+    from test_worker import make_worker
+    from verl.trainer.ppo.v1 import trainer_base
+
+    fake = FakeTransferQueue()
+    monkeypatch.setattr(trainer_base, "tq", fake)
+    tokenizer = build_byte_level_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=512, tie_word_embeddings=False)).eval()
+    questions = {"a": "What is 2 + 3?", "b": "What is 7 * 6?"}
+    answers = [("a", "2 + 3 = 5. #### 5", 1.0), ("a", "It is 5. #### 5", 1.0), ("a", "#### 6", 0.0),
+               ("b", "#### 40", 0.0), ("b", "7 * 6 = 41 #### 41", 0.0), ("b", "#### 13", 0.0)]
+    keys = [f"k{i}" for i in range(len(answers))]
+    prompts, responses, scores = [], [], []
+    for uid, text, score in answers:
+        messages = [{"role": "user", "content": questions[uid]}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        prompts.append(prompt)
+        responses.append(tokenizer.encode(text, add_special_tokens=False))
+        scores.append(score)
+    nested = lambda xs: torch.nested.as_nested_tensor(list(xs), layout=torch.jagged)  # noqa: E731
+    rm_scores = [torch.zeros(len(r)) for r in responses]
+    for row, score in zip(rm_scores, scores):
+        row[-1] = score
+    meta = fake.kv_batch_put(keys, "train", TensorDict({
+        "input_ids": nested(torch.tensor(p + r) for p, r in zip(prompts, responses)),
+        "responses": nested(torch.tensor(r) for r in responses),
+        "response_mask": nested(torch.ones(len(r)) for r in responses),
+        "rm_scores": nested(rm_scores),
+    }, batch_size=[len(keys)]))
+    for key, (uid, _, _) in zip(keys, answers):
+        fake.rows[("train", key)].update(uid=uid, raw_prompt=[{"role": "user", "content": questions[uid]}])
+    batch = KVBatchMeta(keys=keys, tags=[{}] * len(keys), partition_id="train", fields=meta.fields + ["uid", "raw_prompt"])
+
+    trainer = SelfTeacherTrainer.__new__(SelfTeacherTrainer)  # no Ray: only what the teacher step reads
+    trainer.self_teacher = SelfTeacherConfig.from_mapping({"enable": True})
+    trainer.loss_mode = "sc_grpo"
+    trainer.tokenizer = tokenizer
+    trainer.teacher_generator = torch.Generator().manual_seed(0)
+    trainer.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"temperature": 1.0}}})
+    trainer.actor_rollout_wg = FakeWorkerGroup(fake, make_worker(model))
+    metrics = {}
+    batch = trainer._compute_self_teacher(batch, metrics)
+
+    rows = [fake.rows[("train", key)] for key in keys]
+    assert [int(r["sc_route"]) for r in rows] == [ROUTE_WEIGHTED] * 3 + [ROUTE_SOLVE_NONE] * 3
+    assert sum(int(r["sc_reference"]) for r in rows[3:]) == 1 and not any(int(r["sc_reference"]) for r in rows[:3])
+    mask = [float(r["self_teacher_mask"]) for r in rows]
+    reference = next(i for i in (3, 4, 5) if int(rows[i]["sc_reference"]))
+    assert mask == [1.0, 1.0, 1.0] + [0.0 if i == reference else 1.0 for i in (3, 4, 5)]
+    for i, row in enumerate(rows):
+        teacher_ids = row["teacher_input_ids"].tolist()
+        assert teacher_ids[len(teacher_ids) - len(responses[i]):] == responses[i]  # response reused verbatim
+        if mask[i]:
+            assert len(teacher_ids) > len(prompts[i]) + len(responses[i])  # the demonstration is in the prompt
+            expected = teacher_pass(model, [prompts[i] + responses[i]], [teacher_ids], [len(responses[i])])
+            torch.testing.assert_close(row["sc_divergence"], expected.divergence)
+            assert (expected.divergence > 0).all()
+        else:
+            assert torch.equal(row["sc_divergence"], torch.zeros(len(responses[i])))
+    for name in ("teacher_input_ids", "self_teacher_mask", "sc_divergence", "sc_route", "sc_reference"):
+        assert name in batch.fields  # listed for the actor update, which reads only listed fields
+    assert metrics["self_teacher/frac_groups_with_success"] == 0.5
+    assert metrics["self_teacher/frac_rollouts_with_teacher"] == 5 / 6
+    assert np.isfinite(metrics["self_teacher/divergence_p75"])
+
+    # advantage step: verl's GRPO gives the all-wrong group b zero advantages; SC-GRPO replaces them
+    fake.kv_batch_put(keys, "train", TensorDict({"advantages": nested(torch.zeros(len(r)) for r in responses)},
+                                                batch_size=[len(keys)]))
+    batch = apply_solve_none_advantages(batch, trainer.self_teacher, metrics)
+    advantages = [fake.rows[("train", key)]["advantages"] for key in keys]
+    assert all(torch.equal(a, torch.zeros_like(a)) for a in advantages[:3])
+    assert any(a.abs().sum() > 0 for a in advantages[3:])
+    assert float(advantages[reference].abs().sum()) == 0.0  # the reference rollout itself gets advantage 0
+    assert "advantages" in batch.fields
+
+
+@pytest.mark.parametrize("loss_mode, distillation, expected", [
+    ("sdpg", "topk", True), ("sdpo", "topk", True), ("sdpo", "full", True), ("sdpo", "sampled_token", False),
+    ("sc_grpo", "topk", False),
+])
+def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillation, expected):
+    """verl's _update_actor sets distillation_use_topk=False in the batch meta; the plugin's options win."""
+    from scgrpo_verl.trainer import SelfTeacherTrainer
+
+    calls = []
+
+    class WorkerGroup:
+        def update_actor(self, batch):
+            calls.append(dict(batch.extra_info))
+            return "metrics"
+
+    trainer = SelfTeacherTrainer.__new__(SelfTeacherTrainer)
+    alpha = 1.0 if distillation == "sampled_token" else 0.5
+    trainer.self_teacher = SelfTeacherConfig.from_mapping({"enable": True, "sdpo": {"distillation": distillation, "alpha": alpha}})
+    trainer.loss_mode, trainer.global_steps = loss_mode, 7
+    trainer.actor_rollout_wg = WorkerGroup()
+    trainer._install_update_options()
+    batch = KVBatchMeta(keys=["a"], tags=[{}], extra_info={"distillation_use_topk": False, "temperature": 1.0})
+    assert trainer.actor_rollout_wg.update_actor(batch) == "metrics"
+    assert calls == [{"distillation_use_topk": expected, "temperature": 1.0, "global_steps": 7}]

@@ -57,8 +57,12 @@ def response_hidden_states(model, sequences: Sequence[Sequence[int]], response_l
     return torch.cat(rows)
 
 
-def _lm_head(model) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The lm_head (weight (V, H), bias) as plain tensors; FSDP2 DTensor shards are gathered."""
+def _lm_head(model, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The lm_head (weight (V, H), bias) as plain tensors in ``dtype``; FSDP2 DTensor shards are gathered.
+
+    Under FSDP2 mixed precision the stored (sharded) parameters are fp32 while the forward runs in the
+    compute dtype (bf16): ``dtype`` is the hidden states' dtype, so the logits are computed as the
+    model's own lm_head computes them (then upcast to fp32 for the softmax)."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError("model has no output embeddings (lm_head)")
@@ -66,7 +70,8 @@ def _lm_head(model) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     def full(param):
         if param is None:
             return None
-        return param.full_tensor() if hasattr(param, "full_tensor") else param
+        param = param.full_tensor() if hasattr(param, "full_tensor") else param
+        return param if dtype is None else param.to(dtype)
 
     return full(head.weight), full(getattr(head, "bias", None))
 
@@ -106,13 +111,17 @@ def teacher_pass(
     h_student = response_hidden_states(student_model, student_sequences, lengths)
     heads = []  # (hidden states, (lm_head weight, bias), weight of this model in the teacher logits)
     if teacher_model is not None:
-        heads.append((response_hidden_states(teacher_model, teacher_sequences, lengths), _lm_head(teacher_model), 1.0))
+        hidden = response_hidden_states(teacher_model, teacher_sequences, lengths)
+        heads.append((hidden, _lm_head(teacher_model, hidden.dtype), 1.0))
     elif frozen_model is not None:
-        heads.append((response_hidden_states(student_model, teacher_sequences, lengths), _lm_head(student_model), trust_region_mix))
-        heads.append((response_hidden_states(frozen_model, teacher_sequences, lengths), _lm_head(frozen_model), 1.0 - trust_region_mix))
+        live = response_hidden_states(student_model, teacher_sequences, lengths)
+        frozen = response_hidden_states(frozen_model, teacher_sequences, lengths)
+        heads.append((live, _lm_head(student_model, live.dtype), trust_region_mix))
+        heads.append((frozen, _lm_head(frozen_model, frozen.dtype), 1.0 - trust_region_mix))
     else:
-        heads.append((response_hidden_states(student_model, teacher_sequences, lengths), _lm_head(student_model), 1.0))
-    student_weight, student_bias = _lm_head(student_model)
+        hidden = response_hidden_states(student_model, teacher_sequences, lengths)
+        heads.append((hidden, _lm_head(student_model, hidden.dtype), 1.0))
+    student_weight, student_bias = _lm_head(student_model, h_student.dtype)
     sampled = torch.cat([torch.as_tensor(list(s[len(s) - n :])) for s, n in zip(student_sequences, lengths)])
     sampled = sampled.to(h_student.device)
 
@@ -178,4 +187,13 @@ def ema_update_(teacher: torch.nn.Module, student: torch.nn.Module, rate: float)
     for name, param in student.named_parameters():
         if name not in teacher_params:
             raise KeyError(f"teacher has no parameter {name!r}")
-        teacher_params[name].lerp_(param.detach().to(teacher_params[name].dtype), rate)
+        # FSDP2: both are DTensors sharded alike; the teacher (ref engine) may be offloaded to the CPU
+        target, source = _local(teacher_params[name]), _local(param.detach())
+        if target.shape != source.shape:
+            raise ValueError(f"parameter {name!r}: teacher shard {tuple(target.shape)} != policy shard {tuple(source.shape)}")
+        target.lerp_(source.to(device=target.device, dtype=target.dtype), rate)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 DTensor parameter (a view: in-place updates reach the parameter)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -1,0 +1,303 @@
+"""An ``("hf", "async")`` rollout for verl: a Ray actor that runs Hugging Face ``generate`` on the CPU.
+
+verl 0.9.1 has two rollout registries, and a backend needs an entry in both:
+
+* ``verl.workers.rollout.base._ROLLOUT_REGISTRY[(name, mode)]`` -> the *server adapter* built inside each actor
+  worker (``ActorRolloutRefWorker.init_model``). It receives the trainer's weights (``update_weights``) and
+  wakes / sleeps the server. Here: :class:`HFServerAdapter`, which gathers the full tensors and ships them to the
+  server actor through the Ray object store (fine for a tiny model; no CUDA IPC on CPU).
+* ``verl.workers.rollout.replica.RolloutReplicaRegistry[name]`` -> the *replica* that the trainer's
+  ``LLMServerManager`` builds. It launches the server actor and hands its handle to the load balancer, from which
+  the agent loop calls ``server.generate(prompt_ids=..., sampling_params=..., request_id=...)`` and expects a
+  ``TokenOutput``. Here: :class:`HFReplica` and :class:`HFRolloutServer`.
+
+The server holds its own copy of the model, loaded from the model path at start and replaced at every weight
+sync; requests are served one at a time (``asyncio.Lock`` + a worker thread) with ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any, Generator, Optional
+
+import ray
+import torch
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_NAME = "hf"
+SERVER_PREFIX = f"{ROLLOUT_NAME}_server_"
+
+
+def _model_path(model_config) -> str:
+    for key in ("local_path", "path"):
+        value = getattr(model_config, key, None) if not isinstance(model_config, dict) else model_config.get(key)
+        if value:
+            return value
+    raise ValueError("model config has no path")
+
+
+class HFRolloutServer:
+    """Token-in/token-out generation server (one per replica), the CPU stand-in for ``vLLMHttpServer``."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0, node_rank: int = 0):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        self.replica_rank = replica_rank
+        self.node_rank = node_rank
+        path = _model_path(model_config)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        self.model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self.eos_token_ids = self._eos_ids(tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.global_steps: Optional[int] = None
+        self.weight_version = 0
+        self._lock = asyncio.Lock()
+        self._thread_lock = threading.Lock()
+
+    def _eos_ids(self, tokenizer) -> list[int]:
+        ids = []
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, tokenizer.eos_token_id):
+            if value is None:
+                continue
+            ids.extend(value if isinstance(value, (list, tuple)) else [value])
+        return sorted(set(int(i) for i in ids)) or [0]
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    def _max_new_tokens(self, prompt_len: int, sampling_params: dict) -> int:
+        if "max_tokens" in sampling_params:
+            limit = sampling_params.pop("max_tokens")
+        elif "max_new_tokens" in sampling_params:
+            limit = sampling_params.pop("max_new_tokens")
+        else:
+            limit = min(
+                self.config.response_length, self.config.prompt_length + self.config.response_length - prompt_len
+            )
+        max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
+        return max(1, min(int(limit), max_model_len - prompt_len))
+
+    def _generate_sync(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
+        sampling_params = dict(sampling_params)
+        want_logprobs = bool(sampling_params.pop("logprobs", False))
+        max_new_tokens = self._max_new_tokens(len(prompt_ids), sampling_params)
+        temperature = float(sampling_params.get("temperature", 1.0) or 0.0)
+        top_p = sampling_params.get("top_p", 1.0)
+        top_k = sampling_params.get("top_k", -1)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            output_scores=want_logprobs,
+            return_dict_in_generate=True,
+        )
+        if sampling_params.get("ignore_eos", False):
+            kwargs["min_new_tokens"] = max_new_tokens
+        if temperature <= 0:
+            kwargs["do_sample"] = False
+        else:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=float(top_p if top_p is not None else 1.0))
+            kwargs["top_k"] = int(top_k) if top_k is not None and int(top_k) > 0 else 0
+        repetition_penalty = sampling_params.get("repetition_penalty", 1.0)
+        if repetition_penalty and float(repetition_penalty) != 1.0:
+            kwargs["repetition_penalty"] = float(repetition_penalty)
+        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        with self._thread_lock, torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        tokens = out.sequences[0, input_ids.shape[1] :].tolist()
+        log_probs = None
+        if want_logprobs:
+            # processed log-probs (after temperature/top-k/top-p), like verl's default logprobs_mode
+            log_probs = [
+                float(torch.log_softmax(score[0].float(), dim=-1)[tok]) for score, tok in zip(out.scores, tokens)
+            ]
+        # generate() pads finished sequences; keep up to and including the first eos
+        for i, tok in enumerate(tokens):
+            if tok in self.eos_token_ids:
+                tokens = tokens[: i + 1]
+                log_probs = log_probs[: i + 1] if log_probs is not None else None
+                break
+        return TokenOutput(
+            token_ids=tokens,
+            log_probs=log_probs,
+            stop_reason="completed",
+            extra_fields={"global_steps": self.global_steps},
+        )
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Optional[list[Any]] = None,
+        video_data: Optional[list[Any]] = None,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        if image_data or video_data or kwargs.get("audio_data"):
+            raise NotImplementedError("the CPU hf rollout is text-only")
+        async with self._lock:
+            return await asyncio.to_thread(self._generate_sync, list(prompt_ids), dict(sampling_params))
+
+    # ---- weights ------------------------------------------------------------------------------------------
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+        with self._thread_lock:
+            missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+            tied = getattr(self.model.config, "tie_word_embeddings", False)
+            missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+            if missing or unexpected:
+                raise RuntimeError(f"hf rollout weight sync: missing={missing[:8]} unexpected={unexpected[:8]}")
+            self.weight_version += 1
+        if global_steps is not None:
+            self.global_steps = global_steps
+        return self.weight_version
+
+    def get_weight_version(self) -> int:
+        return self.weight_version
+
+    # ---- the vLLMHttpServer control surface the trainer calls (all no-ops: no KV cache to free on CPU) ----
+    def get_server_address(self):
+        return f"hf-rollout-{self.replica_rank}", self.node_rank
+
+    async def wake_up(self, tags: Optional[list[str]] = None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def set_global_steps(self, global_steps: int):
+        self.global_steps = global_steps
+
+    async def wait_for_requests_to_drain(self):
+        async with self._lock:
+            return None
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def abort_request(self, request_id: str, reset_prefix_cache: bool = True) -> dict:
+        return {"aborted": False, "request_id": request_id}
+
+    async def resume_generation(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+class HFServerAdapter(BaseRollout):
+    """Worker-side adapter (lives in the actor worker process): forwards weight syncs to the server actor."""
+
+    def __init__(self, config, model_config, device_mesh=None, replica_rank: int = -1, **_kwargs):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        world = self.config.tensor_model_parallel_size * self.config.data_parallel_size
+        world *= self.config.pipeline_model_parallel_size
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % world
+        self.is_leader_rank = self.rollout_rank == 0
+        self.server_handle = None
+
+    def _server(self):
+        if not self.is_leader_rank:
+            return None
+        if self.server_handle is None:
+            self.server_handle = ray.get_actor(f"{SERVER_PREFIX}{self.replica_rank}_0")
+        return self.server_handle
+
+    async def resume(self, tags: list[str]):
+        server = self._server()
+        if server is not None:
+            await server.wake_up.remote(tags=tags)
+
+    async def release(self):
+        server = self._server()
+        if server is not None:
+            await server.sleep.remote()
+
+    @torch.no_grad()
+    async def update_weights(
+        self,
+        weights: Generator[tuple[str, torch.Tensor], None, None],
+        global_steps: int = None,
+        wire_format: str = "named_tensors",
+        **kwargs,
+    ):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"hf rollout supports only wire_format='named_tensors', got {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("hf rollout does not support LoRA adapters (set lora merge=True)")
+        state_dict = {}
+        # every rank must drain the generator (it may run collectives); only the leader ships the tensors
+        async for name, tensor in _aiter(weights):
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            state_dict[name] = tensor.detach().to("cpu", dtype=torch.float32).clone()
+        server = self._server()
+        if server is not None:
+            await server.update_weights.remote(state_dict, global_steps)
+
+    def generate_sequences(self, prompts):
+        raise NotImplementedError("use the async server (HFReplica) for generation")
+
+
+async def _aiter(items):
+    if hasattr(items, "__aiter__"):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+class HFReplica(RolloutReplica):
+    """Launches one :class:`HFRolloutServer` actor per replica (hybrid, colocated or standalone)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.server_class = ray.remote(HFRolloutServer)
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+    async def launch_servers(self):
+        if self.is_reward_model:
+            name = f"{SERVER_PREFIX}reward_{self.replica_rank}_0{self.name_suffix}"
+        elif self.is_teacher_model:
+            name = f"{SERVER_PREFIX}teacher_{self.replica_rank}_0{self.name_suffix}"
+        else:
+            name = f"{SERVER_PREFIX}{self.replica_rank}_0{self.name_suffix}"
+        server = self.server_class.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
+            config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, node_rank=0
+        )
+        self.servers = [server]
+        address, _ = await server.get_server_address.remote()
+        self._server_handle = server
+        self._server_address = address
+
+    async def abort_all_requests(self, reject_request: bool = False):
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self):
+        return None

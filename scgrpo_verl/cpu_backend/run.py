@@ -1,0 +1,373 @@
+"""Launch a real verl ``main_ppo`` run on the CPU backend and parse its step metrics.
+
+    python -m scgrpo_verl.cpu_backend.run --config-name grpo --steps 2 [hydra overrides ...]
+
+:func:`cpu_run` builds the tiny assets (:mod:`.assets`), starts
+``python -m verl.trainer.main_ppo --config-path=pkg://scgrpo_verl.configs --config-name=<config_name>`` in its own
+process group with :func:`cpu_overrides` + the caller's overrides (any config name and any override pass through,
+later overrides win), streams the output to ``<workdir>/run.log`` (and stdout when ``echo``), enforces a hard
+timeout, and returns the ``step:N - key:value - ...`` lines of verl's console logger as ``{step: {key: value}}``.
+
+Each run gets its own Ray temp dir, so cleanup after a failure or timeout kills exactly the processes of this run
+(the launcher's process group, every descendant, and every process that names the run's Ray temp dir) instead of
+``ray stop --force``, which would also kill unrelated Ray clusters on the machine (pass ``ray_stop=True`` to do that
+as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from . import ENV
+from .assets import AssetPaths, prepare_assets
+
+CONFIG_PATH = "pkg://scgrpo_verl.configs"
+AUTOLOAD_MODULE = "scgrpo_verl.cpu_backend.autoload"
+STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
+_NUMBER_WRAPPER = re.compile(r"^[A-Za-z_][\w.]*\((.*)\)$")  # np.float64(0.5) -> 0.5
+
+
+@dataclass
+class CpuRunResult:
+    returncode: Optional[int]
+    timed_out: bool
+    wall_s: float
+    metrics: dict[int, dict[str, float]]
+    workdir: str
+    log_path: str
+    checkpoint_dir: str
+    assets: AssetPaths
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "".join(Path(self.log_path).read_text(errors="replace").splitlines(True)[-n:])
+        except OSError:
+            return ""
+
+
+def parse_value(text: str) -> float:
+    text = text.strip()
+    match = _NUMBER_WRAPPER.match(text)
+    if match:
+        text = match.group(1)
+    return float(text)
+
+
+def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
+    """``step:3 - actor/pg_loss:0.1 - ...`` (possibly after a Ray ``(TaskRunner pid=..)`` prefix) -> (3, {...})."""
+    match = STEP_LINE.search(line.rstrip("\n"))
+    if not match:
+        return None
+    values = {}
+    for item in match.group(2).split(" - "):
+        key, sep, value = item.rpartition(":")
+        if not sep:
+            continue
+        try:
+            values[key.strip()] = parse_value(value)
+        except ValueError:
+            continue
+    return int(match.group(1)), values
+
+
+def parse_metrics(lines: Iterable[str]) -> dict[int, dict[str, float]]:
+    metrics: dict[int, dict[str, float]] = {}
+    for line in lines:
+        parsed = parse_step_line(line)
+        if parsed:
+            metrics.setdefault(parsed[0], {}).update(parsed[1])
+    return metrics
+
+
+def cpu_overrides(
+    assets: AssetPaths,
+    steps: int,
+    checkpoint_dir: str,
+    ray_tmp: Optional[str] = None,
+    shaped_reward: bool = True,
+    save_freq: int = -1,
+) -> list[str]:
+    """Hydra overrides of a CPU run: tiny model/data/batches, FSDP2 + sdpa, the hf rollout, Ray/TQ sizing."""
+    rollout = "actor_rollout_ref.rollout"
+    overrides = [
+        # tiny assets and batch sizes
+        f"data.train_files={assets.train_file}",
+        f"data.val_files={assets.val_file}",
+        "data.train_batch_size=2",
+        "data.max_prompt_length=96",
+        "data.max_response_length=32",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={assets.model}",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
+        # the CPU rollout
+        f"{rollout}.name=hf",
+        f"{rollout}.n=4",  # 4 rollouts per prompt: SC-GRPO's routes and solve-none z-scores need more than 2
+        f"{rollout}.tensor_model_parallel_size=1",
+        f"{rollout}.log_prob_micro_batch_size_per_gpu=1",
+        f"{rollout}.agent.num_workers=1",
+        "reward.num_workers=1",
+        # trainer
+        f"trainer.total_training_steps={steps}",
+        "trainer.total_epochs=1000",
+        "trainer.n_gpus_per_node=1",
+        "trainer.nnodes=1",
+        "trainer.device=cpu",
+        f"trainer.save_freq={save_freq}",
+        "trainer.test_freq=-1",
+        "trainer.val_before_train=False",
+        "trainer.resume_mode=disable",
+        "trainer.logger=[console]",
+        f"trainer.default_local_dir={checkpoint_dir}",
+        # Ray / TransferQueue sizing: without these TransferQueue waits forever, silently
+        "ray_kwargs.ray_init.num_cpus=16",
+        "+ray_kwargs.ray_init.num_gpus=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    ]
+    if ray_tmp:
+        overrides.append(f"+ray_kwargs.ray_init._temp_dir={ray_tmp}")
+    for key, value in run_env_vars().items():
+        overrides.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}='{value}'")
+    if shaped_reward:
+        from . import reward
+
+        overrides += [
+            f"reward.custom_reward_function.path={reward.__file__}",
+            "reward.custom_reward_function.name=compute_score",
+        ]
+    return overrides
+
+
+def run_env_vars() -> dict[str, str]:
+    """Env of every process of the run; ``VERL_USE_EXTERNAL_MODULES`` activates the backend before other plugins."""
+    env = dict(ENV)
+    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    if AUTOLOAD_MODULE not in modules:
+        modules.insert(0, AUTOLOAD_MODULE)
+    env["VERL_USE_EXTERNAL_MODULES"] = ",".join(modules)
+    env["RAY_DEDUP_LOGS"] = "0"
+    return env
+
+
+def _run_processes(root_pid: int, marker: Optional[str]) -> list:
+    import psutil
+
+    found = {}
+    try:
+        root = psutil.Process(root_pid)
+        found[root.pid] = root
+        for child in root.children(recursive=True):
+            found[child.pid] = child
+    except psutil.Error:
+        pass
+    if marker:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(marker in part for part in (proc.info["cmdline"] or [])):
+                    found[proc.pid] = proc
+                    for child in proc.children(recursive=True):
+                        found[child.pid] = child
+            except psutil.Error:
+                continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _kill_run(proc: subprocess.Popen, marker: Optional[str], ray_stop: bool) -> None:
+    import psutil
+
+    victims = _run_processes(proc.pid, marker)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for victim in victims:
+        try:
+            victim.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=5)
+    for victim in alive:
+        try:
+            victim.kill()
+        except psutil.Error:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if ray_stop:
+        ray = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+        subprocess.run([ray, "stop", "--force"], check=False, capture_output=True, timeout=60)
+
+
+def cpu_run(
+    config_name: str = "grpo",
+    steps: int = 2,
+    overrides: Sequence[str] = (),
+    workdir: Optional[str] = None,
+    timeout: float = 600,
+    echo: bool = True,
+    shaped_reward: bool = True,
+    save_freq: int = -1,
+    ray_stop: bool = False,
+    check: bool = False,
+) -> CpuRunResult:
+    """Run ``main_ppo`` with ``config_name`` from ``scgrpo_verl/configs`` on the CPU backend for ``steps`` steps.
+
+    ``overrides`` are appended after the CPU overrides (so they win), e.g. ``["trainer.v1.trainer_mode=self_teacher"]``.
+    ``save_freq=steps`` saves the actor at the end under ``result.checkpoint_dir``. ``check`` raises on failure.
+    """
+    workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="scgrpo_cpu_run_"))
+    os.makedirs(workdir, exist_ok=True)
+    assets = prepare_assets(os.path.join(workdir, "assets"))
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    # short: Ray puts unix sockets under it (107-byte limit)
+    ray_tmp = tempfile.mkdtemp(prefix="scgrpo_ray_", dir="/tmp")
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        f"--config-path={CONFIG_PATH}",
+        f"--config-name={config_name}",
+        *cpu_overrides(assets, steps, checkpoint_dir, ray_tmp, shaped_reward=shaped_reward, save_freq=save_freq),
+        *overrides,
+    ]
+    env = {**os.environ, **run_env_vars()}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log_path = os.path.join(workdir, "run.log")
+    lines: list[str] = []
+    start = time.monotonic()
+    timed_out = False
+    with open(log_path, "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+
+        def pump():
+            for line in proc.stdout:
+                lines.append(line)
+                log.write(line)
+                log.flush()
+                if echo and (STEP_LINE.search(line) or "Traceback" in line or "Error:" in line[:200]):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        except BaseException:
+            _kill_run(proc, ray_tmp, ray_stop)
+            raise
+        finally:
+            if timed_out or proc.returncode not in (0, None):
+                _kill_run(proc, ray_tmp, ray_stop)
+            else:
+                # a clean exit shuts Ray down itself; kill whatever of this run is left anyway
+                leftovers = _run_processes(proc.pid, ray_tmp) if proc.returncode is not None else []
+                if leftovers:
+                    _kill_run(proc, ray_tmp, ray_stop)
+            reader.join(timeout=10)
+            if timed_out:
+                log.write(f"\n[scgrpo_verl.cpu_backend] killed after the {timeout}s timeout\n")
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = CpuRunResult(
+        returncode=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        wall_s=time.monotonic() - start,
+        metrics=parse_metrics(lines),
+        workdir=workdir,
+        log_path=log_path,
+        checkpoint_dir=checkpoint_dir,
+        assets=assets,
+        command=command,
+    )
+    if check and not result.ok:
+        raise RuntimeError(
+            f"CPU run failed (returncode={result.returncode}, timed_out={timed_out}); log {log_path}:\n{result.tail()}"
+        )
+    return result
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cpu-run",
+        description="Run verl main_ppo on the CPU debugging backend with a tiny random model (scgrpo_verl configs).",
+    )
+    parser.add_argument("--config-name", default="grpo")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--save-freq", type=int, default=-1)
+    parser.add_argument("--no-shaped-reward", action="store_true", help="use the config's reward as is")
+    parser.add_argument("--ray-stop", action="store_true", help="also run `ray stop --force` after a failure")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides, e.g. trainer.v1.trainer_mode=self_teacher")
+    args = parser.parse_args(argv)
+    result = cpu_run(
+        config_name=args.config_name,
+        steps=args.steps,
+        overrides=args.overrides,
+        workdir=args.workdir,
+        timeout=args.timeout,
+        shaped_reward=not args.no_shaped_reward,
+        save_freq=args.save_freq,
+        ray_stop=args.ray_stop,
+    )
+    status = "ok" if result.ok else ("timed out" if result.timed_out else f"failed (rc={result.returncode})")
+    print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.metrics)} step(s); log: {result.log_path}")
+    for step in sorted(result.metrics):
+        m = result.metrics[step]
+        keys = ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"]
+        keys += sorted(k for k in m if "self_teacher/" in k)  # the plugin's teacher metrics
+        shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+        print(f"[cpu-run] step {step}: {shown}")
+    if not result.ok:
+        print(result.tail(), file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""``scgrpo-verl dry-run``: one self-teacher step of a shipped config on the CPU, stage by stage.
+
+It composes and validates the config as ``main_ppo`` would, samples a synthetic batch of rollout groups
+from a model (the tiny random model of the CPU backend unless ``model.path=`` names a local checkpoint),
+gives the groups a fixed pattern of rewards (some mixed, one all-wrong, one all-right, so that every
+routing case appears) and then runs the plugin's own functions in the trainer's order:
+
+    student log-prob pass -> teacher contexts -> teacher pass -> advantages -> loss + backward (verl's engine path)
+
+printing per-stage wall times, the masks, the divergence and weight quantiles, and the teacher / student
+pass time ratio next to the ratio of their token counts. Nothing here is a stand-in for the trainer: the
+same context builder, teacher pass, estimator and loss callable are used; only Ray, TransferQueue and FSDP
+are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+#: reward pattern per group, cycled: mixed (weighted), all wrong (solve-none), all right (plain)
+GROUP_PATTERNS = ("mixed", "none", "all")
+
+
+@dataclass
+class DryRunReport:
+    config_name: str
+    loss_mode: str
+    adv_estimator: str
+    model_path: str
+    num_rollouts: int
+    timings: dict[str, float] = field(default_factory=dict)
+    student_tokens: int = 0
+    teacher_tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    masks: dict[str, list] = field(default_factory=dict)
+    divergence_quantiles: dict[str, float] = field(default_factory=dict)
+    weight_quantiles: dict[str, float] = field(default_factory=dict)
+    loss: float = float("nan")
+    grad_norm: float = float("nan")
+
+    @property
+    def time_ratio(self) -> float:
+        """Teacher pass time / student log-prob pass time."""
+        return self.timings.get("teacher_pass", float("nan")) / max(self.timings.get("student_log_probs", 0.0), 1e-9)
+
+    @property
+    def token_ratio(self) -> float:
+        """Tokens the teacher pass forwards / tokens of the student log-prob pass."""
+        return self.teacher_tokens / max(self.student_tokens, 1)
+
+    def format(self) -> str:
+        lines = [
+            f"dry-run {self.config_name}: loss_mode={self.loss_mode} adv_estimator={self.adv_estimator} "
+            f"model={self.model_path} rollouts={self.num_rollouts}",
+            "stage timings (s): " + ", ".join(f"{k}={v:.3f}" for k, v in self.timings.items()),
+        ]
+        if "teacher_pass" in self.timings:
+            lines.append(
+                f"teacher pass / student log-prob pass: time {self.time_ratio:.2f}x, tokens {self.token_ratio:.2f}x "
+                f"({self.teacher_tokens} vs {self.student_tokens})"
+            )
+        for name, values in self.masks.items():
+            lines.append(f"{name}: {values}")
+        if self.divergence_quantiles:
+            lines.append("divergence D quantiles: " + _fmt(self.divergence_quantiles))
+        if self.weight_quantiles:
+            lines.append("weight f(D) quantiles (weighted-route tokens): " + _fmt(self.weight_quantiles))
+        lines.append(f"loss={self.loss:.6g} grad_norm={self.grad_norm:.6g}")
+        if self.metrics:
+            lines.append("metrics: " + _fmt(self.metrics))
+        return "\n".join(lines)
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+def _quantiles(values: torch.Tensor) -> dict[str, float]:
+    if values.numel() == 0:
+        return {}
+    probs = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
+    q = torch.quantile(values.float().flatten(), probs)
+    return {f"p{int(p * 100)}": float(v) for p, v in zip(probs, q)}
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _split_model_path(overrides: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """``model.path=X`` is shorthand for ``actor_rollout_ref.model.path=X``; returns (path or None, overrides)."""
+    path, rest = None, []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in ("model.path", "actor_rollout_ref.model.path", "+model.path"):
+            path = value
+            rest.append(f"actor_rollout_ref.model.path={value}")
+        else:
+            rest.append(item)
+    return path, rest
+
+
+def _load_model(model_path: Optional[str], workdir: Optional[str]):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_path is None:
+        from scgrpo_verl.cpu_backend.assets import prepare_assets
+
+        folder = workdir or os.path.join(tempfile.gettempdir(), "scgrpo_verl_dry_run_assets")
+        model_path = prepare_assets(folder).model
+    elif not os.path.isdir(model_path):
+        raise FileNotFoundError(f"model.path={model_path!r} is not a local folder (nothing is downloaded)")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    return model_path, model, tokenizer
+
+
+def _problems(count: int, seed: int) -> list[tuple[list[dict], str]]:
+    from scgrpo_verl.cpu_backend.assets import math_rows
+
+    return [(list(row["prompt"]), row["reward_model"]["ground_truth"]) for row in math_rows(count, "dry_run", seed)]
+
+
+def _chat_ids(tokenizer, messages) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys") and "input_ids" in ids:
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+@torch.no_grad()
+def _sample(model, tokenizer, prompt_ids: list[int], count: int, max_new_tokens: int, seed: int) -> list[list[int]]:
+    torch.manual_seed(seed)
+    input_ids = torch.tensor([prompt_ids] * count)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=True,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=2,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    rows = []
+    for row in out[:, len(prompt_ids):].tolist():
+        stop = next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id), len(row))
+        rows.append(row[:stop])
+    return rows
+
+
+def _group_scores(pattern: str, size: int) -> list[float]:
+    if pattern == "mixed":
+        correct = max(2, size // 2) if size > 2 else 1
+        return [1.0] * correct + [0.0] * (size - correct)
+    return [1.0 if pattern == "all" else 0.0] * size
+
+
+def dry_run(
+    config_name: str,
+    overrides: Sequence[str] = (),
+    groups: int = 3,
+    group_size: Optional[int] = None,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    workdir: Optional[str] = None,
+) -> DryRunReport:
+    """One step of ``config_name`` on a synthetic batch (module docstring); returns the report."""
+    from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.config import SelfTeacherConfig
+    from scgrpo_verl.engine_path import build_micro_batch, engine_loss, nested, sampled_log_probs
+    from scgrpo_verl.losses import self_teacher_loss
+    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts
+    from scgrpo_verl.teacher.passes import teacher_pass, teacher_response_logits
+    from scgrpo_verl.trainer import teacher_pass_options, validate_self_teacher_config
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from verl.workers.utils.losses import ppo_loss
+
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    timings: dict[str, float] = {}
+    model_path, overrides = _split_model_path(overrides)
+    with _timed(timings, "compose_validate"):
+        config = compose_config(config_name, overrides)
+        # the plugin section first, so a bad plugin option fails with the key it names
+        settings, actor = validate_self_teacher_config(config) if "self_teacher" in config else (SelfTeacherConfig(), None)
+        actor = validate(config)
+    loss_mode = actor.policy_loss.loss_mode
+    adv_estimator = config.algorithm.adv_estimator
+    size = int(group_size or min(int(config.actor_rollout_ref.rollout.n), 4))
+    if size < 2:
+        raise ValueError(f"a group needs >= 2 rollouts, got group_size={size}")
+    temperature = float(config.actor_rollout_ref.rollout.temperature)
+
+    with _timed(timings, "load_model"):
+        model_path, model, tokenizer = _load_model(model_path, workdir)
+    with _timed(timings, "sample_rollouts"):
+        rollouts, prompt_ids, response_ids, scores, ground_truths = [], [], [], [], []
+        for g, (messages, answer) in enumerate(_problems(groups, seed)):
+            ids = _chat_ids(tokenizer, messages)
+            pattern = GROUP_PATTERNS[g % len(GROUP_PATTERNS)]
+            for i, (response, score) in enumerate(zip(_sample(model, tokenizer, ids, size, max_new_tokens, seed + g),
+                                                      _group_scores(pattern, size))):
+                text = tokenizer.decode(response, skip_special_tokens=True)
+                feedback = "" if score >= 1.0 else f"Wrong answer: expected {answer}, got {text.strip()[:40]!r}."
+                rollouts.append(Rollout(uid=f"group{g}", prompt=messages, response_ids=response, response_text=text,
+                                        score=score, feedback=feedback, privileged=answer))
+                prompt_ids.append(ids)
+                response_ids.append(response)
+                scores.append(score)
+                ground_truths.append(answer)
+    lengths = [len(r) for r in response_ids]
+    student_sequences = [p + r for p, r in zip(prompt_ids, response_ids)]
+    report = DryRunReport(config_name, loss_mode, adv_estimator, model_path, len(rollouts))
+    report.student_tokens = sum(map(len, student_sequences))
+
+    with _timed(timings, "student_log_probs"):
+        old_log_probs = sampled_log_probs(model, student_sequences, lengths, temperature)
+
+    fields: dict[str, Any] = {"old_log_probs": old_log_probs}
+    info: dict[str, Any] = {}
+    teacher_logits_fn = None
+    sc_divergence = sc_reference = None
+    contexts = None
+    if settings.enable:
+        teacher_config = settings.teacher
+        with _timed(timings, "teacher_contexts"):
+            contexts = build_teacher_contexts(rollouts, tokenizer, loss_mode, teacher_config, teacher_config.templates,
+                                              generator=torch.Generator().manual_seed(settings.sc_grpo.seed))
+        report.metrics.update(contexts.metrics())
+        report.masks["self_teacher_mask"] = [int(m) for m in contexts.mask.tolist()]
+        report.masks["source"] = [s or "-" for s in contexts.source]
+        teacher_sequences = [t if t is not None else s for t, s in zip(contexts.teacher_input_ids, student_sequences)]
+        options = teacher_pass_options(settings, loss_mode, temperature)
+        # what the teacher pass forwards: every row's teacher sequence (the student's where there is no teacher,
+        # as on the workers), plus the student sequences again when D or the student's top-k ids are needed
+        report.teacher_tokens = sum(map(len, teacher_sequences))
+        if options["divergence_kind"] is not None or options["topk"] is not None:
+            report.teacher_tokens += report.student_tokens
+        # at step 0 a frozen / EMA teacher and the trust-region's frozen end hold the initial weights
+        other = copy.deepcopy(model) if options["weights"] != "live" else None
+        teacher_model = other if options["weights"] in ("frozen", "ema") else None
+        frozen_model = other if options["weights"] == "trust_region" else None
+        with _timed(timings, "teacher_pass"):
+            out = teacher_pass(model, student_sequences, teacher_sequences, lengths, teacher_model=teacher_model,
+                               frozen_model=frozen_model, trust_region_mix=options["trust_region_mix"],
+                               divergence_kind=options["divergence_kind"], alpha=options["alpha"], topk=options["topk"],
+                               temperature=temperature, chunk_size=options["chunk_size"])
+        mask = contexts.mask.float()
+        fields["self_teacher_mask"] = mask
+        fields["teacher_input_ids"] = [torch.as_tensor(t) for t in teacher_sequences]
+        fields["teacher_log_probs"] = out.split(out.teacher_log_probs)
+        if out.divergence is not None:
+            pieces = [d * m for d, m in zip(out.split(out.divergence), mask)]
+            fields["sc_divergence"] = pieces
+            fields["sc_route"] = contexts.route.long()
+            sc_divergence = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+            sc_reference = contexts.reference.bool()
+            active = [d for d, m in zip(out.split(out.divergence), mask) if m > 0]
+            report.divergence_quantiles = _quantiles(torch.cat(active)) if active else {}
+            report.masks["sc_route"] = contexts.route.tolist()
+            report.masks["sc_reference"] = [int(x) for x in contexts.reference.tolist()]
+        if out.teacher_topk_ids is not None:
+            fields["teacher_topk_ids"] = out.split(out.teacher_topk_ids)
+            fields["teacher_topk_log_probs"] = out.split(out.teacher_topk_log_probs)
+        info["global_steps"] = 1
+        info["distillation_use_topk"] = loss_mode == "sdpg" or (
+            loss_mode == "sdpo" and settings.sdpo.distillation in ("topk", "full"))
+        if loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.distillation == "full"):
+            teacher = teacher_model if teacher_model is not None else model
+
+            def teacher_logits_fn(data):
+                return teacher_response_logits(teacher, [row.tolist() for row in data["teacher_input_ids"].unbind()],
+                                               data["responses"].offsets().diff().tolist(), frozen_model=frozen_model,
+                                               trust_region_mix=options["trust_region_mix"], temperature=temperature)
+
+    with _timed(timings, "advantages"):
+        response_mask = torch.nn.utils.rnn.pad_sequence([torch.ones(n) for n in lengths], batch_first=True)
+        token_level_rewards = torch.zeros_like(response_mask)
+        for i, n in enumerate(lengths):
+            token_level_rewards[i, n - 1] = scores[i]
+        estimator = get_adv_estimator_fn(adv_estimator)
+        kwargs = {}
+        if adv_estimator == "sc_grpo" and sc_divergence is not None:
+            kwargs = {"sc_divergence": sc_divergence, "sc_reference": sc_reference}
+        advantages, _ = estimator(token_level_rewards=token_level_rewards, response_mask=response_mask,
+                                  index=np.array([r.uid for r in rollouts], dtype=object), config=config.algorithm,
+                                  **kwargs)
+    report.masks["scores"] = scores
+    report.metrics["advantages/mean_abs"] = float(advantages.abs().sum() / response_mask.sum())
+    fields["advantages"] = [advantages[i, :n] for i, n in enumerate(lengths)]
+    if actor.use_kl_loss:
+        fields["ref_log_prob"] = old_log_probs  # the reference is the initial policy: equal at step 0
+
+    with _timed(timings, "loss_backward"):
+        micro_batch = build_micro_batch(prompt_ids, response_ids, fields, tokenizer.pad_token_id or 0, temperature, info)
+        if settings.enable:
+            loss_fn = partial(self_teacher_loss, config=actor, teacher_logits_fn=teacher_logits_fn)
+        else:
+            loss_fn = partial(ppo_loss, config=actor)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss, loss_metrics = engine_loss(model, micro_batch, loss_fn)
+        loss.backward()
+        model.eval()
+    grads = [p.grad.float().norm() for p in model.parameters() if p.grad is not None]
+    report.grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+    report.loss = float(loss.detach())
+    for key, value in loss_metrics.items():
+        value = getattr(value, "value", value)
+        if torch.is_tensor(value):
+            value = value.detach().float().mean().item()
+        if isinstance(value, (int, float)) and key.startswith("self_teacher/"):
+            report.metrics[key] = float(value)
+    if loss_mode == "sc_grpo" and sc_divergence is not None:
+        from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight
+
+        weighted = (contexts.route == ROUTE_WEIGHTED).unsqueeze(-1) & response_mask.bool()
+        weights, _ = sc_weight(sc_divergence, weighted, c_min=settings.sc_grpo.c_min, quantile=settings.sc_grpo.quantile)
+        report.weight_quantiles = _quantiles(weights[weighted])
+    report.timings = timings
+    if not (math.isfinite(report.loss) and math.isfinite(report.grad_norm)):
+        raise FloatingPointError(f"dry-run {config_name}: non-finite loss {report.loss} or gradient norm {report.grad_norm}")
+    return report
+
+
+def main(args) -> int:
+    report = dry_run(args.config_name, args.overrides, groups=args.groups, group_size=args.group_size,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, workdir=args.workdir)
+    print(report.format())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({**report.__dict__, "time_ratio": report.time_ratio, "token_ratio": report.token_ratio},
+                      handle, indent=2)
+    return 0

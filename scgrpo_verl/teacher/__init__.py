@@ -1,0 +1,31 @@
+"""The self-teacher: teacher contexts (prompts) per rollout and the teacher pass on a causal LM."""
+
+from scgrpo_verl.teacher.context import (
+    METHODS,
+    Rollout,
+    TeacherContexts,
+    build_teacher_contexts,
+    chat_template_ids,
+    fit_teacher_prompt,
+    strip_thinking,
+)
+from scgrpo_verl.teacher.templates import (
+    TemplateConfig,
+    sc_grpo_teacher_messages,
+    sdpg_teacher_messages,
+    sdpo_teacher_messages,
+)
+
+__all__ = [
+    "METHODS",
+    "Rollout",
+    "TeacherContexts",
+    "TemplateConfig",
+    "build_teacher_contexts",
+    "chat_template_ids",
+    "fit_teacher_prompt",
+    "sc_grpo_teacher_messages",
+    "sdpg_teacher_messages",
+    "sdpo_teacher_messages",
+    "strip_thinking",
+]
