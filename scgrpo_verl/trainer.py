@@ -63,6 +63,12 @@ def validate_self_teacher_config(config: DictConfig) -> tuple[SelfTeacherConfig,
             "self_teacher.teacher.weights: the EMA teacher lives in the ref engine, which use_kl_loss needs for "
             "the frozen reference policy; use weights=frozen/live/trust_region or turn off use_kl_loss"
         )
+    ref_dtype = str(config.actor_rollout_ref.ref.get("fsdp_config", {}).get("model_dtype", "fp32"))
+    if settings.teacher.weights == "ema" and ref_dtype not in ("fp32", "float32"):
+        raise ValueError(
+            f"actor_rollout_ref.ref.fsdp_config.model_dtype: the EMA teacher is blended in the ref engine's weights, "
+            f"which must be fp32 (rate-{settings.teacher.ema_rate} steps vanish in {ref_dtype}), got {ref_dtype!r}"
+        )
     if config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) > 1:
         raise ValueError("actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1 is not supported by the self-teacher")
     return settings, actor
@@ -123,9 +129,14 @@ class SelfTeacherTrainer(PPOTrainerSync):
         if not self.self_teacher.enable:
             return
         self.actor_rollout_wg.set_loss_fn(partial(self_teacher_loss, config=self.actor_loss_config))
-        teacher = self.self_teacher.teacher
-        self.actor_rollout_wg.configure_self_teacher(teacher.weights, teacher.trust_region_mix)
         self._install_update_options()
+
+    def _load_checkpoint(self):
+        # verl resumes at the end of its _setup: the workers must know by then that an EMA teacher is to be restored
+        if self.self_teacher.enable:
+            teacher = self.self_teacher.teacher
+            self.actor_rollout_wg.configure_self_teacher(teacher.weights, teacher.trust_region_mix)
+        return super()._load_checkpoint()
 
     def _install_update_options(self) -> None:
         """verl's ``_update_actor`` writes its own update options (``distillation_use_topk`` among them) into

@@ -96,6 +96,7 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
         super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
         if getattr(self, "_ema_teacher", False):
+            self._teacher_weights_only()
             self.ref.save_checkpoint(os.path.join(local_path, EMA_CHECKPOINT_DIR), None, global_step, None)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -103,7 +104,15 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
         super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
         ema_path = os.path.join(local_path, EMA_CHECKPOINT_DIR)
         if getattr(self, "_ema_teacher", False) and os.path.isdir(ema_path):
+            self._teacher_weights_only()
             self.ref.load_checkpoint(ema_path, None, False)
+
+    def _teacher_weights_only(self) -> None:
+        """The ref engine has no optimizer: its checkpoint (the EMA teacher) holds the model weights only."""
+        manager = getattr(getattr(self.ref, "engine", None), "checkpoint_manager", None)
+        if manager is not None:
+            manager.checkpoint_save_contents = ["model"]
+            manager.checkpoint_load_contents = ["model"]
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def configure_self_teacher(self, weights: str, trust_region_mix: float) -> None:

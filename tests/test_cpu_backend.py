@@ -347,9 +347,26 @@ METHOD_METRICS = {
 }
 
 
+def _check_step(metrics: dict, method: str) -> None:
+    for key in TEACHER_METRICS + METHOD_METRICS[method] + ("actor/pg_loss", "actor/grad_norm"):
+        assert key in metrics, (key, sorted(metrics))
+        assert math.isfinite(metrics[key]), (key, metrics[key])
+    assert metrics["actor/grad_norm"] > 0
+
+
+def _checkpoint(result, step: int, *parts: str) -> dict:
+    return _actor_weights(os.path.join(result.checkpoint_dir, f"global_step_{step}", "actor", *parts,
+                                       "model_world_size_1_rank_0.pt"))
+
+
+def _max_delta(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("method", ["sc_grpo", "sdpo", "sdpg"])
+@pytest.mark.parametrize("method", ["sc_grpo", "sdpg"])
 def test_e2e_self_teacher_cpu_run(tmp_path, method):
     """verl 0.9.1 main_ppo with the shipped method config (trainer mode self_teacher) on the CPU backend: one
     step with the teacher step, the plugin loss and the method's metrics, and the actor moved."""
@@ -361,17 +378,48 @@ def test_e2e_self_teacher_cpu_run(tmp_path, method):
                                  save_freq=1, echo=False)
     assert result.ok, f"rc={result.returncode} timed_out={result.timed_out}\n{result.tail(80)}"
     metrics = result.metrics[1]
-    for key in TEACHER_METRICS + METHOD_METRICS[method] + ("actor/pg_loss", "actor/grad_norm"):
-        assert key in metrics, (key, sorted(metrics))
-        assert math.isfinite(metrics[key]), (key, metrics[key])
-    assert metrics["actor/grad_norm"] > 0
+    _check_step(metrics, method)
     if method == "sdpg":
         assert metrics["self_teacher/frac_rollouts_with_teacher"] == 1.0  # the answer hint for every rollout
+        assert metrics["actor/self_teacher/sdpg_beta"] > 0
     from safetensors.torch import load_file
 
-    ckpt = os.path.join(result.checkpoint_dir, "global_step_1", "actor", "model_world_size_1_rank_0.pt")
-    final = _actor_weights(ckpt)
     initial = load_file(os.path.join(result.assets.model, "model.safetensors"))
-    deltas = {k: (final[k] - initial[k].float()).abs().max().item() for k in initial}
-    assert all(math.isfinite(d) for d in deltas.values())
-    assert max(deltas.values()) > 1e-7, deltas
+    assert _max_delta(_checkpoint(result, 1), initial) > 1e-7
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_e2e_sdpo_feedback_and_ema_teacher_across_resume(tmp_path):
+    """SDPO on the CPU backend: the reward's feedback reaches the teacher prompts through verl's reward loop; the
+    EMA teacher is blended after each update, saved with the checkpoint, and a resumed run continues from it:
+    EMA_k = lerp(EMA_{k-1}, actor_k, rate) with EMA_1 taken from the checkpoint the resume loaded."""
+    from safetensors.torch import load_file
+
+    rate = 0.5  # large, so that restarting from the initial weights is far from the fp32 rounding of the EMA step
+    ema = [f"self_teacher.teacher.ema_rate={rate}"]
+    first = cpu_run_mod.cpu_run("sdpo", steps=1, overrides=ema, workdir=str(tmp_path), timeout=360, save_freq=1,
+                                echo=False)
+    assert first.ok, f"rc={first.returncode} timed_out={first.timed_out}\n{first.tail(80)}"
+    metrics = first.metrics[1]
+    _check_step(metrics, "sdpo")
+    # nothing reaches the success threshold (1.0) with a random model: every rollout's teacher gets its feedback
+    assert metrics["self_teacher/frac_feedback_used"] == 1.0
+    assert metrics["self_teacher/frac_rollouts_with_teacher"] == 1.0
+    initial = {k: v.float() for k, v in load_file(os.path.join(first.assets.model, "model.safetensors")).items()}
+    actor1, ema1 = _checkpoint(first, 1), _checkpoint(first, 1, "self_teacher_ema")
+    assert _max_delta(actor1, initial) > 1e-7
+    assert _max_delta(ema1, {k: torch_lerp(initial[k], actor1[k], rate) for k in initial}) < 5e-7
+
+    second = cpu_run_mod.cpu_run("sdpo", steps=2, overrides=ema + ["trainer.resume_mode=auto"], workdir=str(tmp_path),
+                                 timeout=360, save_freq=1, echo=False)
+    assert second.ok, f"rc={second.returncode} timed_out={second.timed_out}\n{second.tail(80)}"
+    assert sorted(second.metrics) == [2]  # resumed after step 1
+    actor2, ema2 = _checkpoint(second, 2), _checkpoint(second, 2, "self_teacher_ema")
+    resumed = _max_delta(ema2, {k: torch_lerp(ema1[k], actor2[k], rate) for k in ema1})
+    restarted = _max_delta(ema2, {k: torch_lerp(initial[k], actor2[k], rate) for k in initial})
+    assert resumed < 5e-7 and restarted > 2e-6, (resumed, restarted)
+
+
+def torch_lerp(start, end, weight):
+    return start + weight * (end - start)

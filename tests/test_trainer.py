@@ -29,10 +29,14 @@ def test_method_configs_pass_the_trainer_validation(name):
     ("sdpo", ["actor_rollout_ref.actor.use_kl_loss=true"], "self_teacher.teacher.weights"),
     ("sdpg", ["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode"),
     ("sc_grpo", ["self_teacher.teacher.weights=nope"], "self_teacher.teacher.weights"),
+    ("sdpo", ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"], "ref.fsdp_config.model_dtype"),
+    ("sdpg", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "ulysses_sequence_parallel_size"),
 ])
 def test_bad_plugin_config_is_rejected_before_the_first_rollout(name, overrides, key):
+    from scgrpo_verl.trainer import SelfTeacherTrainer
+
     with pytest.raises(ValueError) as error:
-        validate_self_teacher_config(compose_config(name, overrides))
+        SelfTeacherTrainer(compose_config(name, overrides))  # the constructor validates before verl's set-up
     assert key in str(error.value)
 
 

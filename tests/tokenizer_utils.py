@@ -13,16 +13,6 @@ from __future__ import annotations
 
 import os
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-# Qwen-style ChatML: a system message only when given; generation header '<|im_start|>assistant\n'.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
 TRAINING_TEXT = (
     "What is 2 + 3? The answer is 5.",
     "Solve the equation x + 4 = 10 for x, so x = 6.",
@@ -36,32 +26,7 @@ NUM_MERGES = 120
 
 
 def build_byte_level_tokenizer(tmp_dir: str | os.PathLike):
-    """Train a tiny byte-level BPE, wrap it as ``PreTrainedTokenizerFast`` with ChatML, save it to ``tmp_dir``.
+    """The CPU backend's byte-level BPE + ChatML tokenizer with merges trained on TRAINING_TEXT, saved to ``tmp_dir``."""
+    from scgrpo_verl.cpu_backend.assets import build_tokenizer
 
-    Special tokens get the ids after the byte symbols and merges (as in Qwen); eos = ``<|im_end|>``,
-    pad = ``<|endoftext|>``. Returns the tokenizer; ``AutoTokenizer.from_pretrained(tmp_dir)`` loads it.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok = Tokenizer(models.BPE(fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(alphabet) + NUM_MERGES, initial_alphabet=alphabet, special_tokens=[], show_progress=False
-    )
-    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-    )
-    fast.chat_template = CHATML_TEMPLATE
-    fast.model_max_length = 1 << 20
-    fast.save_pretrained(str(tmp_dir))
-    return fast
+    return build_tokenizer(tmp_dir, TRAINING_TEXT, NUM_MERGES, model_max_length=1 << 20)

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -33,17 +34,29 @@ class AssetPaths:
     val_file: str
 
 
-def build_tokenizer(folder: str | os.PathLike):
-    """Save a byte-level BPE tokenizer (256 byte symbols + ChatML specials) loadable by ``AutoTokenizer``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def build_tokenizer(folder: str | os.PathLike, training_text: Sequence[str] = (), num_merges: int = 0,
+                    model_max_length: int = 1024):
+    """Save a byte-level BPE tokenizer (256 byte symbols + ChatML specials) loadable by ``AutoTokenizer``.
+
+    Without ``training_text`` it has no merges (one token per byte); with it, ``num_merges`` merges are
+    trained on the text in milliseconds, so that a token prefix is not a character prefix. The special
+    tokens get the ids after the bytes and merges (as in Qwen); eos = ``<|im_end|>``, pad = ``<|endoftext|>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     assert len(alphabet) == 256
-    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    if training_text:
+        tok = Tokenizer(models.BPE(fuse_unk=False))
+    else:
+        tok = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(alphabet)}, merges=[], fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+    if training_text:
+        trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + num_merges, initial_alphabet=alphabet,
+                                      special_tokens=[], show_progress=False)
+        tok.train_from_iterator(list(training_text), trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -54,7 +67,7 @@ def build_tokenizer(folder: str | os.PathLike):
         additional_special_tokens=["<|im_start|>"],
     )
     fast.chat_template = CHATML_TEMPLATE
-    fast.model_max_length = 1024
+    fast.model_max_length = model_max_length
     fast.save_pretrained(str(folder))
     return fast
 
