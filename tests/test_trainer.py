@@ -219,3 +219,29 @@ def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillatio
     batch = KVBatchMeta(keys=["a"], tags=[{}], extra_info={"distillation_use_topk": False, "temperature": 1.0})
     assert trainer.actor_rollout_wg.update_actor(batch) == "metrics"
     assert calls == [{"distillation_use_topk": expected, "temperature": 1.0, "global_steps": 7}]
+
+
+def test_disabled_self_teacher_leaves_every_step_to_verl(monkeypatch):
+    """self_teacher.enable=false: the old log-prob, advantage and update steps are verl's, with no plugin fields."""
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from scgrpo_verl.trainer import SelfTeacherTrainer
+
+    seen = []
+    for name in ("_compute_old_log_prob", "_compute_advantage", "_update_actor"):
+        monkeypatch.setattr(PPOTrainerSync, name, lambda self, batch, metrics, name=name: seen.append(name) or batch)
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"the disabled self-teacher called the worker group's {name}")
+
+    trainer = SelfTeacherTrainer.__new__(SelfTeacherTrainer)
+    trainer.self_teacher = SelfTeacherConfig()  # enable: false
+    trainer.loss_mode = "vanilla"
+    trainer.actor_rollout_wg = NoCalls()
+    batch = KVBatchMeta(keys=["a"], tags=[{}], extra_info={"temperature": 1.0})
+    metrics = {}
+    for step in (trainer._compute_old_log_prob, trainer._compute_advantage, trainer._update_actor):
+        assert step(batch, metrics) is batch
+    assert seen == ["_compute_old_log_prob", "_compute_advantage", "_update_actor"]
+    assert metrics == {} and batch.extra_info == {"temperature": 1.0}
