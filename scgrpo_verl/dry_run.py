@@ -320,7 +320,8 @@ def dry_run(
     report.grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
     report.loss = float(loss.detach())
     for key, value in loss_metrics.items():
-        value = getattr(value, "value", value)
+        if hasattr(value, "aggregate"):  # verl's Metric
+            value = value.aggregate()
         if torch.is_tensor(value):
             value = value.detach().float().mean().item()
         if isinstance(value, (int, float)) and key.startswith("self_teacher/"):

@@ -44,6 +44,9 @@ def test_distillation_dry_runs(workdir, name):
     assert math.isfinite(report.loss) and report.grad_norm > 0
     if name == "sdpg":
         assert report.metrics["self_teacher/sdpg_beta"] > 0
+        assert math.isfinite(report.metrics["self_teacher/opd_loss"])
+    else:
+        assert report.metrics["self_teacher/distill_loss"] > 0
 
 
 def test_grpo_dry_run_skips_the_teacher(workdir):
