@@ -14,13 +14,17 @@ INSTALL_REQUIRES = [
     "datasets",
     "math-verify>=0.8",
     "tqdm",
+    # used directly by the CPU debugging backend, dry-run and explain (verl already depends on them)
+    "transformers",
+    "tokenizers",
+    "psutil",
+    "safetensors",
 ]
 
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-timeout",
-        "tokenizers",
     ],
     # The versions verl 0.9.1's own `vllm` and `flash-attn-cu130torch211` extras name.
     "gpu": [

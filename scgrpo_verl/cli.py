@@ -3,7 +3,8 @@
 - ``check``: compose a shipped config and run verl's and the plugin's validation;
 - ``dry-run``: one self-teacher step on a synthetic batch, stage by stage (:mod:`scgrpo_verl.dry_run`);
 - ``cpu-run``: a few real ``main_ppo`` steps on the CPU debugging backend (:mod:`scgrpo_verl.cpu_backend`);
-- ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`).
+- ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`);
+- ``sandbox``: which isolation the code sandbox gets on this host, and why (:func:`scgrpo_verl.rewards.sandbox.diagnose`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox(args: argparse.Namespace) -> int:
+    import json
+
+    from scgrpo_verl.rewards.sandbox import diagnose
+
+    print(json.dumps(diagnose(), indent=2, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +100,9 @@ def main(argv=None) -> int:
     page.add_argument("--system", default=None, help="optional system prompt")
     page.add_argument("--out", default="token_credit.html")
     page.set_defaults(func=_explain)
+
+    box = commands.add_parser("sandbox", help="print the code sandbox's isolation diagnostics as JSON")
+    box.set_defaults(func=_sandbox)
     args = parser.parse_args(argv)
     return args.func(args)
 

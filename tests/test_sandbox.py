@@ -1,10 +1,19 @@
-"""Sandbox basics: statuses, stdin/stdout, extra files, caps, validation and cleanup."""
+"""Sandbox basics: statuses, stdin/stdout, extra files, caps, validation, cleanup, probing and diagnostics.
+
+Behaviour tests run in every isolation mode this host can run (each forced with ``mode=``); modes that do not
+work here are skipped with the probe's reason.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
+import logging
 import os
 import signal
+import struct
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -15,57 +24,104 @@ pytestmark = pytest.mark.timeout(60)
 FAST = sb.SandboxLimits(wall_time_s=1.5, cpu_time_s=2, memory_mb=512, max_output_bytes=4096, stderr_tail_bytes=512)
 
 
-def test_ok_with_stdin():
-    res = sb.run_program("print(sum(map(int, input().split())))", "1 2 3\n", FAST)
+@pytest.fixture(params=sb.MODES)
+def mode(request) -> str:
+    reason = sb.probe_mode(request.param)
+    if reason is not None:
+        pytest.skip(f"sandbox mode {request.param!r} is not available on this host: {reason}")
+    return request.param
+
+
+def test_ok_with_stdin(mode):
+    res = sb.run_program("print(sum(map(int, input().split())))", "1 2 3\n", FAST, mode=mode)
     assert res.status == "ok" and res.stdout == "6\n" and res.returncode == 0 and res.feedback() == ""
-    assert res.wall_time_s > 0
+    assert res.wall_time_s > 0 and res.isolation == mode
 
 
-def test_isolated_flags_env_and_cwd():
+def test_isolated_flags_env_and_cwd(mode):
     src = "import os, sys\nprint(sys.flags.isolated, sys.flags.dont_write_bytecode)\nprint(sorted(os.environ))\n" \
           "print(os.listdir('.'))\n"
-    res = sb.run_program(src, limits=FAST, files={"helper.txt": "hi"})
+    res = sb.run_program(src, limits=FAST, files={"helper.txt": "hi"}, mode=mode)
     lines = res.stdout.splitlines()
     assert lines[0] == "1 1"
     assert set(eval(lines[1])) <= set(sb._ENV)
-    assert sorted(eval(lines[2])) == ["helper.txt", "main.py"]
+    assert sorted(eval(lines[2])) == ["helper.txt", "main.py"]  # no _boot.py next to the program
 
 
-def test_compile_error_vs_runtime_syntax_error():
-    res = sb.run_program("def f(:\n  pass\n", limits=FAST)
+def test_allowed_program_works(mode):
+    """What a normal solution needs: stdin, print, stdlib imports, and (but in seccomp mode) files in its cwd."""
+    src = ("import json, math, collections, fractions, heapq, itertools, re\n"
+           "n = int(input())\n"
+           "c = collections.Counter('abracadabra')\n"
+           "print(json.dumps({'n': n, 'sqrt': math.isqrt(n), 'a': c['a'], 'f': str(fractions.Fraction(n, 6))}))\n"
+           "try:\n"
+           "    with open('scratch.txt', 'w') as f:\n"
+           "        f.write('scratch')\n"
+           "    print('wrote', open('scratch.txt').read())\n"
+           "except PermissionError as e:\n"
+           "    print('refused', e.errno)\n")
+    res = sb.run_program(src, "49\n", FAST, mode=mode)
+    assert res.status == "ok", res
+    lines = res.stdout.splitlines()
+    assert json.loads(lines[0]) == {"n": 49, "sqrt": 7, "a": 5, "f": "49/6"}
+    # seccomp cannot tell paths apart, so that mode refuses every file write (documented)
+    assert lines[1] == ("refused 13" if mode == "seccomp" else "wrote scratch")
+
+
+def test_compile_error_vs_runtime_syntax_error(mode):
+    res = sb.run_program("def f(:\n  pass\n", limits=FAST, mode=mode)
     assert res.status == "compile_error" and "SyntaxError" in res.feedback()
-    res = sb.run_program("exec('x = (')\n", limits=FAST)
+    res = sb.run_program("exec('x = (')\n", limits=FAST, mode=mode)
     assert res.status == "runtime_error"
 
 
-def test_runtime_error_feedback_tail():
-    res = sb.run_program("def f():\n    raise KeyError('boom')\nf()\n", limits=FAST)
+def test_runtime_error_feedback_tail(mode):
+    res = sb.run_program("def f():\n    raise KeyError('boom')\nf()\n", limits=FAST, mode=mode)
     assert res.status == "runtime_error"
     assert res.feedback().startswith("Runtime error (exit code 1):") and "KeyError: 'boom'" in res.feedback()
+    assert res.stderr.startswith("Traceback (most recent call last):\n  File ") and "_boot.py" not in res.stderr
 
 
-def test_killed_by_signal_feedback():
-    res = sb.run_program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", limits=FAST)
+def test_killed_by_signal_feedback(mode):
+    res = sb.run_program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", limits=FAST, mode=mode)
     assert res.status == "runtime_error" and res.returncode == -signal.SIGSEGV
     assert "SIGSEGV" in res.feedback()
 
 
-def test_output_and_stderr_caps():
-    res = sb.run_program("import sys\nsys.stderr.write('e' * 10000)\nprint('o' * 10000)\n", limits=FAST)
+def test_output_and_stderr_caps(mode):
+    res = sb.run_program("import sys\nsys.stderr.write('e' * 10000)\nprint('o' * 10000)\n", limits=FAST, mode=mode)
     assert res.status == "output_limit"
     assert len(res.stdout) == FAST.max_output_bytes and len(res.stderr) == FAST.stderr_tail_bytes
 
 
-def test_workdir_deleted():
+def test_workdir_deleted(mode):
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo_sbx_*")))
-    sb.run_program("open('big', 'w').write('x' * 1000)", limits=FAST)
+    sb.run_program("open('big', 'w').write('x' * 1000)", limits=FAST, mode=mode)
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo_sbx_*"))) <= before
 
 
-def test_file_size_limit():
+def test_file_size_limit(mode):
+    if mode == "seccomp":
+        pytest.skip("seccomp mode refuses every file write (RLIMIT_FSIZE on stdout is covered by the output caps)")
     limits = sb.SandboxLimits(wall_time_s=2, max_file_size_mb=1, max_output_bytes=1024)
-    res = sb.run_program("open('big', 'wb').write(b'x' * (3 << 20))", limits=limits)
+    res = sb.run_program("open('big', 'wb').write(b'x' * (3 << 20))", limits=limits, mode=mode)
     assert res.status == "output_limit" and "File too large" in res.stderr
+
+
+def test_child_privileges(mode):
+    """Every kernel mode: (host root) an unprivileged per-run uid with no capabilities; userns / landlock /
+    seccomp: no-new-privs and a seccomp filter."""
+    if mode == "audit":
+        pytest.skip("audit mode has no kernel set-up")
+    res = sb.run_program("print(open('/proc/self/status').read())", limits=FAST, mode=mode)
+    assert res.status == "ok", res
+    status = {k: v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines() if ":" in line)}
+    if mode != "root":
+        assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    if os.geteuid() == 0:
+        assert res.uid is not None and res.uid >= sb.UID_BASE
+        assert status["Uid"].split() == [str(res.uid)] * 4 and status["Gid"].split() == [str(res.uid)] * 4
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0 and status["Groups"] == ""
 
 
 @pytest.mark.parametrize("kwargs", [{"wall_time_s": 0}, {"memory_mb": -1}, {"cpu_time_s": 0}])
@@ -81,6 +137,8 @@ def test_bad_arguments():
         sb.run_program("print(1)", files={"../x": ""})
     with pytest.raises(ValueError):
         sb.run_program("print(1)", mode="docker")
+    with pytest.raises(ValueError):
+        sb.probe_mode("docker")
 
 
 @pytest.mark.parametrize("rc, timed_out, size, err, expected", [
@@ -101,3 +159,64 @@ def test_batch_preserves_order():
     jobs = [(f"print({i})", "") for i in range(6)]
     res = sb.run_batch(jobs, FAST, max_workers=3)
     assert [r.stdout.strip() for r in res] == [str(i) for i in range(6)]
+
+
+def test_seccomp_filter_shape():
+    """The hand-built BPF program: 8-byte instructions, arch check first, allow last, pid slots inside."""
+    if sb._seccomp_arch() is None:
+        pytest.skip("no seccomp syscall table for this machine")
+    for deny_writes in (False, True):
+        prog, pid_offs, neg_offs = sb._seccomp_program(deny_writes=deny_writes, allow_unix_sockets=not deny_writes)
+        assert len(prog) % 8 == 0 and 0 < len(prog) // 8 <= 4096
+        first = [int.from_bytes(prog[i:i + 8][4:], sys.byteorder) for i in range(0, 16, 8)]
+        assert first == [4, sb._seccomp_arch()[0]]  # load seccomp_data.arch, compare with this ABI
+        assert prog[-8:] == struct.pack("=HBBI", sb.BPF_RET_K, 0, 0, sb.SECCOMP_RET_ALLOW)
+        assert pid_offs and neg_offs and all(4 <= o < len(prog) and o % 8 == 4 for o in pid_offs + neg_offs)
+
+
+def test_diagnose_reports_every_mode():
+    info = sb.diagnose()
+    json.dumps(info)  # serialisable for CI logs
+    assert set(info["modes"]) == set(sb.MODES) and info["modes"]["audit"] == "ok"
+    assert info["selected"] == sb.isolation_mode()
+    # the selected mode is the first one whose probe passed, in the documented order
+    assert info["selected"] == next(m for m in sb.MODES if info["modes"][m] == "ok")
+    if sys.platform.startswith("linux"):
+        assert info["euid"] == os.geteuid() and info["kernel"] == os.uname().release
+        assert info["landlock_abi"] is not None or info["landlock_error"]
+        assert "no_new_privs" in info or "feature_check_error" in info
+
+
+def test_module_main_prints_diagnose_json():
+    proc = subprocess.run([sys.executable, "-m", "scgrpo_verl.rewards.sandbox"], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["selected"] in sb.MODES and set(info["modes"]) == set(sb.MODES)
+
+
+def test_fallback_below_namespaces_is_logged(monkeypatch, caplog):
+    """No namespaces (CI-like): the next kernel mode is chosen and the reasons are logged at WARNING."""
+    real = sb.probe_mode
+    fake = {"root": "unshare: EPERM (simulated)", "userns": "unshare: EPERM (simulated)"}
+    monkeypatch.setattr(sb, "probe_mode", lambda m: fake.get(m) or real(m))
+    sb.isolation_mode.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=sb.__name__):
+            chosen = sb.isolation_mode()
+        expected = next((m for m in ("landlock", "seccomp") if real(m) is None), "audit")
+        assert chosen == expected
+        assert any("simulated" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    finally:
+        sb.isolation_mode.cache_clear()
+
+
+def test_cli_prints_the_isolation_diagnostics(capsys):
+    import json
+
+    from scgrpo_verl.cli import main
+
+    assert main(["sandbox"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["selected"] == sb.isolation_mode()
+    assert set(report["modes"]) >= {"root", "userns", "landlock", "seccomp", "audit"}
