@@ -37,10 +37,10 @@ def _dry_run(args: argparse.Namespace) -> int:
     return main(args)
 
 
-def _cpu_run(args: argparse.Namespace) -> int:
+def _cpu_run(argv: list) -> int:
     from scgrpo_verl.cpu_backend.run import main
 
-    return main(args.rest)
+    return main(argv)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -69,7 +69,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compose a shipped config and run verl's and the plugin's validation")
     check.add_argument("--config-name", required=True, help="grpo | dapo | sc_grpo | sdpo | sdpg")
@@ -87,10 +88,9 @@ def main(argv=None) -> int:
     dry.add_argument("overrides", nargs="*", help="Hydra overrides; model.path=DIR runs a local checkpoint")
     dry.set_defaults(func=_dry_run)
 
-    cpu = commands.add_parser("cpu-run", add_help=False,
-                              help="real main_ppo steps on the CPU debugging backend (cpu-run --help for options)")
-    cpu.add_argument("rest", nargs=argparse.REMAINDER)
-    cpu.set_defaults(func=_cpu_run)
+    # parsed by scgrpo_verl.cpu_backend.run (argparse's REMAINDER would not pass leading options through)
+    commands.add_parser("cpu-run", add_help=False,
+                        help="real main_ppo steps on the CPU debugging backend (cpu-run --help for options)")
 
     page = commands.add_parser("explain", help="write an HTML token-credit page (D and f(D) per token)")
     page.add_argument("--model-path", required=True, help="local Hugging Face checkpoint folder")
@@ -103,6 +103,9 @@ def main(argv=None) -> int:
 
     box = commands.add_parser("sandbox", help="print the code sandbox's isolation diagnostics as JSON")
     box.set_defaults(func=_sandbox)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cpu-run"]:
+        return _cpu_run(argv[1:])
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -136,13 +136,6 @@ def _problems(count: int, seed: int) -> list[tuple[list[dict], str]]:
     return [(list(row["prompt"]), row["reward_model"]["ground_truth"]) for row in math_rows(count, "dry_run", seed)]
 
 
-def _chat_ids(tokenizer, messages) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys") and "input_ids" in ids:
-        ids = ids["input_ids"]
-    return list(ids)
-
-
 @torch.no_grad()
 def _sample(model, tokenizer, prompt_ids: list[int], count: int, max_new_tokens: int, seed: int) -> list[list[int]]:
     torch.manual_seed(seed)
@@ -183,7 +176,7 @@ def dry_run(
     from scgrpo_verl.config import SelfTeacherConfig
     from scgrpo_verl.engine_path import build_micro_batch, engine_loss, nested, sampled_log_probs
     from scgrpo_verl.losses import self_teacher_loss
-    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts
+    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
     from scgrpo_verl.teacher.passes import teacher_pass, teacher_response_logits
     from scgrpo_verl.trainer import teacher_pass_options, validate_self_teacher_config
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
@@ -210,7 +203,7 @@ def dry_run(
     with _timed(timings, "sample_rollouts"):
         rollouts, prompt_ids, response_ids, scores, ground_truths = [], [], [], [], []
         for g, (messages, answer) in enumerate(_problems(groups, seed)):
-            ids = _chat_ids(tokenizer, messages)
+            ids = chat_template_ids(tokenizer, messages)
             pattern = GROUP_PATTERNS[g % len(GROUP_PATTERNS)]
             for i, (response, score) in enumerate(zip(_sample(model, tokenizer, ids, size, max_new_tokens, seed + g),
                                                       _group_scores(pattern, size))):

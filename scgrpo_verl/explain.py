@@ -111,14 +111,15 @@ def explain(
     """Load a local checkpoint, build the SC-GRPO teacher prompt from ``solution`` and write the page."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from scgrpo_verl.teacher.context import chat_template_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     teacher_messages = sc_grpo_teacher_messages(messages, solution, TemplateConfig())
-    student_ids = _chat_ids(tokenizer, messages)
-    teacher_ids = _chat_ids(tokenizer, teacher_messages)
+    student_ids = chat_template_ids(tokenizer, messages)
+    teacher_ids = chat_template_ids(tokenizer, teacher_messages)
     response_ids = tokenizer.encode(rollout, add_special_tokens=False)
     if not response_ids:
         raise ValueError("the rollout is empty after tokenisation")
@@ -126,10 +127,3 @@ def explain(
     with open(out_path, "w", encoding="utf-8") as handle:
         handle.write(render_token_credit_html(credit))
     return credit
-
-
-def _chat_ids(tokenizer, messages) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys") and "input_ids" in ids:
-        ids = ids["input_ids"]
-    return list(ids)

@@ -423,3 +423,14 @@ def test_e2e_sdpo_feedback_and_ema_teacher_across_resume(tmp_path):
 
 def torch_lerp(start, end, weight):
     return start + weight * (end - start)
+
+
+def test_cli_passes_cpu_run_options_through(monkeypatch):
+    """``scgrpo-verl cpu-run --config-name X ...`` (the README's main command) reaches the runner unchanged."""
+    from scgrpo_verl import cli
+
+    seen = []
+    monkeypatch.setattr(cpu_run_mod, "main", lambda argv: seen.append(list(argv)) or 0)
+    argv = ["--config-name", "sc_grpo", "--steps", "1", "self_teacher.sc_grpo.seed=3"]
+    assert cli.main(["cpu-run", *argv]) == 0
+    assert seen == [argv]

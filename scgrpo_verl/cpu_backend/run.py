@@ -334,7 +334,7 @@ def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="cpu-run",
+        prog="scgrpo-verl cpu-run",
         description="Run verl main_ppo on the CPU debugging backend with a tiny random model (scgrpo_verl configs).",
     )
     parser.add_argument("--config-name", default="grpo")
