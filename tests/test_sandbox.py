@@ -10,6 +10,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -220,3 +221,35 @@ def test_cli_prints_the_isolation_diagnostics(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["selected"] == sb.isolation_mode()
     assert set(report["modes"]) >= {"root", "userns", "landlock", "seccomp", "audit"}
+
+
+def test_interpreter_in_a_venv_under_tmp_works_in_every_mode(tmp_path_factory):
+    """CI makes its virtualenv with ``mktemp -d`` (under /tmp, mode 0700): the namespace modes mount a private
+    tmpfs on /tmp and must bring the venv back, or every program fails to start (and the trainer would fall back
+    to weaker isolation)."""
+    available = [m for m in ("root", "userns", "landlock", "seccomp") if sb.probe_mode(m) is None]
+    if not available:
+        pytest.skip("no kernel isolation mode on this host")
+    base = tempfile.mkdtemp()  # /tmp/tmpXXXX, 0700, like mktemp -d
+    try:
+        venv = os.path.join(base, "venv")
+        subprocess.run([os.path.realpath(sys.base_prefix + "/bin/python3"), "-m", "venv", "--without-pip", venv],
+                       check=True, timeout=120)
+        script = (
+            "import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('sbx', {sb.__file__!r})\n"
+            "sb = importlib.util.module_from_spec(spec); sys.modules['sbx'] = sb; spec.loader.exec_module(sb)\n"
+            f"for mode in {available!r}:\n"
+            "    r = sb.run_program('import json, sys; print(json.dumps(sys.prefix))', mode=mode)\n"
+            "    print(mode, r.status, r.stdout.strip(), r.stderr.strip()[-200:].replace(chr(10), ' '))\n"
+        )
+        out = subprocess.run([os.path.join(venv, "bin", "python"), "-c", script], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = out.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == available
+        for line in lines:
+            mode, status, prefix = line.split()[:3]
+            assert status == "ok" and prefix == f'"{venv}"', line
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

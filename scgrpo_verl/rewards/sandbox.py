@@ -343,12 +343,27 @@ def _interpreter_roots() -> list[str]:
     return sorted(roots)
 
 
+def _under_private_tmpfs(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in PRIVATE_TMPFS_DIRS)
+
+
+def _masked_interpreter_dirs() -> list[str]:
+    """Interpreter directories that the private tmpfs mounts would hide, e.g. a virtualenv made under ``/tmp``
+    (CI's ``mktemp -d``): the venv as ``sys.executable`` names it, and any interpreter root below such a directory.
+    They are bind-mounted back, read-only, after the tmpfs mounts."""
+    candidates = {sys.prefix, os.path.dirname(sys.executable), *_interpreter_roots()}
+    dirs = sorted(p if os.path.isdir(p) else os.path.dirname(p) for p in candidates if _under_private_tmpfs(p))
+    return [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
+
+
 def _reexpose_plan() -> list[tuple[str, str]]:
-    """Unique (non-traversable ancestor, child component) pairs to re-expose in the mount namespace."""
+    """Unique (non-traversable ancestor, child component) pairs to re-expose in the mount namespace.
+
+    Ancestors below a private tmpfs directory are left out: :func:`_masked_interpreter_dirs` brings those back."""
     plan: list[tuple[str, str]] = []
     for root in _interpreter_roots():
         for item in _hidden_ancestors(root):
-            if item not in plan:
+            if item not in plan and not _under_private_tmpfs(item[0]):
                 plan.append(item)
     ancestors = [a for a, _ in plan]
     for a in ancestors:
@@ -691,9 +706,13 @@ class _KernelLayers:
 
 def _make_preexec(mode: str, uid: int | None, limits: SandboxLimits, workdir: str, stage_dir: str,
                   plan: Sequence[tuple[str, str]], nproc_base: int,
-                  layers: _KernelLayers | None = None) -> Callable[[], None]:
-    """Build the ``preexec_fn`` run in the forked child before ``exec`` (no imports inside)."""
+                  layers: _KernelLayers | None = None, keep: Sequence[str] = ()) -> Callable[[], None]:
+    """Build the ``preexec_fn`` run in the forked child before ``exec`` (no imports inside).
+
+    ``keep``: interpreter directories below a private tmpfs directory (:func:`_masked_interpreter_dirs`), staged
+    in ``<stage_dir>/keep<i>`` and bind-mounted back read-only after the tmpfs mounts."""
     workdir_b = workdir.encode()
+    keep_b = [(path.encode(), os.path.join(stage_dir, f"keep{i}").encode()) for i, path in enumerate(keep)]
     work_stage_b = os.path.join(stage_dir, "work").encode()
     mem = limits.memory_mb << 20
     fsize = max(limits.max_file_size_mb << 20, limits.max_output_bytes + 1)
@@ -783,6 +802,10 @@ def _make_preexec(mode: str, uid: int | None, limits: SandboxLimits, workdir: st
             # ancestors, so they survive the read-only remount and the tmpfs mounts below.
             _check(_libc.mount(workdir_b, work_stage_b, None, MS_BIND, None), "stage workdir")
             work_fd = os.open(work_stage_b, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            keep_fds = []
+            for path, stage in keep_b:
+                _check(_libc.mount(path, stage, None, MS_BIND | MS_REC, None), "stage interpreter dir")
+                keep_fds.append(os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
             for anc, child, stage in plan_b:
                 _check(_libc.mount(anc + b"/" + child, stage, None, MS_BIND | MS_REC, None), "stage bind")
             _check(_libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None), "remount / ro")
@@ -794,6 +817,14 @@ def _make_preexec(mode: str, uid: int | None, limits: SandboxLimits, workdir: st
                 _check(_libc.umount2(stage, MNT_DETACH), "unstage")
             for d in tmpfs_dirs:
                 _check(_libc.mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts), "private tmpfs")
+            # Bring back, read-only, the interpreter directories the private tmpfs just hid (a venv under /tmp).
+            for (path, _), fd in zip(keep_b, keep_fds):
+                os.makedirs(path, 0o755, exist_ok=True)
+                _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path, None, MS_BIND | MS_REC, None),
+                       "re-expose interpreter dir")
+                _check(_libc.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+                       "interpreter dir read-only")
+                os.close(fd)
             # Re-create the working directory at its original path (it may now lie inside a fresh tmpfs)
             # as the only writable mount.
             os.makedirs(workdir_b, 0o755, exist_ok=True)
@@ -1127,7 +1158,8 @@ def _run(source: str, stdin: str, limits: SandboxLimits, mode: str,
         if os.geteuid() == 0 and drop:
             uid = UID_BASE + secrets.randbelow(UID_SPAN)
         plan = _reexpose_plan() if mode == "root" or mode == "userns" and uid is not None else []
-        for name in ["work"] + [str(i) for i in range(len(plan))]:
+        keep = _masked_interpreter_dirs() if mode in ("root", "userns") else []
+        for name in ["work"] + [str(i) for i in range(len(plan))] + [f"keep{i}" for i in range(len(keep))]:
             os.mkdir(os.path.join(stage, name), 0o700)
         for name, text in {**(files or {}), "main.py": source}.items():
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
@@ -1147,7 +1179,7 @@ def _run(source: str, stdin: str, limits: SandboxLimits, mode: str,
             args = [sys.executable, "-I", "-B", boot]
         if mode in ("landlock", "seccomp") or mode == "userns" and _seccomp_arch() is not None:
             layers = _KernelLayers.build(mode, workdir, drops_uid=uid is not None)
-        preexec = _make_preexec(mode, uid, limits, workdir, stage, plan, nproc_base, layers)
+        preexec = _make_preexec(mode, uid, limits, workdir, stage, plan, nproc_base, layers, keep)
         in_path, out_path, err_path = (os.path.join(base, n) for n in ("stdin", "stdout", "stderr"))
         with open(in_path, "w", encoding="utf-8") as f:
             f.write(stdin)
