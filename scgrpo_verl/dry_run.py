@@ -174,7 +174,7 @@ def dry_run(
     """One step of ``config_name`` on a synthetic batch (module docstring); returns the report."""
     from scgrpo_verl.compose import compose_config, validate
     from scgrpo_verl.config import SelfTeacherConfig
-    from scgrpo_verl.engine_path import build_micro_batch, engine_loss, nested, sampled_log_probs
+    from scgrpo_verl.engine_path import build_micro_batch, engine_loss, sampled_log_probs
     from scgrpo_verl.losses import self_teacher_loss
     from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
     from scgrpo_verl.teacher.passes import teacher_pass, teacher_response_logits
@@ -189,7 +189,7 @@ def dry_run(
     with _timed(timings, "compose_validate"):
         config = compose_config(config_name, overrides)
         # the plugin section first, so a bad plugin option fails with the key it names
-        settings, actor = validate_self_teacher_config(config) if "self_teacher" in config else (SelfTeacherConfig(), None)
+        settings = validate_self_teacher_config(config)[0] if "self_teacher" in config else SelfTeacherConfig()
         actor = validate(config)
     loss_mode = actor.policy_loss.loss_mode
     adv_estimator = config.algorithm.adv_estimator
