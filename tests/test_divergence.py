@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from scgrpo_verl.algos.divergence import (
-    chunked_hidden_divergence,
     divergence_from_log_probs,
     full_vocab_divergence,
+    fused_linear_divergence,
     sampled_token_kl,
     student_topk_ids,
     topk_divergence,
@@ -85,45 +85,96 @@ def test_invalid_kind_and_alpha_raise():
         divergence_from_log_probs(torch.zeros(1, 2), torch.zeros(1, 2), "jsd", 1.5)
 
 
-def naive_hidden_divergence(h_s, h_t, weight, kind, alpha, temperature, mask):
-    """Unchunked autograd reference: both [N x V] logits materialised."""
-    values = full_vocab_divergence(h_s @ weight.T, h_t @ weight.T.detach(), kind, alpha, temperature)
-    return values * mask
+def naive_autograd_divergence(p_logits, q_logits, kind, alpha, temperature=1.0):
+    """Plain autograd over whole log-softmaxes (no chunks, no closed-form gradient), fp64."""
+    log_p = torch.log_softmax(p_logits.double() / temperature, -1)
+    log_q = torch.log_softmax(q_logits.double() / temperature, -1)
+    if kind == "forward_kl" or (kind == "jsd" and alpha == 0.0):
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "reverse_kl" or (kind == "jsd" and alpha == 1.0):
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    m = (1 - alpha) * log_p.exp() + alpha * log_q.exp()
+    return (1 - alpha) * (log_p.exp() * (log_p - m.log())).sum(-1) + alpha * (log_q.exp() * (log_q - m.log())).sum(-1)
+
+
+@pytest.mark.parametrize("kind,alpha", KINDS)
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 8 * 23 * 3, 1 << 20])
+def test_full_vocab_gradient_matches_autograd_and_finite_differences(kind, alpha, chunk_bytes):
+    g = torch.Generator().manual_seed(4)
+    p_logits = (torch.randn(9, 23, generator=g, dtype=torch.float64) * 2).float().requires_grad_(True)
+    q_logits = torch.randn(9, 23, generator=g) * 2
+    upstream = torch.randn(9, generator=g)
+    got = full_vocab_divergence(p_logits, q_logits, kind, alpha, 0.8, chunk_bytes=chunk_bytes)
+    (got * upstream).sum().backward()
+    ref_logits = p_logits.detach().double().requires_grad_(True)
+    expected = naive_autograd_divergence(ref_logits, q_logits, kind, alpha, 0.8)
+    (expected * upstream.double()).sum().backward()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p_logits.grad.double(), ref_logits.grad, rtol=1e-4, atol=1e-6)
+    # central finite differences on one logit, in float64 through the naive formula
+    row, col, eps = 2, 5, 1e-6
+    bumped = ref_logits.detach().clone()
+    bumped[row, col] += eps
+    plus = naive_autograd_divergence(bumped, q_logits, kind, alpha, 0.8)[row]
+    bumped[row, col] -= 2 * eps
+    minus = naive_autograd_divergence(bumped, q_logits, kind, alpha, 0.8)[row]
+    fd = (plus - minus) / (2 * eps) * upstream[row].double()
+    assert abs(float(p_logits.grad[row, col]) - float(fd)) < 1e-4
+
+
+def test_zero_mass_terms_are_zero_not_floored():
+    # an independent check: the log-ratio of the mass-carrying token is 2e4 exactly
+    p = torch.tensor([[1e4, -1e4, 0.0]])
+    q = torch.tensor([[-1e4, 1e4, 0.0]])
+    assert full_vocab_divergence(p, q, "forward_kl").item() == pytest.approx(2e4, rel=1e-6)
+    assert full_vocab_divergence(p, q, "reverse_kl").item() == pytest.approx(2e4, rel=1e-6)
+    lp, lq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
+    assert divergence_from_log_probs(lp, lq, "forward_kl").item() == pytest.approx(2e4, rel=1e-6)
+    # -inf logits (masked vocabulary entries) on both sides contribute 0, not nan
+    masked = torch.tensor([[0.5, float("-inf"), 1.0]])
+    other = torch.tensor([[1.0, float("-inf"), 0.0]])
+    for kind, alpha in KINDS:
+        value = full_vocab_divergence(masked, other, kind, alpha)
+        assert torch.isfinite(value).all()
 
 
 @pytest.mark.parametrize("kind,alpha", [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.3)])
-@pytest.mark.parametrize("chunk_size", [1, 3, 64])
-def test_chunked_hidden_values_and_gradients_match_autograd(kind, alpha, chunk_size):
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 8 * 23 * 3, 1 << 20])
+def test_fused_linear_values_and_gradients_match_autograd(kind, alpha, chunk_bytes):
     g = torch.Generator().manual_seed(2)
     num_tokens, hidden, vocab = 10, 6, 23
     weight = torch.randn(vocab, hidden, generator=g, requires_grad=True)
+    bias = torch.randn(vocab, generator=g, requires_grad=True)
     h_s = torch.randn(num_tokens, hidden, generator=g, requires_grad=True)
     h_t = torch.randn(num_tokens, hidden, generator=g, requires_grad=True)
-    mask = (torch.rand(num_tokens, generator=g) > 0.3).float()
-    upstream = torch.randn(num_tokens, generator=g)
+    token_weights = torch.randn(num_tokens, generator=g) * (torch.rand(num_tokens, generator=g) > 0.3)
 
-    got = chunked_hidden_divergence(h_s, h_t, weight, kind, alpha, 0.9, mask, chunk_size=chunk_size)
-    (got * upstream).sum().backward()
-    grads = h_s.grad.clone(), weight.grad.clone()
+    loss, values = fused_linear_divergence(h_s, h_t, weight, token_weights, kind, alpha, 0.9, lm_head_bias=bias,
+                                           chunk_bytes=chunk_bytes)
+    (2.5 * loss).backward()
+    grads = h_s.grad.clone(), weight.grad.clone(), bias.grad.clone()
     assert h_t.grad is None  # the teacher side is stop-gradient
 
-    h_s.grad = None
-    weight.grad = None
-    expected = naive_hidden_divergence(h_s, h_t, weight, kind, alpha, 0.9, mask)
-    (expected * upstream).sum().backward()
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grads[0], h_s.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-5)
+    h_s.grad = weight.grad = bias.grad = None
+    teacher = (h_t @ weight.T + bias).detach()
+    ref = naive_autograd_divergence(h_s @ weight.T + bias, teacher, kind, alpha, 0.9)
+    (2.5 * (ref * token_weights.double()).sum()).backward()
+    active = token_weights != 0
+    torch.testing.assert_close(values[active].double(), ref[active].detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(values[~active], torch.zeros(int((~active).sum())))  # weight-0 tokens cost nothing
+    torch.testing.assert_close(loss.double(), (ref * token_weights.double()).sum().detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], h_s.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[2], bias.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_hidden_separate_teacher_head_and_empty_mask():
+def test_fused_linear_separate_teacher_head():
     g = torch.Generator().manual_seed(3)
     w_s, w_t = torch.randn(17, 4, generator=g), torch.randn(17, 4, generator=g)
     h_s, h_t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    got = chunked_hidden_divergence(h_s, h_t, w_s, "forward_kl", teacher_lm_head_weight=w_t, chunk_size=2)
-    torch.testing.assert_close(got, full_vocab_divergence(h_s @ w_s.T, h_t @ w_t.T, "forward_kl"))
-    empty = chunked_hidden_divergence(h_s, h_t, w_s, mask=torch.zeros(5))
-    assert torch.equal(empty, torch.zeros(5))
+    _, values = fused_linear_divergence(h_s, h_t, w_s, torch.ones(5), "forward_kl", teacher_lm_head_weight=w_t)
+    torch.testing.assert_close(values.double(), naive_autograd_divergence(h_s @ w_s.T, h_t @ w_t.T, "forward_kl", None),
+                               rtol=1e-5, atol=1e-6)
 
 
 def naive_topk(p_logits, q_logits, k, kind, alpha, add_tail):

@@ -6,7 +6,7 @@ accumulated in fp32 whatever the input dtype (bf16 logits are upcast before the 
 
 Four forms share one core (:func:`divergence_from_log_probs`):
 (a) :func:`full_vocab_divergence` from full logits (N, V);
-(b) :func:`chunked_hidden_divergence` from hidden states and the lm_head weight, chunked over tokens;
+(b) :func:`fused_linear_divergence` from hidden states and the lm_head weight, chunked over tokens;
 (c) :func:`topk_log_probs` / :func:`topk_divergence` on the student's top-k ids plus a tail bucket;
 (d) :func:`sampled_token_kl` single-sample k1 / k3 estimators on the sampled token.
 
@@ -19,19 +19,26 @@ Divergence kinds:
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
-# Log-probabilities are clamped from below at this value before they enter a divergence: a zero-mass
-# entry (e.g. the tail bucket when top-k covers the whole vocabulary) then contributes exactly 0
-# instead of 0 * inf = nan, and exp(-1e4) underflows to 0 in fp32, so no real mass is changed.
-LOG_PROB_FLOOR = -1.0e4
+# Chunks of the full-vocabulary kernels are sized in bytes: about this many fp32 (rows x V) buffers are
+# alive per chunk (both sides' log-probs, probabilities, the log-ratio and the gradient).
+_CHUNK_BUFFERS = 8
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+def chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk so that a chunk's fp32 working set stays near ``chunk_bytes``."""
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
+    return max(1, int(chunk_bytes) // (_CHUNK_BUFFERS * 4 * max(int(vocab_size), 1)))
 
 
 def resolve_kind(kind: str, alpha: Optional[float] = None) -> tuple[str, float]:
@@ -50,8 +57,13 @@ def resolve_kind(kind: str, alpha: Optional[float] = None) -> tuple[str, float]:
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """KL(a || b) over the last dim from log-probabilities, (..., V) -> (...)."""
-    return (log_a.exp() * (log_a - log_b)).sum(-1)
+    """KL(a || b) over the last dim from log-probabilities, (..., V) -> (...).
+
+    Terms where a has no mass are exactly 0 (never 0 * inf), whatever b is there; no floor is applied,
+    so a log-ratio of 2e4 stays 2e4.
+    """
+    a = log_a.exp()
+    return (a * torch.where(a > 0, log_a - log_b, 0.0)).sum(-1)
 
 
 def divergence_from_log_probs(
@@ -66,15 +78,13 @@ def divergence_from_log_probs(
     generalized JSD (1-alpha) KL(p||M) + alpha KL(q||M) with M = (1-alpha) p + alpha q.
     """
     kind, alpha = resolve_kind(kind, alpha)
-    log_p = student_log_probs.float().clamp_min(LOG_PROB_FLOOR)
-    log_q = teacher_log_probs.float().clamp_min(LOG_PROB_FLOOR)
+    log_p = student_log_probs.float()
+    log_q = teacher_log_probs.float()
     if kind == "forward_kl":
         return _kl(log_q, log_p)
     if kind == "reverse_kl":
         return _kl(log_p, log_q)
-    log_m = torch.logsumexp(
-        torch.stack([log_p + torch.log1p(torch.tensor(-alpha)), log_q + torch.log(torch.tensor(alpha))]), dim=0
-    )
+    log_m = torch.logaddexp(log_p + math.log1p(-alpha), log_q + math.log(alpha))
     return (1.0 - alpha) * _kl(log_p, log_m) + alpha * _kl(log_q, log_m)
 
 
@@ -96,6 +106,83 @@ def _apply_mask(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return values * mask.to(values.dtype)
 
 
+def _value_and_grad(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    alpha: float,
+    temperature: float,
+    with_grad: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One chunk: divergence per row (n,) and its closed-form gradient w.r.t. the student logits (n, V).
+
+    With u = logits / T and p = softmax(u) (ALGORITHMS.md sections 1-3):
+    - forward KL(q || p):   d/du_j = p_j - q_j
+    - reverse KL(p || q):   d/du_j = p_j (log p_j - log q_j - KL(p || q))
+    - JSD_alpha, M = (1 - alpha) p + alpha q:  d/du_j = (1 - alpha) p_j (log p_j - log M_j - KL(p || M))
+    Zero-mass terms are exactly 0 (never 0 * inf). Everything is fp32; the gradient includes the 1/T.
+    """
+    log_p = log_softmax_fp32(student_logits, temperature)
+    log_q = log_softmax_fp32(teacher_logits, temperature)
+    p = log_p.exp()
+    grad = None
+    if kind == "forward_kl":
+        q = log_q.exp()
+        values = (q * torch.where(q > 0, log_q - log_p, 0.0)).sum(-1)
+        if with_grad:
+            grad = p.sub_(q)
+    elif kind == "reverse_kl":
+        ratio = torch.where(p > 0, log_p - log_q, 0.0)
+        values = (p * ratio).sum(-1)
+        if with_grad:
+            grad = ratio.sub_(values.unsqueeze(-1)).mul_(p)
+    else:
+        q = log_q.exp()
+        log_m = torch.logaddexp(log_p + math.log1p(-alpha), log_q + math.log(alpha))
+        ratio_p = torch.where(p > 0, log_p - log_m, 0.0)
+        kl_pm = (p * ratio_p).sum(-1)
+        kl_qm = (q * torch.where(q > 0, log_q - log_m, 0.0)).sum(-1)
+        values = (1.0 - alpha) * kl_pm + alpha * kl_qm
+        if with_grad:
+            grad = ratio_p.sub_(kl_pm.unsqueeze(-1)).mul_(p).mul_(1.0 - alpha)
+    if grad is not None and temperature != 1.0:
+        grad = grad.div_(temperature)
+    return values, grad
+
+
+class _LogitsDivergence(torch.autograd.Function):
+    """Row-chunked full-vocabulary divergence whose gradient is formed in the forward pass.
+
+    Only one chunk's fp32 working set exists at a time; what is kept for backward is the gradient
+    w.r.t. the student logits, in their dtype (one (N, V) buffer instead of autograd's several fp32 ones).
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, kind, alpha, temperature, rows_per_chunk):
+        num_rows = student_logits.shape[0]
+        with_grad = ctx.needs_input_grad[0]
+        values = torch.empty(num_rows, dtype=torch.float32, device=student_logits.device)
+        grad = torch.empty_like(student_logits) if with_grad else None
+        for start in range(0, num_rows, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            chunk_values, chunk_grad = _value_and_grad(
+                student_logits[rows], teacher_logits[rows], kind, alpha, temperature, with_grad
+            )
+            values[rows] = chunk_values
+            if with_grad:
+                grad[rows] = chunk_grad
+        ctx.save_for_backward(grad)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 6
+        # the buffer is this Function's own: scaled in place (a second backward through it is not supported)
+        return grad.mul_(grad_values.unsqueeze(-1).to(grad.dtype)), None, None, None, None, None
+
+
 def full_vocab_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -103,12 +190,17 @@ def full_vocab_divergence(
     alpha: Optional[float] = None,
     temperature: float = 1.0,
     mask: Optional[torch.Tensor] = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
-    """Form (a): exact full-vocabulary divergence per token.
+    """Form (a): exact full-vocabulary divergence per token, chunked over tokens (ALGORITHMS.md sections 1-3).
+
+    The kernel training uses for SC-GRPO's D, SDPO ``full`` and SDPG's L_OPD. Chunks hold about
+    ``chunk_bytes`` of fp32 work; the gradient w.r.t. ``student_logits`` is formed in the forward pass
+    (closed form, see :func:`_value_and_grad`), so backward is one multiply.
 
     Args:
         student_logits: (..., V) logits of p_t (gradients flow into them).
-        teacher_logits: (..., V) logits of q_t (detached here: the teacher is stop-gradient).
+        teacher_logits: (..., V) logits of q_t (stop-gradient).
         kind, alpha: see :func:`divergence_from_log_probs`.
         temperature: both sides are scored at logits / temperature (the rollout temperature).
         mask: (...) token mask; masked tokens return 0.
@@ -118,99 +210,127 @@ def full_vocab_divergence(
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} differ")
-    log_p = log_softmax_fp32(student_logits, temperature)
-    log_q = log_softmax_fp32(teacher_logits.detach(), temperature)
-    return _apply_mask(divergence_from_log_probs(log_p, log_q, kind, alpha), mask)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    kind, alpha = resolve_kind(kind, alpha)
+    vocab = student_logits.shape[-1]
+    lead = student_logits.shape[:-1]
+    values = _LogitsDivergence.apply(
+        student_logits.reshape(-1, vocab),
+        teacher_logits.detach().reshape(-1, vocab),
+        kind,
+        alpha,
+        float(temperature),
+        chunk_rows(vocab, chunk_bytes),
+    )
+    return _apply_mask(values.reshape(lead), mask)
 
 
-def _chunk_divergence(
-    student_hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    teacher_bias: Optional[torch.Tensor],
-    kind: str,
-    alpha: float,
-    temperature: float,
-) -> torch.Tensor:
-    # Both sides' logits live only inside this call; under checkpointing they are recomputed in backward.
-    with torch.no_grad():
-        teacher_log_probs = log_softmax_fp32(F.linear(teacher_hidden, teacher_weight, teacher_bias), temperature)
-    student_logits = F.linear(student_hidden, weight, bias)
-    return divergence_from_log_probs(log_softmax_fp32(student_logits, temperature), teacher_log_probs, kind, alpha)
+class _FusedLinearDivergence(torch.autograd.Function):
+    """lm_head projection + divergence + weighted sum, chunked over tokens, gradients formed in the forward."""
+
+    @staticmethod
+    def forward(ctx, student_hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, token_weights,
+                kind, alpha, temperature, rows_per_chunk):
+        num_rows = student_hidden.shape[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        with_grad = need_h or need_w or need_b
+        values = torch.zeros(num_rows, dtype=torch.float32, device=student_hidden.device)
+        grad_hidden = torch.zeros_like(student_hidden) if need_h else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        active = (token_weights != 0).nonzero(as_tuple=True)[0]
+        for start in range(0, active.numel(), rows_per_chunk):
+            rows = active[start : start + rows_per_chunk]
+            hidden = student_hidden[rows]
+            with torch.no_grad():
+                student_logits = F.linear(hidden, weight, bias)
+                teacher_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias)
+            chunk_values, grad = _value_and_grad(student_logits, teacher_logits, kind, alpha, temperature, with_grad)
+            del student_logits, teacher_logits
+            values[rows] = chunk_values
+            if with_grad:
+                grad = grad.mul_(token_weights[rows].float().unsqueeze(-1))
+                if need_h:
+                    grad_hidden[rows] = (grad.to(weight.dtype) @ weight).to(grad_hidden.dtype)
+                if need_w:
+                    grad_weight.addmm_(grad.t(), hidden.float())
+                if need_b:
+                    grad_bias.add_(grad.sum(0))
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.mark_non_differentiable(values)
+        loss = (values * token_weights.float()).sum()
+        return loss, values
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_values):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        # the buffers are this Function's own: scaled in place (a second backward is not supported)
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_loss).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.mul_(grad_loss).to(bias_dtype)
+        return (grad_hidden, grad_weight, grad_bias) + (None,) * 8
 
 
-def chunked_hidden_divergence(
+def fused_linear_divergence(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
+    token_weights: torch.Tensor,
     kind: str = "reverse_kl",
     alpha: Optional[float] = None,
     temperature: float = 1.0,
-    mask: Optional[torch.Tensor] = None,
     lm_head_bias: Optional[torch.Tensor] = None,
     teacher_lm_head_weight: Optional[torch.Tensor] = None,
     teacher_lm_head_bias: Optional[torch.Tensor] = None,
-    chunk_size: int = 1024,
-) -> torch.Tensor:
-    """Form (b): full-vocabulary divergence from last hidden states, chunked over tokens.
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Form (b): sum_t w_t D_t from last hidden states and the lm_head, never holding (N, V) logits.
 
-    Only ``chunk_size x V`` logits of each side exist at a time: each chunk runs under activation
-    checkpointing (teacher under ``no_grad``) and is recomputed in the backward pass, so only the
-    (N, H) inputs are kept between chunks and [tokens x vocab] is never held for either side. Gradients
-    flow into ``student_hidden``, ``lm_head_weight`` and ``lm_head_bias`` only.
+    Liger-Kernel style fused linear loss: each chunk of rows (sized by ``chunk_bytes``) projects both
+    sides through the lm_head, computes D and its closed-form gradient, and keeps only the (N, H)
+    hidden-state gradient and the (V, H) weight gradient; backward is a scale. Tokens with weight 0
+    cost nothing. Gradients flow into ``student_hidden``, ``lm_head_weight`` and ``lm_head_bias`` only.
 
     Args:
         student_hidden: (N, H) student last hidden states at the response positions.
         teacher_hidden: (N, H) teacher last hidden states at the same response tokens.
         lm_head_weight: (V, H) output projection (shared by a live teacher).
+        token_weights: (N,) detached weights w_t (mask, normalisation, gates).
         teacher_lm_head_weight: (V, H) a different teacher projection (frozen / EMA teacher).
-        mask: (N,) tokens to score; others return 0 and cost nothing.
 
     Returns:
-        (N,) fp32 divergence per token.
+        the scalar sum_t w_t D_t (differentiable) and the per-token D (N,) fp32 (detached).
     """
     kind, alpha = resolve_kind(kind, alpha)
     if student_hidden.shape != teacher_hidden.shape or student_hidden.dim() != 2:
         raise ValueError(
             f"hidden states must both be (N, H); got {tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}"
         )
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
-    num_tokens = student_hidden.shape[0]
-    out = torch.zeros(num_tokens, dtype=torch.float32, device=student_hidden.device)
-    if mask is None:
-        active = torch.arange(num_tokens, device=student_hidden.device)
-    else:
-        if mask.shape != (num_tokens,):
-            raise ValueError(f"mask must be (N,) = ({num_tokens},), got {tuple(mask.shape)}")
-        active = mask.bool().nonzero(as_tuple=True)[0]
-    t_weight = (lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight).detach()
+    if token_weights.shape != (student_hidden.shape[0],):
+        raise ValueError(f"token_weights must be (N,) = ({student_hidden.shape[0]},), got {tuple(token_weights.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    t_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
     t_bias = lm_head_bias if teacher_lm_head_weight is None else teacher_lm_head_bias
-    t_bias = None if t_bias is None else t_bias.detach()
-    teacher_hidden = teacher_hidden.detach()
-    pieces = []
-    for start in range(0, active.numel(), chunk_size):
-        rows = active[start : start + chunk_size]
-        pieces.append(
-            checkpoint(
-                _chunk_divergence,
-                student_hidden[rows],
-                lm_head_weight,
-                lm_head_bias,
-                teacher_hidden[rows],
-                t_weight,
-                t_bias,
-                kind,
-                alpha,
-                temperature,
-                use_reentrant=False,
-            )
-        )
-    if pieces:
-        out = out.index_put((active,), torch.cat(pieces))
-    return out
+    return _FusedLinearDivergence.apply(
+        student_hidden,
+        lm_head_weight,
+        lm_head_bias,
+        teacher_hidden.detach(),
+        t_weight.detach(),
+        None if t_bias is None else t_bias.detach(),
+        token_weights.detach(),
+        kind,
+        alpha,
+        float(temperature),
+        chunk_rows(lm_head_weight.shape[0], chunk_bytes),
+    )
 
 
 def topk_log_probs(
