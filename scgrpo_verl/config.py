@@ -25,6 +25,8 @@ TEACHER_WEIGHTS = ("live", "frozen", "ema", "trust_region")
 SDPO_DISTILLATION_MODES = ("full", "topk", "sampled_token")
 REFERENCE_KL_TYPES = ("urkl", "ufkl")
 SIBLING_CHOICES = ("uniform", "first")
+THRESHOLD_SCOPES = ("micro_batch", "batch")
+SDPO_NORMALIZATIONS = ("all_tokens", "teacher_tokens")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -46,9 +48,15 @@ class SCGRPOConfig:
     solve_none_alpha: float = 0.1  # pseudo-advantage scale for groups with n_c = 0
     epsilon: float = 1e-6  # std floor of the solve-none z-score
     seed: int = 0  # seeds the uniform draws of references and verified siblings
+    threshold_scope: str = "micro_batch"  # c over the update's micro-batch (the paper) | batch: one c per step
 
     def __post_init__(self):
         _require(self.c_min > 0, "sc_grpo.c_min", f"must be > 0, got {self.c_min}")
+        _require(
+            self.threshold_scope in THRESHOLD_SCOPES,
+            "sc_grpo.threshold_scope",
+            f"must be one of {THRESHOLD_SCOPES}, got {self.threshold_scope!r}",
+        )
         _require(0.0 < self.quantile < 1.0, "sc_grpo.quantile", f"must be in (0, 1), got {self.quantile}")
         _require(self.solve_none_alpha >= 0, "sc_grpo.solve_none_alpha", f"must be >= 0, got {self.solve_none_alpha}")
         _require(self.epsilon > 0, "sc_grpo.epsilon", f"must be > 0, got {self.epsilon}")
@@ -64,6 +72,7 @@ class SDPOConfig:
     alpha: float = 0.5  # 0 forward KL(q||p), 1 reverse KL(p||q), else generalized JSD
     is_clip: Optional[float] = 2.0  # sg(min(pi/pi_old, is_clip)); null disables
     pg_coef: float = 0.0  # lambda in lambda * PG + (1 - lambda) * distillation (reference code: 0)
+    normalize: str = "all_tokens"  # distillation mean over all response tokens | teacher_tokens (the authors')
 
     def __post_init__(self):
         _require(
@@ -80,6 +89,11 @@ class SDPOConfig:
         )
         _require(self.is_clip is None or self.is_clip > 0, "sdpo.is_clip", f"must be > 0 or null, got {self.is_clip}")
         _require(_in_unit_interval(self.pg_coef), "sdpo.pg_coef", f"must be in [0, 1], got {self.pg_coef}")
+        _require(
+            self.normalize in SDPO_NORMALIZATIONS,
+            "sdpo.normalize",
+            f"must be one of {SDPO_NORMALIZATIONS}, got {self.normalize!r}",
+        )
 
     @property
     def divergence_kind(self) -> str:
@@ -120,7 +134,7 @@ class TeacherConfig:
     feedback_only_without_solution: bool = True  # SDPO default: feedback only when no verified sibling
     use_privileged_context: bool = False  # dataset row's hint / reference (SDPG)
     max_reprompt_len: int = 10240  # teacher prompt budget in tokens; demonstrations are shortened first
-    divergence_chunk_size: int = 1024  # tokens per chunk of the full-vocabulary teacher pass
+    divergence_chunk_mib: float = 64.0  # fp32 working set per chunk of the full-vocabulary divergence kernel
     templates: TemplateConfig = field(default_factory=TemplateConfig)  # teacher-prompt templates
 
     def __post_init__(self):
@@ -138,9 +152,9 @@ class TeacherConfig:
         )
         _require(self.max_reprompt_len > 0, "teacher.max_reprompt_len", f"must be > 0, got {self.max_reprompt_len}")
         _require(
-            self.divergence_chunk_size > 0,
-            "teacher.divergence_chunk_size",
-            f"must be > 0, got {self.divergence_chunk_size}",
+            self.divergence_chunk_mib > 0,
+            "teacher.divergence_chunk_mib",
+            f"must be > 0, got {self.divergence_chunk_mib}",
         )
 
 

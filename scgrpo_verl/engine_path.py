@@ -26,6 +26,7 @@ def build_micro_batch(
     pad_token_id: int = 0,
     temperature: float = 1.0,
     info: Optional[Mapping[str, Any]] = None,
+    use_remove_padding: bool = False,
 ) -> TensorDict:
     """A micro-batch as verl's actor hands it to the loss: jagged (B, j) tensors plus global batch info.
 
@@ -52,7 +53,7 @@ def build_micro_batch(
     td = TensorDict(batch, batch_size=[len(prompts)])
     tu.assign_non_tensor(
         td,
-        use_remove_padding=False,
+        use_remove_padding=bool(use_remove_padding),
         temperature=float(temperature),
         pad_token_id=int(pad_token_id),
         dp_size=1,
@@ -63,16 +64,103 @@ def build_micro_batch(
     return td
 
 
+class StandInEngine:
+    """verl 0.9.1's FSDP engine input / output preparation and forward step on a plain Hugging Face model.
+
+    No process group and no FSDP wrapping: everything else (packing, temperature scaling, the logits
+    processor call when ``distillation_use_topk``, the final loss call) is verl's own code."""
+
+    def __init__(self, model):
+        self.module = model
+        self.pad_to_length = False
+        self.use_ulysses_sp = False
+        self.engine_config = SimpleNamespace(entropy_checkpointing=False, entropy_from_logits_with_chunking=False)
+
+    def _get_packed_pad_size(self, packed_length: int) -> int:
+        return 0
+
+    def _gather_and_unpad_packed(self, tensor: torch.Tensor, pad_size: int) -> torch.Tensor:
+        return tensor[: tensor.shape[0] - pad_size] if pad_size else tensor
+
+    def prepare_model_inputs(self, micro_batch: TensorDict):
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+        return FSDPEngineWithLMHead.prepare_model_inputs(self, micro_batch)
+
+    def forward_step(self, micro_batch: TensorDict, loss_fn):
+        """(what ``loss_fn`` returns, model_output), as ``FSDPEngineWithLMHead.forward_step`` computes them."""
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+        model_inputs, output_args = self.prepare_model_inputs(micro_batch)
+        raw = self.module(**model_inputs, use_cache=False)
+        model_output = FSDPEngineWithLMHead.prepare_model_outputs(self, raw, output_args, micro_batch, loss_fn)
+        return loss_fn(model_output=model_output, data=micro_batch, dp_group=None), model_output
+
+
 def engine_loss(model, micro_batch: TensorDict, loss_fn):
     """verl's FSDP engine forward step on a plain model: its input/output preparation, the logits processor
     call (when ``distillation_use_topk``) and the final loss call. Returns what ``loss_fn`` returns."""
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+    return StandInEngine(model).forward_step(micro_batch, loss_fn)[0]
 
-    fake_engine = SimpleNamespace(pad_to_length=False, engine_config=SimpleNamespace(entropy_checkpointing=False))
-    model_inputs, output_args = FSDPEngineWithLMHead.prepare_model_inputs(fake_engine, micro_batch)
-    raw = model(**model_inputs, use_cache=False)
-    model_output = FSDPEngineWithLMHead.prepare_model_outputs(fake_engine, raw, output_args, micro_batch, loss_fn)
-    return loss_fn(model_output=model_output, data=micro_batch, dp_group=None)
+
+@torch.no_grad()
+def log_prob_pass(model, micro_batch: TensorDict, processor=None) -> dict:
+    """verl's log-prob pass on one micro-batch of a plain model: ``model_output`` (nested ``log_probs`` (B, j)
+    and, with a logits ``processor``, its per-token outputs, e.g. SC-GRPO's D)."""
+    from verl.utils import tensordict_utils as tu
+
+    if processor is None:
+        def processor(**kwargs):
+            return torch.zeros(()), {}
+    else:
+        tu.assign_non_tensor(micro_batch, distillation_use_topk=True)
+    return StandInEngine(model).forward_step(micro_batch, processor)[1]
+
+
+def sc_grpo_divergence(
+    model,
+    prompts: Sequence[Sequence[int]],
+    teacher_prompts: Sequence[Optional[Sequence[int]]],
+    responses: Sequence[Sequence[int]],
+    temperature: float = 1.0,
+    teacher_model=None,
+    frozen_model=None,
+    trust_region_mix: float = 0.05,
+    chunk_mib: float = 64.0,
+) -> tuple[list[torch.Tensor], dict]:
+    """SC-GRPO's D = KL(q || p) per response token, computed as the workers compute it: verl's log-prob pass
+    with the teacher forward in its logits processor (rows whose teacher prompt is None get no teacher, D = 0).
+
+    Returns per-rollout D (r,) and the pass's ``model_output``."""
+    from functools import partial
+
+    from scgrpo_verl.config import SelfTeacherConfig, TeacherConfig
+    from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass
+    from scgrpo_verl.teacher.engine_forward import teacher_response_logits
+
+    has_teacher = [t is not None for t in teacher_prompts]
+    teacher_ids = [list(t if t is not None else p) + list(r) for t, p, r in zip(teacher_prompts, prompts, responses)]
+    micro_batch = build_micro_batch(
+        prompts,
+        responses,
+        fields={"teacher_input_ids": [torch.as_tensor(t) for t in teacher_ids],
+                "self_teacher_mask": torch.tensor(has_teacher, dtype=torch.float32)},
+        temperature=temperature,
+    )
+    config = SimpleNamespace(policy_loss=SimpleNamespace(
+        loss_mode="sc_grpo", self_teacher=SelfTeacherConfig(teacher=TeacherConfig(divergence_chunk_mib=chunk_mib))))
+    engine = StandInEngine(model)
+    teacher = teacher_model if teacher_model is not None else model
+
+    def teacher_logits_fn(data):
+        return teacher_response_logits(engine, data, teacher, frozen_module=frozen_model,
+                                       trust_region_mix=trust_region_mix)
+
+    processor = partial(self_teacher_log_prob_pass, config=config, teacher_logits_fn=teacher_logits_fn)
+    model_output = log_prob_pass(model, micro_batch, processor)
+    values = model_output[DIVERGENCE_KEY]
+    per_row = [row[len(p) - 1 : len(p) - 1 + len(r)] for row, p, r in zip(values.unbind(), prompts, responses)]
+    return per_row, model_output
 
 
 @torch.no_grad()

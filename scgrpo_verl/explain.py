@@ -77,18 +77,11 @@ def token_credit(
     temperature: float = 1.0,
 ) -> TokenCredit:
     """Score one rollout under both prompts and compute D and f(D) for each of its tokens."""
-    from scgrpo_verl.teacher.passes import teacher_pass
+    from scgrpo_verl.engine_path import sc_grpo_divergence
 
     response_ids = list(response_ids)
-    out = teacher_pass(
-        model,
-        [list(student_prompt_ids) + response_ids],
-        [list(teacher_prompt_ids) + response_ids],
-        [len(response_ids)],
-        divergence_kind="forward_kl",
-        temperature=temperature,
-    )
-    divergence = out.divergence.unsqueeze(0)
+    values, _ = sc_grpo_divergence(model, [student_prompt_ids], [teacher_prompt_ids], [response_ids], temperature)
+    divergence = values[0].unsqueeze(0)
     weights, c = sc_weight(divergence, torch.ones_like(divergence, dtype=torch.bool), c_min=c_min, quantile=quantile)
     return TokenCredit(
         tokens=[tokenizer.decode([t]) for t in response_ids],

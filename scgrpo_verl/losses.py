@@ -14,10 +14,11 @@ the live student logits, before the final call.
 Micro-batch keys read (written to TransferQueue by the trainer's teacher step):
 - ``self_teacher_mask`` (B,): 1 where the rollout has a teacher (SDPO / SDPG), else 0.
 - SC-GRPO: ``sc_divergence`` nested (B, r) D = KL(q || p); ``sc_route`` (B,) ROUTE_* codes.
-- SDPO topk: ``teacher_topk_ids`` nested (B, r, K), ``teacher_topk_log_probs`` nested (B, r, K[+1]).
-- SDPO full / SDPG: ``teacher_logits`` nested (B, r, V), or ``teacher_logits_fn(data) -> (N, V)``, which
-  ``SelfTeacherWorker`` binds to run the teacher forward inside the actor update (nothing stored).
-- SDPO sampled_token: ``teacher_log_probs`` nested (B, r).
+  ``sc_threshold`` (non-tensor) the batch-wide c when ``threshold_scope: batch``.
+- SDPO / SDPG: ``teacher_input_ids`` nested (B, j) (teacher prompt + the same response); the teacher runs
+  inside the update, one packed forward per micro-batch, through ``teacher_logits_fn`` (bound by
+  ``SelfTeacherWorker``), so nothing per-vocabulary is stored between passes.
+- SDPO ``normalize: teacher_tokens``: non-tensor ``self_teacher_num_tokens`` / ``self_teacher_num_rows``.
 - SDPG: non-tensor ``global_steps`` (the step k of beta(k)).
 """
 
@@ -40,13 +41,27 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
-from scgrpo_verl.algos.divergence import divergence_from_log_probs, full_vocab_divergence, topk_log_probs
+from scgrpo_verl.algos.divergence import (
+    divergence_from_log_probs,
+    full_vocab_divergence,
+    student_topk_ids,
+    topk_log_probs,
+)
 from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight
 from scgrpo_verl.algos.sdpg import REFERENCE_KL_TERMS, gated_opd_token_loss, sdpg_beta
 from scgrpo_verl.algos.sdpo import sampled_token_distillation_loss, sdpo_importance_weight
 from scgrpo_verl.config import PLUGIN_LOSS_MODES
+from scgrpo_verl.teacher.engine_forward import response_token_rows
 
 DIVERGENCE_KEY = "self_teacher_divergence"
+TEACHER_LOG_PROB_KEY = "self_teacher_log_prob"
+# non-tensor micro-batch entries: the global teacher-token / teacher-row counts (SDPO normalize=teacher_tokens)
+# and the batch-wide c of SC-GRPO (threshold_scope=batch)
+TEACHER_TOKENS_KEY = "self_teacher_num_tokens"
+TEACHER_ROWS_KEY = "self_teacher_num_rows"
+SC_THRESHOLD_KEY = "sc_threshold"
+# batch option set by the trainer: verl's old-log-prob pass also runs SC-GRPO's teacher (SelfTeacherWorker)
+PASS_OPTION = "self_teacher_pass"
 
 
 # The policy-gradient part of every plugin method is verl's clipped (dual-clip) surrogate; the method's
@@ -62,62 +77,81 @@ def _padded(data: TensorDict, key: str, fill: float = 0.0) -> torch.Tensor:
 
 
 def _response_rows(data: TensorDict, num_rows: int) -> torch.Tensor:
-    """Packed-row index of every response token's prediction, in (sample, position) order.
-
-    Mirrors ``no_padding_2_padding``: response token t of sample b is predicted at packed row
-    ``offset_b + prompt_len_b - 1 + t``.
-    """
-    prompt_lens = data["prompts"].offsets().diff()
-    response_lens = data["responses"].offsets().diff()
-    ends = (prompt_lens + response_lens).cumsum(0)
-    if int(ends[-1]) != num_rows:
+    """Packed row of every response token's prediction, in (sample, position) order (``no_padding_2_padding``)."""
+    input_lengths = data["input_ids"].offsets().diff().cpu()
+    if int(input_lengths.sum()) != num_rows:
         raise ValueError(
-            f"student_logits has {num_rows} rows but the micro-batch holds {int(ends[-1])} tokens; "
+            f"student_logits has {num_rows} rows but the micro-batch holds {int(input_lengths.sum())} tokens; "
             "sequence parallelism and static padding are not supported by the self-teacher logits processor"
         )
-    rows = [torch.arange(int(end - length - 1), int(end - 1)) for end, length in zip(ends, response_lens)]
-    return torch.cat(rows).to(data["responses"].device)
-
-
-def _teacher_values(data: TensorDict, key: str) -> torch.Tensor:
-    if key not in data:
-        raise KeyError(f"self-teacher loss needs micro-batch key {key!r} (written by the teacher step)")
-    value = data[key]
-    return value.values() if getattr(value, "is_nested", False) else value.reshape(-1, *value.shape[2:])
+    rows = response_token_rows(input_lengths, data["responses"].offsets().diff().cpu())
+    return rows.to(data["responses"].device)
 
 
 def self_teacher_token_divergence(
-    config, data: TensorDict, student_logits: torch.Tensor, teacher_logits_fn=None
+    config, data: TensorDict, student_logits: torch.Tensor, teacher_logits_fn
 ) -> dict[str, torch.Tensor]:
-    """Logits-processor step: per-token divergence on the live student logits, (1, nnz, V) -> (1, nnz)."""
+    """Logits-processor step on the live student logits of one micro-batch, (1, nnz, V) -> {key: (1, nnz)}.
+
+    ``teacher_logits_fn(data) -> (teacher logits (N_t, V), token index (N_t,))`` runs the teacher forward
+    of the micro-batch's rows that have a teacher (:func:`scgrpo_verl.teacher.engine_forward.teacher_response_logits`).
+    Per method:
+    - ``sc_grpo`` (the log-prob pass): D = KL(q || p) over the full vocabulary (no gradient);
+    - ``sdpo`` ``topk``: JSD_alpha on the student's top-k ids (+ tail bucket when ``add_tail``);
+    - ``sdpo`` ``full`` and ``sdpg``: JSD_alpha / KL(p || q) over the full vocabulary (chunked kernel);
+    - ``sdpo`` ``sampled_token``: the teacher's log-prob of the sampled token (``TEACHER_LOG_PROB_KEY``).
+    Tokens without a teacher get 0.
+    """
+    if teacher_logits_fn is None:
+        raise ValueError("the self-teacher logits processor needs teacher_logits_fn (bound by SelfTeacherWorker)")
     st = config.policy_loss.self_teacher
     mode = config.policy_loss.loss_mode
     logits = student_logits.squeeze(0)
     rows = _response_rows(data, logits.shape[0])
-    student = logits[rows]  # (N, V), already scaled by the rollout temperature in the engine
+    teacher, token_index = teacher_logits_fn(data)
+    rows = rows[token_index.to(rows.device)]
+    student = logits[rows]  # (N_t, V), already scaled by the rollout temperature in the engine
+    chunk_bytes = int(st.teacher.divergence_chunk_mib * (1 << 20))
+    key = DIVERGENCE_KEY
     if mode == "sdpo" and st.sdpo.distillation == "topk":
-        ids = _teacher_values(data, "teacher_topk_ids").long()
-        teacher_log_probs = _teacher_values(data, "teacher_topk_log_probs")
-        student_log_probs = topk_log_probs(student, ids, add_tail=st.sdpo.add_tail)
-        if student_log_probs.shape != teacher_log_probs.shape:
-            raise ValueError(
-                f"teacher_topk_log_probs {tuple(teacher_log_probs.shape)} do not match the student's "
-                f"{tuple(student_log_probs.shape)} (self_teacher.sdpo.add_tail={st.sdpo.add_tail})"
-            )
-        values = divergence_from_log_probs(student_log_probs, teacher_log_probs, "jsd", st.sdpo.alpha)
-    elif (mode == "sdpo" and st.sdpo.distillation == "full") or mode == "sdpg":
-        kind, alpha = ("jsd", st.sdpo.alpha) if mode == "sdpo" else ("reverse_kl", None)
-        if "teacher_logits" in data or teacher_logits_fn is None:
-            teacher_logits = _teacher_values(data, "teacher_logits")
-        else:
-            teacher_logits = teacher_logits_fn(data)
-        if teacher_logits.shape != student.shape:
-            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(student.shape)}")
-        values = full_vocab_divergence(student, teacher_logits, kind, alpha)
+        ids = student_topk_ids(student, min(st.sdpo.topk, student.shape[-1]))
+        values = divergence_from_log_probs(
+            topk_log_probs(student, ids, add_tail=st.sdpo.add_tail),
+            topk_log_probs(teacher, ids, add_tail=st.sdpo.add_tail),
+            "jsd",
+            st.sdpo.alpha,
+        )
+    elif mode == "sdpo" and st.sdpo.distillation == "sampled_token":
+        sampled = data["input_ids"].values()[rows + 1].to(teacher.device)
+        values = teacher.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(teacher, dim=-1)
+        key = TEACHER_LOG_PROB_KEY
+    elif mode in ("sdpo", "sdpg", "sc_grpo"):
+        kind, alpha = {"sdpo": ("jsd", st.sdpo.alpha), "sdpg": ("reverse_kl", None), "sc_grpo": ("forward_kl", None)}[mode]
+        if teacher.shape != student.shape:
+            raise ValueError(f"teacher logits {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
+        values = full_vocab_divergence(student, teacher, kind, alpha, chunk_bytes=chunk_bytes)
     else:
         raise ValueError(f"loss_mode {mode!r} with these options needs no logits processor")
-    out = torch.zeros(logits.shape[0], dtype=values.dtype, device=values.device)
-    return {DIVERGENCE_KEY: out.index_put((rows,), values).unsqueeze(0)}
+    out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+    return {key: out.index_put((rows,), values.float()).unsqueeze(0)}
+
+
+def self_teacher_log_prob_pass(
+    config,
+    model_output: Optional[dict] = None,
+    data: Optional[TensorDict] = None,
+    dp_group=None,
+    student_logits: Optional[torch.Tensor] = None,
+    teacher_logits_fn=None,
+):
+    """The logits processor of verl's old-log-prob pass when it also runs SC-GRPO's teacher (no loss).
+
+    Installed by ``SelfTeacherWorker.compute_log_prob`` for that one pass: with ``student_logits`` it returns
+    D per token (:func:`self_teacher_token_divergence`); the final call returns a zero loss.
+    """
+    if student_logits is not None:
+        return self_teacher_token_divergence(config, data, student_logits, teacher_logits_fn)
+    return torch.zeros((), device=model_output["log_probs"].values().device if model_output else None), {}
 
 
 def self_teacher_loss(
@@ -130,8 +164,8 @@ def self_teacher_loss(
 ):
     """Actor loss of SC-GRPO / SDPO / SDPG (ALGORITHMS.md sections 1-3); any other mode is ``ppo_loss``.
 
-    ``teacher_logits_fn(data) -> (N, V)``: teacher logits at the micro-batch's response tokens (in
-    sample order), for the full-vocabulary terms when the micro-batch carries no ``teacher_logits``.
+    ``teacher_logits_fn``: the teacher forward of a micro-batch (see :func:`self_teacher_token_divergence`),
+    bound by ``SelfTeacherWorker``; SDPO and SDPG run it in the logits-processor call.
     """
     mode = config.policy_loss.loss_mode
     if student_logits is not None:
@@ -147,6 +181,9 @@ def self_teacher_loss(
     divergence = model_output.get(DIVERGENCE_KEY, None)
     if divergence is not None:
         divergence = no_padding_2_padding(divergence, data)
+    teacher_log_prob = model_output.get(TEACHER_LOG_PROB_KEY, None)
+    if teacher_log_prob is not None:
+        teacher_log_prob = no_padding_2_padding(teacher_log_prob, data)
 
     config.global_batch_info["dp_size"] = data["dp_size"]
     config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
@@ -194,9 +231,13 @@ def self_teacher_loss(
     policy_loss = pg_loss
 
     # 2. the method's self-teacher term
-    if mode == "sdpo":
-        distill = _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, rollout_is_weights)
-        distill_loss = agg_loss(loss_mat=distill, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_info)
+    if mode == "sdpo" and st.sdpo.pg_coef < 1.0:
+        distill = _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, teacher_log_prob, rollout_is_weights)
+        distill_mask, distill_info = response_mask, global_info
+        if st.sdpo.normalize == "teacher_tokens":  # the authors' scaling: over the tokens that have a teacher
+            distill_mask = response_mask & (_padded(data, "self_teacher_mask").reshape(-1, 1) > 0)
+            distill_info = dict(global_info, **_teacher_token_counts(data))
+        distill_loss = agg_loss(loss_mat=distill, loss_mask=distill_mask, loss_agg_mode=loss_agg_mode, **distill_info)
         policy_loss = st.sdpo.pg_coef * pg_loss + (1.0 - st.sdpo.pg_coef) * distill_loss
         metrics["self_teacher/distill_loss"] = Metric(value=distill_loss, aggregation=metric_aggregation)
     elif mode == "sdpg":
@@ -239,22 +280,47 @@ def _require_divergence(divergence: Optional[torch.Tensor]) -> torch.Tensor:
     return divergence
 
 
+def _teacher_token_counts(data: TensorDict) -> dict:
+    """Global counts of the tokens / rows that have a teacher (summed over data-parallel ranks by the worker)."""
+    tokens = tu.get_non_tensor_data(data=data, key=TEACHER_TOKENS_KEY, default=None)
+    rows = tu.get_non_tensor_data(data=data, key=TEACHER_ROWS_KEY, default=None)
+    if tokens is None or rows is None:
+        raise ValueError(
+            f"self_teacher.sdpo.normalize=teacher_tokens needs {TEACHER_TOKENS_KEY!r} / {TEACHER_ROWS_KEY!r} in the "
+            "micro-batch (counted over the global mini-batch by SelfTeacherWorker)"
+        )
+    return {"batch_num_tokens": max(int(tokens), 1), "global_batch_size": max(int(rows), 1)}
+
+
 def _sc_grpo_weights(st, data: TensorDict, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(D) on rollouts routed to weighting, 1 elsewhere; c from this micro-batch's active tokens."""
+    """f(D) on rollouts routed to weighting, 1 elsewhere; c from this micro-batch's active tokens
+    (``threshold_scope: micro_batch``) or the one c of the whole batch the trainer computed (``batch``)."""
     if "sc_divergence" not in data or "sc_route" not in data:
         raise KeyError("loss_mode 'sc_grpo' needs micro-batch keys 'sc_divergence' and 'sc_route' (teacher step)")
     divergence = _padded(data, "sc_divergence")
     weighted = (_padded(data, "sc_route").reshape(-1) == ROUTE_WEIGHTED).unsqueeze(-1) & response_mask
+    threshold = None
+    if st.sc_grpo.threshold_scope == "batch":
+        threshold = tu.get_non_tensor_data(data=data, key=SC_THRESHOLD_KEY, default=None)
+        if threshold is None:
+            raise ValueError(f"self_teacher.sc_grpo.threshold_scope=batch needs {SC_THRESHOLD_KEY!r} in the update options")
     weights, c = sc_weight(
-        divergence, weighted, c_min=st.sc_grpo.c_min, quantile=st.sc_grpo.quantile, renormalize=st.sc_grpo.renormalize
+        divergence,
+        weighted,
+        c_min=st.sc_grpo.c_min,
+        quantile=st.sc_grpo.quantile,
+        renormalize=st.sc_grpo.renormalize,
+        threshold=threshold,
     )
     return torch.where(weighted, weights, torch.ones_like(weights)), c
 
 
-def _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, rollout_is_weights) -> torch.Tensor:
+def _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, teacher_log_prob, rollout_is_weights):
     """SDPO per-token distillation loss x sg(min(ratio, is_clip)) x teacher mask, (B, T)."""
     if st.sdpo.distillation == "sampled_token":
-        per_token = sampled_token_distillation_loss(log_prob, _padded(data, "teacher_log_probs"))
+        if teacher_log_prob is None:
+            raise ValueError(f"model_output has no {TEACHER_LOG_PROB_KEY!r}: sampled_token SDPO needs distillation_use_topk=True")
+        per_token = sampled_token_distillation_loss(log_prob, teacher_log_prob)
     else:
         per_token = _require_divergence(divergence)
     weight = sdpo_importance_weight(log_prob, old_log_prob, st.sdpo.is_clip, rollout_is_weights)

@@ -1,14 +1,15 @@
 """The ``self_teacher`` trainer mode: verl's sync V1 PPO trainer plus the self-teacher step (glue).
 
 Selected with ``trainer.v1.trainer_mode=self_teacher`` (the method configs set it). It behaves as
-``sync`` wherever verl compares the mode, and per step adds, after verl's old log-prob pass:
+``sync`` wherever verl compares the mode, and per step adds:
 
-1. teacher contexts for every rollout from its group (``scgrpo_verl.teacher.context``);
-2. the teacher pass on the actor workers (``SelfTeacherWorker.compute_self_teacher``), whose outputs
-   go to TransferQueue next to the batch (``sc_divergence`` / ``teacher_*`` / ``self_teacher_mask``);
+1. teacher contexts for every rollout from its group (``scgrpo_verl.teacher.context``), written to
+   TransferQueue next to the batch (``teacher_input_ids``, ``self_teacher_mask``, SC-GRPO's routes);
+2. SC-GRPO: verl's old-log-prob pass also runs the teacher (``SelfTeacherWorker.compute_log_prob``) and
+   returns D, kept as ``sc_divergence``; SDPO / SDPG: the teacher runs inside the actor update;
 3. SC-GRPO's solve-none pseudo-advantages in the advantage step;
-4. the plugin loss (installed once with ``set_loss_fn``), the step counter for SDPG's beta(k), and the
-   EMA teacher update after the actor update.
+4. the plugin loss (installed once with ``set_loss_fn``), the step counter for SDPG's beta(k), SC-GRPO's
+   batch-wide c (``threshold_scope: batch``), and the EMA teacher update after the actor update.
 
 With ``self_teacher.enable=false`` every step is exactly verl's sync step.
 """
@@ -31,9 +32,10 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 
-from scgrpo_verl.algos.sc_grpo import ROUTE_SOLVE_NONE, solve_none_pseudo_advantage
+from scgrpo_verl.algos.sc_grpo import ROUTE_SOLVE_NONE, ROUTE_WEIGHTED, sc_weight_constant, solve_none_pseudo_advantage
 from scgrpo_verl.config import PLUGIN_LOSS_MODES, SelfTeacherConfig
-from scgrpo_verl.losses import self_teacher_loss
+from scgrpo_verl.losses import DIVERGENCE_KEY, PASS_OPTION, SC_THRESHOLD_KEY, self_teacher_loss
+from scgrpo_verl.teacher.engine_forward import TEACHER_MASK_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -69,27 +71,14 @@ def validate_self_teacher_config(config: DictConfig) -> tuple[SelfTeacherConfig,
             f"actor_rollout_ref.ref.fsdp_config.model_dtype: the EMA teacher is blended in the ref engine's weights, "
             f"which must be fp32 (rate-{settings.teacher.ema_rate} steps vanish in {ref_dtype}), got {ref_dtype!r}"
         )
+    if settings.enable and config.actor_rollout_ref.model.get("use_fused_kernels", False):
+        raise ValueError(
+            "actor_rollout_ref.model.use_fused_kernels: the self-teacher reads the student's logits, which verl's fused "
+            "kernels never build; set it to false"
+        )
     if config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) > 1:
         raise ValueError("actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1 is not supported by the self-teacher")
     return settings, actor
-
-
-def teacher_pass_options(settings: SelfTeacherConfig, loss_mode: str, temperature: float) -> dict:
-    """What the workers' teacher pass computes for each method."""
-    options = {
-        "weights": settings.teacher.weights,
-        "trust_region_mix": settings.teacher.trust_region_mix,
-        "temperature": float(temperature),
-        "chunk_size": settings.teacher.divergence_chunk_size,
-        "divergence_kind": None,
-        "alpha": None,
-        "topk": None,
-    }
-    if loss_mode == "sc_grpo":
-        options["divergence_kind"] = "forward_kl"  # D = KL(q || p)
-    elif loss_mode == "sdpo" and settings.sdpo.distillation == "topk":
-        options["topk"] = settings.sdpo.topk
-    return options
 
 
 @register_trainer(TRAINER_MODE)
@@ -101,6 +90,7 @@ class SelfTeacherTrainer(PPOTrainerSync):
         super().__init__(config)
         self.loss_mode = self.actor_loss_config.policy_loss.loss_mode
         self.teacher_generator = torch.Generator().manual_seed(self.self_teacher.sc_grpo.seed)
+        self._sc_threshold = None
 
     # -- behave as "sync" wherever verl compares trainer_mode ----------------------------------
     def _build_replay_buffer(self):
@@ -151,12 +141,29 @@ class SelfTeacherTrainer(PPOTrainerSync):
 
     # -- the teacher step --------------------------------------------------------------------------
     def _compute_old_log_prob(self, batch, metrics: dict):
-        batch = super()._compute_old_log_prob(batch, metrics)
-        if self.self_teacher.enable:
-            batch = self._compute_self_teacher(batch, metrics)
-        return batch
+        if not self.self_teacher.enable:
+            return super()._compute_old_log_prob(batch, metrics)
+        if self.loss_mode != "sc_grpo":
+            # SDPO / SDPG: the teacher runs inside the actor update; it needs only its inputs in TransferQueue
+            batch = super()._compute_old_log_prob(batch, metrics)
+            return self._put_teacher_contexts(batch, metrics)[0]
+        # SC-GRPO: D is needed before the advantages (solve-none), so the teacher runs in verl's old-log-prob
+        # pass, in its logits processor, next to the student forward that pass runs anyway
+        batch, contexts = self._put_teacher_contexts(batch, metrics)
+        batch.extra_info[PASS_OPTION] = True
+        try:
+            if _bypasses_old_log_prob(self.config):  # verl reuses the rollout's log-probs: run the pass for D
+                batch.extra_info.update(calculate_entropy=False, compute_loss=False,
+                                        temperature=self.config.actor_rollout_ref.rollout.temperature)
+                self.actor_rollout_wg.compute_log_prob(batch)
+            batch = super()._compute_old_log_prob(batch, metrics)
+        finally:
+            batch.extra_info.pop(PASS_OPTION, None)
+        return self._put_sc_divergence(batch, contexts, metrics)
 
-    def _compute_self_teacher(self, batch, metrics: dict):
+    def _put_teacher_contexts(self, batch, metrics: dict):
+        """Teacher contexts of every rollout (``teacher_input_ids``, ``self_teacher_mask``, SC-GRPO's routes)
+        into TransferQueue next to the batch; returns (batch meta, contexts)."""
         from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts
 
         tq = trainer_base.tq
@@ -189,52 +196,55 @@ class SelfTeacherTrainer(PPOTrainerSync):
             for uid, messages, ids, score, fb, priv in zip(uids, data["raw_prompt"], responses, scores, feedback, privileged)
         ]
         contexts = build_teacher_contexts(
-            rollouts, self.tokenizer, self.loss_mode, teacher, self.self_teacher.teacher.templates,
-            generator=self.teacher_generator,
+            rollouts, self.tokenizer, self.loss_mode, teacher, teacher.templates, generator=self.teacher_generator
         )
         metrics.update(contexts.metrics())
-        student_inputs = [row for row in data["input_ids"].unbind()]
+        student_inputs = list(data["input_ids"].unbind())
+        # rows without a teacher keep their student ids as a placeholder: they cost no teacher forward
         teacher_inputs = [
             torch.as_tensor(ids) if ids is not None else student
             for ids, student in zip(contexts.teacher_input_ids, student_inputs)
         ]
-        stage = TensorDict(
-            {
-                "teacher_input_ids": torch.nested.as_nested_tensor(teacher_inputs, layout=torch.jagged),
-                "self_teacher_mask": contexts.mask.float(),
-            },
-            batch_size=[len(rollouts)],
-        )
-        batch = put_fields(batch, stage)
-        batch.extra_info["self_teacher_pass"] = teacher_pass_options(
-            self.self_teacher, self.loss_mode, self.config.actor_rollout_ref.rollout.temperature
-        )
-        output = self.actor_rollout_wg.compute_self_teacher(batch)
-        assert len(output) == len(batch)
-        batch = put_fields(batch, None, output)
+        stage = {
+            "teacher_input_ids": torch.nested.as_nested_tensor(teacher_inputs, layout=torch.jagged),
+            TEACHER_MASK_KEY: contexts.mask.float(),
+        }
         if self.loss_mode == "sc_grpo":
-            result = tq.kv_batch_get(
-                keys=batch.keys, partition_id=batch.partition_id, select_fields=["self_teacher_pass_divergence"]
-            )
-            divergence = result["self_teacher_pass_divergence"]
-            mask = contexts.mask.float()
-            sc = TensorDict(
-                {
-                    "sc_divergence": torch.nested.as_nested_tensor(
-                        [d * m for d, m in zip(divergence.unbind(), mask)], layout=torch.jagged
-                    ),
-                    "sc_route": contexts.route.long(),
-                    "sc_reference": contexts.reference.long(),
-                },
-                batch_size=[len(rollouts)],
-            )
-            batch = put_fields(batch, sc)
-            values = torch.cat([d for d, m in zip(divergence.unbind(), mask) if m > 0]) if mask.any() else None
-            if values is not None:
-                quantiles = torch.quantile(values.float(), torch.tensor([0.5, 0.75, 0.95]))
-                metrics["self_teacher/divergence_p50"] = quantiles[0].item()
-                metrics["self_teacher/divergence_p75"] = quantiles[1].item()
-                metrics["self_teacher/divergence_p95"] = quantiles[2].item()
+            stage["sc_route"] = contexts.route.long()
+            stage["sc_reference"] = contexts.reference.long()
+        batch = put_fields(batch, TensorDict(stage, batch_size=[len(rollouts)]))
+        return batch, contexts
+
+    def _put_sc_divergence(self, batch, contexts, metrics: dict):
+        """SC-GRPO's D from the old-log-prob pass, masked to the rows with a teacher, as ``sc_divergence``."""
+        from verl.workers.utils.padding import response_from_nested
+
+        tq = trainer_base.tq
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[DIVERGENCE_KEY, "response_mask"]
+        )
+        divergence = response_from_nested(data[DIVERGENCE_KEY], data["response_mask"])
+        mask = contexts.mask.float()
+        pieces = [d * m for d, m in zip(divergence.unbind(), mask)]
+        batch = put_fields(
+            batch,
+            TensorDict(
+                {"sc_divergence": torch.nested.as_nested_tensor(pieces, layout=torch.jagged)}, batch_size=[len(pieces)]
+            ),
+        )
+        teacher_values = [d for d, m in zip(pieces, mask) if m > 0]
+        if teacher_values:
+            quantiles = torch.quantile(torch.cat(teacher_values).float(), torch.tensor([0.5, 0.75, 0.95]))
+            for name, value in zip(("p50", "p75", "p95"), quantiles.tolist()):
+                metrics[f"self_teacher/divergence_{name}"] = value
+        weighted = [d for d, route in zip(pieces, contexts.route.tolist()) if route == ROUTE_WEIGHTED]
+        self._sc_threshold = None
+        if self.self_teacher.sc_grpo.threshold_scope == "batch":
+            cfg = self.self_teacher.sc_grpo
+            values = torch.cat(weighted) if weighted else torch.zeros(0)
+            c = sc_weight_constant(values, torch.ones_like(values, dtype=torch.bool), cfg.c_min, cfg.quantile)
+            self._sc_threshold = float(c)
+            metrics["self_teacher/sc_c_batch"] = self._sc_threshold
         return batch
 
     # -- advantages, update, EMA -------------------------------------------------------------------
@@ -246,19 +256,28 @@ class SelfTeacherTrainer(PPOTrainerSync):
 
     def _update_options(self) -> dict:
         """Non-tensor options of the actor update the plugin loss reads."""
-        return {
+        options = {
             "global_steps": self.global_steps,  # the step k of SDPG's beta(k)
-            # verl runs the loss as a logits processor when this flag is set: SDPO's top-k / full and
-            # SDPG's full-vocabulary terms are computed there, on the live student logits
+            # verl runs the loss as a logits processor when this flag is set: the teacher forward of SDPO and
+            # SDPG and their divergences are computed there, next to the live student logits
             "distillation_use_topk": self.loss_mode == "sdpg"
-            or (self.loss_mode == "sdpo" and self.self_teacher.sdpo.distillation in ("topk", "full")),
+            or (self.loss_mode == "sdpo" and self.self_teacher.sdpo.pg_coef < 1.0),
         }
+        if self.loss_mode == "sc_grpo" and self.self_teacher.sc_grpo.threshold_scope == "batch":
+            options[SC_THRESHOLD_KEY] = self._sc_threshold
+        return options
 
     def _update_actor(self, batch, metrics: dict):
         batch = super()._update_actor(batch, metrics)
         if self.self_teacher.enable and self.self_teacher.teacher.weights == "ema":
             self.actor_rollout_wg.update_ema_teacher(self.self_teacher.teacher.ema_rate)
         return batch
+
+
+def _bypasses_old_log_prob(config) -> bool:
+    """verl's rollout-correction bypass mode reuses the rollout's log-probs instead of an old-log-prob pass."""
+    rollout_correction = config.algorithm.get("rollout_correction", None)
+    return bool(rollout_correction and rollout_correction.get("bypass_mode", False))
 
 
 def _as_list(values) -> list:

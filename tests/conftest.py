@@ -89,3 +89,15 @@ def slice_micro_batch(td, start, stop):
     sliced = TensorDict(out, batch_size=[stop - start])
     tu.assign_non_tensor(sliced, **info)
     return sliced
+
+
+def stored_teacher_logits(data):
+    """A ``teacher_logits_fn`` reading fixed teacher logits from the micro-batch (``teacher_logits`` nested
+    (B, r, V)) instead of running a teacher forward: (logits (N_t, V), token index (N_t,)) of the rows whose
+    ``self_teacher_mask`` is set (all rows without a mask)."""
+    logits = data["teacher_logits"].values()
+    lengths = data["responses"].offsets().diff()
+    mask = data["self_teacher_mask"].reshape(-1) > 0 if "self_teacher_mask" in data.keys() else torch.ones(len(lengths), dtype=torch.bool)
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    index = mask[owner].nonzero(as_tuple=True)[0]
+    return logits[index], index

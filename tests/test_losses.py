@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB, engine_loss, make_micro_batch, nested, response_logits, slice_micro_batch
+from conftest import (
+    VOCAB,
+    engine_loss,
+    make_micro_batch,
+    nested,
+    response_logits,
+    slice_micro_batch,
+    stored_teacher_logits,
+)
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_WEIGHTED
 
 PROMPTS, RESPONSES = [3, 2, 4, 3], [4, 6, 3, 5]
@@ -27,7 +35,8 @@ def loss_fns(config):
 
     from scgrpo_verl.losses import self_teacher_loss
 
-    return functools.partial(self_teacher_loss, config=config), functools.partial(ppo_loss, config=config)
+    return (functools.partial(self_teacher_loss, config=config, teacher_logits_fn=stored_teacher_logits),
+            functools.partial(ppo_loss, config=config))
 
 
 def padded(td, key):
@@ -142,7 +151,7 @@ def test_sdpo_loss_matches_naive(tiny_model, distillation, alpha):
         "teacher_log_probs": nested(teacher_sampled),
         "self_teacher_mask": mask,
     }
-    td = make_micro_batch(PROMPTS, RESPONSES, extra=extra, non_tensor={"distillation_use_topk": distillation != "sampled_token"})
+    td = make_micro_batch(PROMPTS, RESPONSES, extra=extra, non_tensor={"distillation_use_topk": True})
     ours, _ = loss_fns(config)
     loss, metrics = engine_loss(tiny_model, td, ours)
 

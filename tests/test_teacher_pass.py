@@ -1,4 +1,5 @@
-"""The teacher pass on a tiny random Qwen2 against two naive separate full-logit forwards."""
+"""The teacher forward through verl's engine path (packed and padded) on a tiny random Qwen2, against
+naive separate full-logit forwards of each sequence; SC-GRPO's D from verl's log-prob pass."""
 
 import copy
 
@@ -6,23 +7,24 @@ import pytest
 import torch
 
 from conftest import VOCAB
-from scgrpo_verl.teacher.passes import ema_update_, teacher_pass
+from scgrpo_verl.engine_path import StandInEngine, build_micro_batch, sc_grpo_divergence
+from scgrpo_verl.teacher.engine_forward import teacher_response_logits
+from scgrpo_verl.teacher.passes import ema_update_
 
 
 def rollouts(seed=0):
     g = torch.Generator().manual_seed(seed)
-    students, teachers, lengths = [], [], []
-    for prompt_len, teacher_len, response_len in ((3, 7, 4), (2, 9, 6), (5, 5, 1)):
-        response = torch.randint(VOCAB, (response_len,), generator=g).tolist()
-        students.append(torch.randint(VOCAB, (prompt_len,), generator=g).tolist() + response)
-        teachers.append(torch.randint(VOCAB, (teacher_len,), generator=g).tolist() + response)
-        lengths.append(response_len)
-    return students, teachers, lengths
+    prompts, teacher_prompts, responses = [], [], []
+    for prompt_len, teacher_len, response_len in ((3, 7, 4), (2, 9, 6), (5, 5, 1), (4, 3, 3)):
+        responses.append(torch.randint(VOCAB, (response_len,), generator=g).tolist())
+        prompts.append(torch.randint(VOCAB, (prompt_len,), generator=g).tolist())
+        teacher_prompts.append(torch.randint(VOCAB, (teacher_len,), generator=g).tolist())
+    return prompts, teacher_prompts, responses
 
 
 @torch.no_grad()
 def naive_response_logits(model, sequences, lengths):
-    """Full (r, V) logits per rollout from an ordinary forward."""
+    """Full (r, V) logits per rollout from an ordinary forward of that one sequence."""
     out = []
     for ids, n in zip(sequences, lengths):
         logits = model(input_ids=torch.tensor([ids])).logits[0].float()
@@ -30,51 +32,80 @@ def naive_response_logits(model, sequences, lengths):
     return torch.cat(out)
 
 
-def naive_kl(log_a, log_b):
-    return torch.stack([sum(a.exp() * (a - b) for a, b in zip(ra, rb)) for ra, rb in zip(log_a, log_b)])
+def naive_forward_kl(p_logits, q_logits):
+    log_p, log_q = p_logits.double().log_softmax(-1), q_logits.double().log_softmax(-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 1024])
-def test_live_teacher_matches_two_naive_forwards(tiny_model, chunk_size):
-    students, teachers, lengths = rollouts()
-    out = teacher_pass(tiny_model, students, teachers, lengths, topk=5, chunk_size=chunk_size)
-    p = naive_response_logits(tiny_model, students, lengths).log_softmax(-1)
-    q = naive_response_logits(tiny_model, teachers, lengths).log_softmax(-1)
-    sampled = torch.tensor([t for s, n in zip(students, lengths) for t in s[len(s) - n :]])
-    torch.testing.assert_close(out.teacher_log_probs, q.gather(-1, sampled.unsqueeze(-1)).squeeze(-1), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.divergence, naive_kl(q, p), rtol=1e-4, atol=1e-6)  # SC-GRPO's D = KL(q || p)
-    ids = p.topk(5, -1).indices
-    assert torch.equal(out.teacher_topk_ids, ids)
-    picked = q.gather(-1, ids)
-    tail = torch.log1p(-picked.exp().sum(-1, keepdim=True))
-    torch.testing.assert_close(out.teacher_topk_log_probs, torch.cat([picked, tail], -1), rtol=1e-4, atol=1e-5)
-    assert [x.shape[0] for x in out.split(out.divergence)] == lengths
+class CountingModel(torch.nn.Module):
+    """Counts forwards and the positions whose logits were asked for."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, **kwargs):
+        keep = kwargs.get("logits_to_keep", 0)
+        self.calls.append((tuple(kwargs["input_ids"].shape), keep.numel() if torch.is_tensor(keep) else keep))
+        return self.model(**kwargs)
 
 
-def test_separate_and_trust_region_teachers(tiny_model):
-    students, teachers, lengths = rollouts(1)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_teacher_logits_one_forward_on_teacher_rows_only(tiny_model, packed, temperature):
+    prompts, teacher_prompts, responses = rollouts()
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    micro_batch = build_micro_batch(
+        prompts, responses, temperature=temperature, use_remove_padding=packed,
+        fields={"teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
+                "self_teacher_mask": mask},
+    )
+    counting = CountingModel(tiny_model)
+    logits, index = teacher_response_logits(StandInEngine(counting), micro_batch, counting)
+    rows = [i for i in range(4) if mask[i] > 0]
+    expected = naive_response_logits(
+        tiny_model, [teacher_prompts[i] + responses[i] for i in rows], [len(responses[i]) for i in rows]
+    ) / temperature
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    owner = torch.repeat_interleave(torch.arange(4), torch.tensor([len(r) for r in responses]))
+    assert torch.equal(owner[index], torch.repeat_interleave(torch.tensor(rows), torch.tensor([len(responses[i]) for i in rows])))
+    assert len(counting.calls) == 1  # one forward for the micro-batch, not one per rollout
+    shape, kept = counting.calls[0]
+    assert shape[0] == (1 if packed else 3)  # the row without a teacher is not forwarded
+    if packed:
+        assert kept == sum(len(responses[i]) for i in rows)  # logits only at response positions
+
+
+def test_trust_region_teacher_mixes_logits(tiny_model):
+    prompts, teacher_prompts, responses = rollouts(1)
     frozen = copy.deepcopy(tiny_model)
     with torch.no_grad():
         for param in frozen.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    p = naive_response_logits(tiny_model, students, lengths).log_softmax(-1)
+            param.mul_(0.8)
+    micro_batch = build_micro_batch(
+        prompts, responses,
+        fields={"teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
+                "self_teacher_mask": torch.ones(4)},
+    )
+    logits, _ = teacher_response_logits(StandInEngine(tiny_model), micro_batch, tiny_model, frozen_module=frozen,
+                                        trust_region_mix=0.3)
+    sequences, lengths = [t + r for t, r in zip(teacher_prompts, responses)], [len(r) for r in responses]
+    live, old = naive_response_logits(tiny_model, sequences, lengths), naive_response_logits(frozen, sequences, lengths)
+    torch.testing.assert_close(logits, old + 0.3 * (live - old), rtol=1e-4, atol=1e-5)
 
-    separate = teacher_pass(tiny_model, students, teachers, lengths, teacher_model=frozen, divergence_kind="reverse_kl")
-    q = naive_response_logits(frozen, teachers, lengths).log_softmax(-1)
-    torch.testing.assert_close(separate.divergence, naive_kl(p, q), rtol=1e-4, atol=1e-6)
 
-    mixed = teacher_pass(tiny_model, students, teachers, lengths, frozen_model=frozen, trust_region_mix=0.3)
-    live_logits = naive_response_logits(tiny_model, teachers, lengths)
-    frozen_logits = naive_response_logits(frozen, teachers, lengths)
-    q_mix = torch.lerp(frozen_logits, live_logits, 0.3).log_softmax(-1)
-    torch.testing.assert_close(mixed.divergence, naive_kl(q_mix, p), rtol=1e-4, atol=1e-6)
-
-
-def test_teacher_pass_rejects_mismatched_responses(tiny_model):
-    students, teachers, lengths = rollouts()
-    teachers[0] = teachers[0][:-1] + [(teachers[0][-1] + 1) % VOCAB]
-    with pytest.raises(ValueError, match="same response ids"):
-        teacher_pass(tiny_model, students, teachers, lengths)
+def test_sc_grpo_divergence_from_the_log_prob_pass_matches_separate_forwards(tiny_model):
+    prompts, teacher_prompts, responses = rollouts(2)
+    teacher_prompts[1] = None  # no teacher: D = 0, no forward
+    values, model_output = sc_grpo_divergence(tiny_model, prompts, teacher_prompts, responses, temperature=0.9)
+    for i, (prompt, teacher, response) in enumerate(zip(prompts, teacher_prompts, responses)):
+        if teacher is None:
+            assert torch.equal(values[i], torch.zeros(len(response)))
+            continue
+        p = naive_response_logits(tiny_model, [prompt + response], [len(response)]) / 0.9
+        q = naive_response_logits(tiny_model, [teacher + response], [len(response)]) / 0.9
+        torch.testing.assert_close(values[i].double(), naive_forward_kl(p, q), rtol=1e-4, atol=1e-6)
+    assert "log_probs" in model_output  # the student's log-probs come from the same pass
 
 
 def test_ema_update_closed_form_and_state_dict_round_trip(tiny_model, tmp_path):

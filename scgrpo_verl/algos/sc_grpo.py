@@ -56,6 +56,7 @@ def sc_weight(
     c_min: float = 1e-4,
     quantile: float = 0.75,
     renormalize: bool = False,
+    threshold: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SC-GRPO token weight f(D) = D / (D + c) in [0, 1), detached (ALGORITHMS.md section 1).
 
@@ -64,6 +65,8 @@ def sc_weight(
         mask: (B, T) active tokens; c is their ``quantile`` (P75), and masked tokens get weight 0.
         renormalize: rescale the active weights to mean 1 (off by default: it changes the effective
             learning rate compared with GRPO / DAPO).
+        threshold: a given c (e.g. one c for the whole batch, ``threshold_scope: batch``); None computes
+            it from ``mask`` as above.
 
     Returns:
         weights (B, T) fp32 and the constant c (scalar).
@@ -71,7 +74,10 @@ def sc_weight(
     if divergence.shape != mask.shape:
         raise ValueError(f"divergence {tuple(divergence.shape)} and mask {tuple(mask.shape)} differ")
     d = divergence.detach().float().clamp_min(0.0)
-    c = sc_weight_constant(d, mask, c_min, quantile)
+    if threshold is None:
+        c = sc_weight_constant(d, mask, c_min, quantile)
+    else:
+        c = torch.tensor(max(float(threshold), c_min), device=d.device)
     weights = d / (d + c) * mask.float()
     if renormalize:
         active = mask.bool()
