@@ -157,7 +157,14 @@ def test_in_update_teacher_forward_equals_stored_teacher_logits(tiny_model):
 def test_update_loads_a_ref_teacher_and_counts_teacher_tokens(tiny_model):
     worker = make_worker(tiny_model, copy.deepcopy(tiny_model), "ema")
     seen = []
-    worker.actor.train_mini_batch = lambda data: seen.append(worker.ref.engine.loaded) or worker.actor.engine.forward_backward_batch(data, lambda **kw: (torch.zeros(()), {}))
+    def train_mini_batch(data):
+        seen.append(worker.ref.engine.loaded)
+        worker.actor.engine.forward_backward_batch(data, lambda **kw: (torch.zeros(()), {}))
+        from tensordict import TensorDict
+
+        return TensorDict({}, batch_size=[])
+
+    worker.actor.train_mini_batch = train_mini_batch
     td = teacher_batch()
     worker.update_actor(td)
     assert seen == [1]  # the EMA teacher was loaded for the whole update
