@@ -174,11 +174,16 @@ def dry_run(
     """One step of ``config_name`` on a synthetic batch (module docstring); returns the report."""
     from scgrpo_verl.compose import compose_config, validate
     from scgrpo_verl.config import SelfTeacherConfig
-    from scgrpo_verl.engine_path import build_micro_batch, engine_loss, sampled_log_probs
+    from scgrpo_verl.engine_path import (
+        build_micro_batch,
+        engine_loss,
+        log_prob_pass,
+        sc_grpo_divergence,
+        stand_in_teacher,
+    )
     from scgrpo_verl.losses import self_teacher_loss
     from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
-    from scgrpo_verl.teacher.passes import teacher_pass, teacher_response_logits
-    from scgrpo_verl.trainer import teacher_pass_options, validate_self_teacher_config
+    from scgrpo_verl.trainer import validate_self_teacher_config
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
     from verl.workers.utils.losses import ppo_loss
 
@@ -220,8 +225,10 @@ def dry_run(
     report = DryRunReport(config_name, loss_mode, adv_estimator, model_path, len(rollouts))
     report.student_tokens = sum(map(len, student_sequences))
 
-    with _timed(timings, "student_log_probs"):
-        old_log_probs = sampled_log_probs(model, student_sequences, lengths, temperature)
+    with _timed(timings, "student_log_probs"):  # verl's log-prob pass on one micro-batch
+        student_output = log_prob_pass(model, build_micro_batch(prompt_ids, response_ids, temperature=temperature))
+        old_log_probs = [row[len(p) - 1 : len(p) - 1 + len(r)]
+                         for row, p, r in zip(student_output["log_probs"].unbind(), prompt_ids, response_ids)]
 
     fields: dict[str, Any] = {"old_log_probs": old_log_probs}
     info: dict[str, Any] = {}
@@ -236,49 +243,47 @@ def dry_run(
         report.metrics.update(contexts.metrics())
         report.masks["self_teacher_mask"] = [int(m) for m in contexts.mask.tolist()]
         report.masks["source"] = [s or "-" for s in contexts.source]
-        teacher_sequences = [t if t is not None else s for t, s in zip(contexts.teacher_input_ids, student_sequences)]
-        options = teacher_pass_options(settings, loss_mode, temperature)
-        # what the teacher pass forwards: every row's teacher sequence (the student's where there is no teacher,
-        # as on the workers), plus the student sequences again when D or the student's top-k ids are needed
-        report.teacher_tokens = sum(map(len, teacher_sequences))
-        if options["divergence_kind"] is not None or options["topk"] is not None:
-            report.teacher_tokens += report.student_tokens
-        # at step 0 a frozen / EMA teacher and the trust-region's frozen end hold the initial weights
-        other = copy.deepcopy(model) if options["weights"] != "live" else None
-        teacher_model = other if options["weights"] in ("frozen", "ema") else None
-        frozen_model = other if options["weights"] == "trust_region" else None
-        with _timed(timings, "teacher_pass"):
-            out = teacher_pass(model, student_sequences, teacher_sequences, lengths, teacher_model=teacher_model,
-                               frozen_model=frozen_model, trust_region_mix=options["trust_region_mix"],
-                               divergence_kind=options["divergence_kind"], alpha=options["alpha"], topk=options["topk"],
-                               temperature=temperature, chunk_size=options["chunk_size"])
         mask = contexts.mask.float()
+        teacher_sequences = [t if t is not None else s for t, s in zip(contexts.teacher_input_ids, student_sequences)]
+        # the teacher forwards only the rows that have a teacher, inside verl's passes (workers do the same)
+        report.teacher_tokens = sum(len(t) for t, m in zip(teacher_sequences, mask) if m > 0)
+        # at step 0 a frozen / EMA teacher and the trust-region's frozen end hold the initial weights
+        weights = teacher_config.weights
+        other = copy.deepcopy(model) if weights != "live" else None
+        stand_in = stand_in_teacher(model, other if weights in ("frozen", "ema") else None,
+                                    other if weights == "trust_region" else None, teacher_config.trust_region_mix)
+
+        def teacher_logits_fn(data):
+            with _timed(timings, "teacher_pass"):
+                return stand_in(data)
+
         fields["self_teacher_mask"] = mask
         fields["teacher_input_ids"] = [torch.as_tensor(t) for t in teacher_sequences]
-        fields["teacher_log_probs"] = out.split(out.teacher_log_probs)
-        if out.divergence is not None:
-            pieces = [d * m for d, m in zip(out.split(out.divergence), mask)]
+        if loss_mode == "sc_grpo":  # D from verl's log-prob pass with the teacher in its logits processor
+            teacher_prompts = [t[: len(t) - n] if m > 0 else None for t, n, m in zip(teacher_sequences, lengths, mask)]
+            pieces, _ = sc_grpo_divergence(model, prompt_ids, teacher_prompts, response_ids, temperature,
+                                           chunk_mib=teacher_config.divergence_chunk_mib,
+                                           teacher_logits_fn=teacher_logits_fn)
             fields["sc_divergence"] = pieces
             fields["sc_route"] = contexts.route.long()
             sc_divergence = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
             sc_reference = contexts.reference.bool()
-            active = [d for d, m in zip(out.split(out.divergence), mask) if m > 0]
+            active = [d for d, m in zip(pieces, mask) if m > 0]
             report.divergence_quantiles = _quantiles(torch.cat(active)) if active else {}
             report.masks["sc_route"] = contexts.route.tolist()
             report.masks["sc_reference"] = [int(x) for x in contexts.reference.tolist()]
-        if out.teacher_topk_ids is not None:
-            fields["teacher_topk_ids"] = out.split(out.teacher_topk_ids)
-            fields["teacher_topk_log_probs"] = out.split(out.teacher_topk_log_probs)
         info["global_steps"] = 1
-        info["distillation_use_topk"] = loss_mode == "sdpg" or (
-            loss_mode == "sdpo" and settings.sdpo.distillation in ("topk", "full"))
-        if loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.distillation == "full"):
-            teacher = teacher_model if teacher_model is not None else model
+        info["distillation_use_topk"] = loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.pg_coef < 1.0)
+        if settings.sc_grpo.threshold_scope == "batch" and sc_divergence is not None:
+            from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight_constant
 
-            def teacher_logits_fn(data):
-                return teacher_response_logits(teacher, [row.tolist() for row in data["teacher_input_ids"].unbind()],
-                                               data["responses"].offsets().diff().tolist(), frozen_model=frozen_model,
-                                               trust_region_mix=options["trust_region_mix"], temperature=temperature)
+            weighted_values = [d for d, r in zip(fields["sc_divergence"], contexts.route.tolist()) if r == ROUTE_WEIGHTED]
+            values = torch.cat(weighted_values) if weighted_values else torch.zeros(0)
+            info["sc_threshold"] = float(sc_weight_constant(values, torch.ones_like(values, dtype=torch.bool),
+                                                            settings.sc_grpo.c_min, settings.sc_grpo.quantile))
+        if loss_mode == "sdpo" and settings.sdpo.normalize == "teacher_tokens":
+            info["self_teacher_num_tokens"] = int(sum(n for n, m in zip(lengths, mask) if m > 0))
+            info["self_teacher_num_rows"] = int((mask > 0).sum())
 
     with _timed(timings, "advantages"):
         response_mask = torch.nn.utils.rnn.pad_sequence([torch.ones(n) for n in lengths], batch_first=True)

@@ -117,6 +117,21 @@ def log_prob_pass(model, micro_batch: TensorDict, processor=None) -> dict:
     return StandInEngine(model).forward_step(micro_batch, processor)[1]
 
 
+def stand_in_teacher(model, teacher_model=None, frozen_model=None, trust_region_mix: float = 0.05):
+    """The worker's ``teacher_logits_fn`` on plain models: the teacher forward of a micro-batch through verl's
+    input preparation (``model`` live, ``teacher_model`` frozen / EMA, ``frozen_model`` the trust-region end)."""
+    from scgrpo_verl.teacher.engine_forward import teacher_response_logits
+
+    engine = StandInEngine(model)
+    teacher = teacher_model if teacher_model is not None else model
+
+    def teacher_logits_fn(data):
+        return teacher_response_logits(engine, data, teacher, frozen_module=frozen_model,
+                                       trust_region_mix=trust_region_mix)
+
+    return teacher_logits_fn
+
+
 def sc_grpo_divergence(
     model,
     prompts: Sequence[Sequence[int]],
@@ -127,16 +142,18 @@ def sc_grpo_divergence(
     frozen_model=None,
     trust_region_mix: float = 0.05,
     chunk_mib: float = 64.0,
+    teacher_logits_fn=None,
 ) -> tuple[list[torch.Tensor], dict]:
     """SC-GRPO's D = KL(q || p) per response token, computed as the workers compute it: verl's log-prob pass
     with the teacher forward in its logits processor (rows whose teacher prompt is None get no teacher, D = 0).
 
+    ``teacher_logits_fn`` replaces the teacher forward (e.g. a timed one); by default the teacher is ``model``
+    (live), ``teacher_model`` (frozen / EMA) or the trust-region mix with ``frozen_model``.
     Returns per-rollout D (r,) and the pass's ``model_output``."""
     from functools import partial
 
     from scgrpo_verl.config import SelfTeacherConfig, TeacherConfig
     from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass
-    from scgrpo_verl.teacher.engine_forward import teacher_response_logits
 
     has_teacher = [t is not None for t in teacher_prompts]
     teacher_ids = [list(t if t is not None else p) + list(r) for t, p, r in zip(teacher_prompts, prompts, responses)]
@@ -149,29 +166,11 @@ def sc_grpo_divergence(
     )
     config = SimpleNamespace(policy_loss=SimpleNamespace(
         loss_mode="sc_grpo", self_teacher=SelfTeacherConfig(teacher=TeacherConfig(divergence_chunk_mib=chunk_mib))))
-    engine = StandInEngine(model)
-    teacher = teacher_model if teacher_model is not None else model
-
-    def teacher_logits_fn(data):
-        return teacher_response_logits(engine, data, teacher, frozen_module=frozen_model,
-                                       trust_region_mix=trust_region_mix)
+    if teacher_logits_fn is None:
+        teacher_logits_fn = stand_in_teacher(model, teacher_model, frozen_model, trust_region_mix)
 
     processor = partial(self_teacher_log_prob_pass, config=config, teacher_logits_fn=teacher_logits_fn)
     model_output = log_prob_pass(model, micro_batch, processor)
     values = model_output[DIVERGENCE_KEY]
     per_row = [row[len(p) - 1 : len(p) - 1 + len(r)] for row, p, r in zip(values.unbind(), prompts, responses)]
     return per_row, model_output
-
-
-@torch.no_grad()
-def sampled_log_probs(model, sequences: Sequence[Sequence[int]], response_lengths: Sequence[int],
-                      temperature: float = 1.0) -> list[torch.Tensor]:
-    """Per-rollout log-probs (r,) of the sampled response tokens: the student's log-prob pass, one forward per row."""
-    device = next(model.parameters()).device
-    out = []
-    for ids, length in zip(sequences, response_lengths):
-        input_ids = torch.as_tensor([list(ids)], device=device)
-        logits = model(input_ids=input_ids, use_cache=False).logits[0, len(ids) - length - 1 : len(ids) - 1]
-        log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
-        out.append(log_probs.gather(-1, input_ids[0, len(ids) - length :].unsqueeze(-1)).squeeze(-1).cpu())
-    return out

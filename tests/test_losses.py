@@ -258,3 +258,62 @@ def test_missing_teacher_inputs_raise_clear_errors(tiny_model):
     td = make_micro_batch(PROMPTS, RESPONSES, extra={"self_teacher_mask": torch.ones(4)})
     with pytest.raises(ValueError, match="distillation_use_topk"):
         engine_loss(tiny_model, td, ours)
+
+
+def test_sdpo_topk_without_tail_bucket_trains(tiny_model):
+    """add_tail=false: both sides renormalised over the student's top-k ids (the landed code crashed here)."""
+    k = 4
+    config = actor_config("sdpo", "self_teacher.sdpo.add_tail=false", f"self_teacher.sdpo.topk={k}",
+                          "self_teacher.sdpo.alpha=0.5")
+    teacher = _teacher_logits(7)
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_logits": nested(teacher), "self_teacher_mask": torch.ones(4)},
+                          non_tensor={"distillation_use_topk": True})
+    loss, _ = engine_loss(tiny_model, td, loss_fns(config)[0])
+    with torch.no_grad():
+        s_logits, log_prob = student_log_probs(tiny_model, td)
+    old = padded(td, "old_log_probs")
+    total = 0.0
+    for i, r in enumerate(RESPONSES):
+        for t in range(r):
+            top = s_logits[i, t].topk(k).indices.tolist()
+            p, q = s_logits[i, t].softmax(-1).tolist(), teacher[i][t].softmax(-1).tolist()
+            bp = [p[v] / sum(p[u] for u in top) for v in top]
+            bq = [q[v] / sum(q[u] for u in top) for v in top]
+            total += naive_jsd(bp, bq, 0.5) * min(math.exp(log_prob[i, t].item() - old[i, t].item()), 2.0)
+    assert loss.item() == pytest.approx(total / sum(RESPONSES), rel=1e-4, abs=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in tiny_model.parameters() if p.grad is not None)
+    tiny_model.zero_grad()
+
+
+@pytest.mark.parametrize("normalize", ["all_tokens", "teacher_tokens"])
+def test_sdpo_normalization_counts_teacher_tokens_over_the_global_batch(tiny_model, normalize):
+    """teacher_tokens: the distillation sum is divided by the global number of tokens that have a teacher
+    (handed in by the worker, here for a global batch twice this micro-batch); all_tokens: by all tokens."""
+    config = actor_config("sdpo", "self_teacher.sdpo.distillation=full", f"self_teacher.sdpo.normalize={normalize}",
+                          "self_teacher.sdpo.is_clip=null")
+    teacher = _teacher_logits(8)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    global_teacher_tokens, global_tokens = 2 * (RESPONSES[0] + RESPONSES[2]), 2 * sum(RESPONSES)
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_logits": nested(teacher), "self_teacher_mask": mask},
+                          batch_num_tokens=global_tokens, global_batch_size=8,
+                          non_tensor={"distillation_use_topk": True, "self_teacher_num_tokens": global_teacher_tokens,
+                                      "self_teacher_num_rows": 4})
+    loss, _ = engine_loss(tiny_model, td, loss_fns(config)[0])
+    with torch.no_grad():
+        s_logits, _ = student_log_probs(tiny_model, td)
+    total = sum(naive_jsd(s_logits[i, t].softmax(-1).tolist(), teacher[i][t].softmax(-1).tolist(), 0.5)
+                for i in (0, 2) for t in range(RESPONSES[i]))
+    denominator = global_teacher_tokens if normalize == "teacher_tokens" else global_tokens
+    assert loss.item() == pytest.approx(total / denominator, rel=1e-4)
+
+
+def test_sc_grpo_batch_threshold_scope_uses_the_given_c(tiny_model):
+    config = actor_config("sc_grpo", "self_teacher.sc_grpo.threshold_scope=batch")
+    divergence = [torch.rand(r, generator=torch.Generator().manual_seed(i)) for i, r in enumerate(RESPONSES)]
+    extra = {"sc_divergence": nested(divergence), "sc_route": torch.full((4,), ROUTE_WEIGHTED)}
+    td = make_micro_batch(PROMPTS, RESPONSES, extra=extra, non_tensor={"sc_threshold": 0.37})
+    _, metrics = engine_loss(tiny_model, td, loss_fns(config)[0])
+    assert metrics["self_teacher/sc_c"] == pytest.approx(0.37)
+    with pytest.raises(ValueError, match="sc_threshold"):
+        engine_loss(tiny_model, make_micro_batch(PROMPTS, RESPONSES, extra=extra), loss_fns(config)[0])

@@ -1,6 +1,8 @@
 """The self_teacher trainer mode: start-up validation, sync behaviour, and the advantage step
 against a mocked TransferQueue."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from fake_tq import FakeTransferQueue
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGHTED, solve_none_pseudo_advantage
 from scgrpo_verl.compose import compose_config
 from scgrpo_verl.config import SelfTeacherConfig
+from scgrpo_verl.losses import self_teacher_loss
 from scgrpo_verl.trainer import TRAINER_MODE, apply_solve_none_advantages, validate_self_teacher_config
 
 
@@ -88,20 +91,25 @@ def test_solve_none_advantages_written_back_to_transfer_queue(monkeypatch):
 
 class FakeWorkerGroup:
     """The actor worker group as the trainer sees it: reads the fields a batch meta lists from the
-    (fake) TransferQueue, runs SelfTeacherWorker.compute_self_teacher, writes its output back (as verl's
+    (fake) TransferQueue, runs SelfTeacherWorker.compute_log_prob, writes its output back (as verl's
     tqbridge does) and returns the updated meta."""
 
     def __init__(self, tq, worker):
         self.tq, self.worker, self.seen_fields = tq, worker, None
 
-    def compute_self_teacher(self, meta):
+    def compute_log_prob(self, meta):
+        from tensordict import TensorDict
+
         from verl.utils import tensordict_utils as tu
 
         assert meta.fields is not None and "teacher_input_ids" in meta.fields, meta.fields
         self.seen_fields = list(meta.fields)
+        self.options = dict(meta.extra_info)
         td = self.tq.kv_batch_get(meta.keys, meta.partition_id, [f for f in meta.fields if f != "raw_prompt"])
-        tu.assign_non_tensor(td, **meta.extra_info)
-        out = self.worker.compute_self_teacher(td)
+        tu.assign_non_tensor(td, use_remove_padding=False, pad_token_id=0, **meta.extra_info)
+        out = self.worker.compute_log_prob(td)
+        out = TensorDict({k: out[k] for k in out.keys() if k in ("log_probs", "self_teacher_divergence")},
+                         batch_size=[len(meta.keys)])
         return self.tq.kv_batch_put(meta.keys, meta.partition_id, out)
 
 
@@ -113,10 +121,12 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
     from tensordict import TensorDict
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from scgrpo_verl.teacher.passes import teacher_pass
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from scgrpo_verl.engine_path import sc_grpo_divergence
     from scgrpo_verl.trainer import SelfTeacherTrainer
     from tokenizer_utils import build_byte_level_tokenizer
-    from test_worker import make_worker
+    from test_worker import actor_config, make_worker
     from verl.trainer.ppo.v1 import trainer_base
 
     fake = FakeTransferQueue()
@@ -144,6 +154,7 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
         row[-1] = score
     meta = fake.kv_batch_put(keys, "train", TensorDict({
         "input_ids": nested(torch.tensor(p + r) for p, r in zip(prompts, responses)),
+        "position_ids": nested(torch.arange(len(p) + len(r)) for p, r in zip(prompts, responses)),
         "responses": nested(torch.tensor(r) for r in responses),
         "response_mask": nested(torch.ones(len(r)) for r in responses),
         "rm_scores": nested(rm_scores),
@@ -157,10 +168,21 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
     trainer.loss_mode = "sc_grpo"
     trainer.tokenizer = tokenizer
     trainer.teacher_generator = torch.Generator().manual_seed(0)
-    trainer.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"temperature": 1.0}}})
-    trainer.actor_rollout_wg = FakeWorkerGroup(fake, make_worker(model))
+    trainer.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"temperature": 1.0}}, "algorithm": {}})
+    worker = make_worker(model)
+    worker.set_loss_fn(functools.partial(self_teacher_loss, config=actor_config("sc_grpo")))
+    trainer.actor_rollout_wg = FakeWorkerGroup(fake, worker)
+
+    def verl_old_log_prob(self, batch, metrics):  # verl's pass as the trainer calls it (its bookkeeping aside)
+        batch.extra_info.update(calculate_entropy=False, compute_loss=False, temperature=1.0)
+        self.actor_rollout_wg.compute_log_prob(batch)
+        return batch
+
+    monkeypatch.setattr(PPOTrainerSync, "_compute_old_log_prob", verl_old_log_prob)
     metrics = {}
-    batch = trainer._compute_self_teacher(batch, metrics)
+    batch = trainer._compute_old_log_prob(batch, metrics)
+    assert trainer.actor_rollout_wg.options["self_teacher_pass"] is True  # verl's pass also ran the teacher
+    assert "self_teacher_pass" not in batch.extra_info  # and only that pass (not the ref pass after it)
 
     rows = [fake.rows[("train", key)] for key in keys]
     assert [int(r["sc_route"]) for r in rows] == [ROUTE_WEIGHTED] * 3 + [ROUTE_SOLVE_NONE] * 3
@@ -173,9 +195,10 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
         assert teacher_ids[len(teacher_ids) - len(responses[i]):] == responses[i]  # response reused verbatim
         if mask[i]:
             assert len(teacher_ids) > len(prompts[i]) + len(responses[i])  # the demonstration is in the prompt
-            expected = teacher_pass(model, [prompts[i] + responses[i]], [teacher_ids], [len(responses[i])])
-            torch.testing.assert_close(row["sc_divergence"], expected.divergence)
-            assert (expected.divergence > 0).all()
+            teacher_prompt = teacher_ids[: len(teacher_ids) - len(responses[i])]
+            expected, _ = sc_grpo_divergence(model, [prompts[i]], [teacher_prompt], [responses[i]])
+            torch.testing.assert_close(row["sc_divergence"], expected[0])
+            assert (expected[0] > 0).all()
         else:
             assert torch.equal(row["sc_divergence"], torch.zeros(len(responses[i])))
     for name in ("teacher_input_ids", "self_teacher_mask", "sc_divergence", "sc_route", "sc_reference"):
@@ -196,7 +219,7 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
 
 
 @pytest.mark.parametrize("loss_mode, distillation, expected", [
-    ("sdpg", "topk", True), ("sdpo", "topk", True), ("sdpo", "full", True), ("sdpo", "sampled_token", False),
+    ("sdpg", "topk", True), ("sdpo", "topk", True), ("sdpo", "full", True), ("sdpo", "sampled_token", True),
     ("sc_grpo", "topk", False),
 ])
 def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillation, expected):
