@@ -1,0 +1,172 @@
+"""Teacher-pass cost per method: time ratio next to token ratio, today's engine path vs the landed per-rollout pass.
+
+Usage: python bench/teacher_pass.py [--rollouts 16] [--prompt 96] [--context 160] [--response 192]
+                                    [--teacher-frac 0.75] [--repeats 3] [--layers 6] [--hidden 512] [--vocab 32768]
+
+On a random Qwen2 (default 6 layers, hidden 512, vocab 32768: ~51M parameters) and one micro-batch of
+rollouts, it times side by side in one run:
+- the student log-prob pass: verl's log-prob pass on the micro-batch (``engine_path.log_prob_pass``);
+- per method, the teacher's extra work in the pass where the plugin runs it (``after``):
+  SC-GRPO: verl's log-prob pass with the teacher in its logits processor (D = KL(q || p)), minus the plain pass;
+  SDPO (top-k 100) and SDPG (full-vocabulary reverse KL): the logits-processor call of the actor update
+  (teacher forward of the rows that have a teacher + divergence, student logits requiring grad);
+- the landed implementation (``before``, commit 7087683's ``teacher/passes.py``, loaded from git at run time):
+  one HF forward per rollout for the teacher AND the student, and for SDPG its in-update per-rollout forward.
+Token ratio = tokens the teacher forwards (teacher prompt + response of the rows that have a teacher) / tokens
+of the student pass. Goal (issue 7): teacher time / student time <= 1.1 x token ratio, for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from types import SimpleNamespace
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANDED = "7087683"
+
+
+def best_time(fn, repeats: int) -> float:
+    """Best of ``repeats`` timed calls after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def landed_passes():
+    """commit 7087683's teacher/passes.py and algos/divergence.py as modules (None outside a git checkout)."""
+    try:
+        tmp = tempfile.mkdtemp()
+        modules = {}
+        for name, path in (("divergence", "scgrpo_verl/algos/divergence.py"), ("passes", "scgrpo_verl/teacher/passes.py")):
+            source = subprocess.run(["git", "-C", ROOT, "show", f"{LANDED}:{path}"], check=True, capture_output=True,
+                                    text=True).stdout
+            source = source.replace("from scgrpo_verl.algos.divergence import", "from landed_divergence import")
+            file = os.path.join(tmp, f"landed_{name}.py")
+            with open(file, "w") as handle:
+                handle.write(source)
+        sys.path.insert(0, tmp)
+        for name in ("divergence", "passes"):
+            spec = importlib.util.spec_from_file_location(f"landed_{name}", os.path.join(tmp, f"landed_{name}.py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[f"landed_{name}"] = module
+            spec.loader.exec_module(module)
+            modules[name] = module
+        return modules
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", type=int, default=16)
+    parser.add_argument("--prompt", type=int, default=96, help="student prompt tokens")
+    parser.add_argument("--context", type=int, default=160, help="extra teacher-prompt tokens (demonstration)")
+    parser.add_argument("--response", type=int, default=192, help="mean response tokens")
+    parser.add_argument("--teacher-frac", type=float, default=0.75, help="fraction of rollouts with a teacher")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=32768)
+    parser.add_argument("--no-before", action="store_true", help="skip the landed implementation")
+    args = parser.parse_args()
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from scgrpo_verl.config import SDPOConfig, SelfTeacherConfig
+    from scgrpo_verl.engine_path import build_micro_batch, log_prob_pass, stand_in_teacher
+    from scgrpo_verl.losses import self_teacher_log_prob_pass, self_teacher_token_divergence
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                         num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
+                         max_position_embeddings=4096, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).float().eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    g = torch.Generator().manual_seed(1)
+    lengths = [max(8, int(args.response * (0.5 + i / max(args.rollouts - 1, 1)))) for i in range(args.rollouts)]
+    responses = [torch.randint(args.vocab, (n,), generator=g).tolist() for n in lengths]
+    prompts = [torch.randint(args.vocab, (args.prompt,), generator=g).tolist() for _ in lengths]
+    teacher_prompts = [p + torch.randint(args.vocab, (args.context,), generator=g).tolist() for p in prompts]
+    has_teacher = [i < round(args.teacher_frac * args.rollouts) for i in range(args.rollouts)]
+    student_tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
+    teacher_tokens = sum(len(t) + len(r) for t, r, m in zip(teacher_prompts, responses, has_teacher) if m)
+    token_ratio = teacher_tokens / student_tokens
+
+    def micro_batch():
+        return build_micro_batch(prompts, responses, fields={
+            "teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
+            "self_teacher_mask": torch.tensor(has_teacher, dtype=torch.float32)})
+
+    student = best_time(lambda: log_prob_pass(model, micro_batch()), args.repeats)
+    teacher_fn = stand_in_teacher(model)
+
+    def loss_config(mode, **sdpo):
+        return SimpleNamespace(policy_loss=SimpleNamespace(loss_mode=mode, self_teacher=SelfTeacherConfig(
+            sdpo=SDPOConfig(**sdpo) if sdpo else SDPOConfig())))
+
+    def sc_grpo_pass():
+        log_prob_pass(model, micro_batch(), partial(self_teacher_log_prob_pass, config=loss_config("sc_grpo"),
+                                                    teacher_logits_fn=teacher_fn))
+
+    with torch.no_grad():
+        student_logits = model(**{"input_ids": torch.tensor([sum((p + r for p, r in zip(prompts, responses)), [])])},
+                               use_cache=False).logits  # shape of the engine's packed logits (1, nnz, V)
+
+    def update_processor(mode, **sdpo):
+        def run():
+            logits = student_logits.detach().requires_grad_(True)
+            self_teacher_token_divergence(loss_config(mode, **sdpo), micro_batch(), logits, teacher_fn)
+        return run
+
+    after = {
+        "sc_grpo": max(best_time(sc_grpo_pass, args.repeats) - student, 0.0),
+        "sdpo": best_time(update_processor("sdpo", distillation="topk", topk=100), args.repeats),
+        "sdpg": best_time(update_processor("sdpg"), args.repeats),
+    }
+    before = {}
+    landed = None if args.no_before else landed_passes()
+    if landed is not None:
+        passes = landed["passes"]
+        student_seqs = [p + r for p, r in zip(prompts, responses)]
+        teacher_seqs = [(t if m else p) + r for t, p, r, m in zip(teacher_prompts, prompts, responses, has_teacher)]
+        before["sc_grpo"] = best_time(lambda: passes.teacher_pass(model, student_seqs, teacher_seqs, lengths,
+                                                                  divergence_kind="forward_kl"), args.repeats)
+        before["sdpo"] = best_time(lambda: passes.teacher_pass(model, student_seqs, teacher_seqs, lengths,
+                                                               divergence_kind=None, topk=100), args.repeats)
+
+        def landed_sdpg():
+            passes.teacher_pass(model, student_seqs, teacher_seqs, lengths, divergence_kind=None)
+            passes.teacher_response_logits(model, teacher_seqs, lengths)
+
+        before["sdpg"] = best_time(landed_sdpg, args.repeats)
+
+    print(f"model: {params:.0f}M parameters; {args.rollouts} rollouts, student pass {student_tokens} tokens in "
+          f"{student:.3f} s; teacher tokens {teacher_tokens} (token ratio {token_ratio:.2f})")
+    print(f"{'method':>8} | {'after: time ratio':>17} {'/ token ratio':>13} | {'before: time ratio':>18} "
+          f"{'/ token ratio':>13} | goal <= 1.1")
+    met = True
+    for method, seconds in after.items():
+        ratio = seconds / student
+        ok = ratio / token_ratio <= 1.1
+        met &= ok
+        old = before.get(method)
+        old_text = f"{old / student:18.2f} {old / student / token_ratio:13.2f}" if old is not None else f"{'-':>18} {'-':>13}"
+        print(f"{method:>8} | {ratio:17.2f} {ratio / token_ratio:13.2f} | {old_text} | {'met' if ok else 'NOT met'}")
+    print("goal (teacher time <= 1.1 x token ratio x student time, every method):", "met" if met else "NOT met")
+
+
+if __name__ == "__main__":
+    main()
