@@ -106,6 +106,11 @@ def _apply_mask(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return values * mask.to(values.dtype)
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[n, v] * b[n, v] per row, (n, V) x (n, V) -> (n,), without an (n, V) product buffer."""
+    return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(-1)
+
+
 def _value_and_grad(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -126,22 +131,25 @@ def _value_and_grad(
     log_q = log_softmax_fp32(teacher_logits, temperature)
     p = log_p.exp()
     grad = None
+    # in-place where possible: a chunk holds about _CHUNK_BUFFERS fp32 (rows x V) buffers at its peak
     if kind == "forward_kl":
         q = log_q.exp()
-        values = (q * torch.where(q > 0, log_q - log_p, 0.0)).sum(-1)
+        diff = log_q.sub_(log_p).masked_fill_(q == 0, 0.0)  # log q - log p where q has mass
+        values = _row_dot(q, diff)
         if with_grad:
             grad = p.sub_(q)
     elif kind == "reverse_kl":
-        ratio = torch.where(p > 0, log_p - log_q, 0.0)
-        values = (p * ratio).sum(-1)
+        ratio = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)  # log p - log q where p has mass
+        values = _row_dot(p, ratio)
         if with_grad:
             grad = ratio.sub_(values.unsqueeze(-1)).mul_(p)
     else:
         q = log_q.exp()
         log_m = torch.logaddexp(log_p + math.log1p(-alpha), log_q + math.log(alpha))
-        ratio_p = torch.where(p > 0, log_p - log_m, 0.0)
-        kl_pm = (p * ratio_p).sum(-1)
-        kl_qm = (q * torch.where(q > 0, log_q - log_m, 0.0)).sum(-1)
+        ratio_p = log_p.sub_(log_m).masked_fill_(p == 0, 0.0)
+        kl_pm = _row_dot(p, ratio_p)
+        kl_qm = _row_dot(q, log_q.sub_(log_m).masked_fill_(q == 0, 0.0))
+        del log_m
         values = (1.0 - alpha) * kl_pm + alpha * kl_qm
         if with_grad:
             grad = ratio_p.sub_(kl_pm.unsqueeze(-1)).mul_(p).mul_(1.0 - alpha)
