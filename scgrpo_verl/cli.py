@@ -73,7 +73,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compose a shipped config and run verl's and the plugin's validation")
-    check.add_argument("--config-name", required=True, help="grpo | dapo | sc_grpo | sdpo | sdpg")
+    check.add_argument("--config-name", required=True,
+                       help="grpo | dapo | sc_grpo | sdpo | sdpg, or a paper recipe recipes/<name> "
+                            "(scgrpo_verl/configs/recipes/, e.g. recipes/sdpg_math_urkl; docs/reproduce.md)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
 
