@@ -62,6 +62,15 @@ def test_multiturn_prompt_carries_all_feedback():
     assert out[1]["content"].index("f1") < out[1]["content"].index("f2") and messages[1]["content"] == "Q?"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one intra-op thread is fastest, and much faster on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from scgrpo_verl.cpu_backend.assets import build_model, build_tokenizer, write_parquet
