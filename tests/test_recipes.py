@@ -244,3 +244,24 @@ def test_example_script_writes_and_trains_on_the_recipes_data(script, prepared_h
 def test_math_4k_prep_passes_sample_4000():
     text = (ROOT / "examples" / "sc_grpo" / "math.sh").read_text()
     assert 'prep dapo_math "$DATA/dapo_math_4k" --sample 4000' in text
+
+
+def reference_effective_beta(beta, step, total, warmup, decay):
+    """lauyikfung/SDPG verl/trainer/ppo/core_algos.py::_compute_effective_beta, restated (if-branches, not min)."""
+    effective = beta
+    if warmup > 0 and step < warmup:
+        effective = beta * (step / warmup)
+    if decay > 0 and total > 0 and step >= total - decay:
+        effective = effective * (max(total - step, 0) / decay)
+    return effective
+
+
+def test_sdpg_beta_schedule_equals_the_reference_for_every_step():
+    """Both count the first update as k = 1 (verl's global_steps); the schedule must agree for every k."""
+    from scgrpo_verl.algos.sdpg import sdpg_beta
+
+    for k in range(0, 402):
+        assert sdpg_beta(k, 1e-3, 50, 350, 400) == pytest.approx(reference_effective_beta(1e-3, k, 400, 50, 350),
+                                                                  abs=1e-15)
+    assert sdpg_beta(1, 1e-3, 50, 350, 400) == pytest.approx(2e-5)  # the first update is not distillation-free
+    assert sdpg_beta(400, 1e-3, 50, 350, 400) == 0.0
