@@ -162,6 +162,7 @@ def test_check_command_accepts_a_recipe(capsys):
     assert "recipes/sdpg_math_urkl" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a verl subprocess: ~15 s alone, over a minute on a busy machine
 def test_main_ppo_composes_a_recipe():
     result = subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path=pkg://scgrpo_verl.configs",
@@ -186,23 +187,32 @@ SOURCES = {f"SOURCE_{d.upper()}": str(FIXTURES / d) for d in
            ("dapo_math", "aime2024", "aime2025", "amc23", "livecodebench", "codeforces", "sciknoweval", "tooluse")}
 
 
-def run_script(script: str, home: Path, stages: str, dry: bool) -> subprocess.CompletedProcess:
+def start_script(script: str, home: Path, stages: str, dry: bool) -> subprocess.Popen:
     env = {**os.environ, **SOURCES, "HOME": str(home), "DATA": str(home / "data"), "RUNS": str(home / "runs"),
            "STAGES": stages, "DRY_RUN": "1" if dry else "0", "DOMAINS": "chemistry physics",
            "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(["bash", str(ROOT / "examples" / script)], env=env, capture_output=True, text=True,
-                            timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+    return subprocess.Popen(["bash", str(ROOT / "examples" / script)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def finish_script(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(script: str, home: Path, stages: str, dry: bool) -> subprocess.CompletedProcess:
+    return finish_script(start_script(script, home, stages, dry))
 
 
 @pytest.fixture(scope="module")
-def prepared_home(tmp_path_factory):
-    """Every example script's data stage, run on the fixtures, into one ~/data."""
-    home = tmp_path_factory.mktemp("home")
-    for script in SCRIPTS:
-        run_script(script, home, "data", dry=False)
-    return home
+def prepared_homes(tmp_path_factory):
+    """Each example script's data stage, run on the fixtures into its own ~/data (the scripts run in parallel)."""
+    root = tmp_path_factory.mktemp("homes")
+    homes = {script: root / script.replace("/", "_") for script in SCRIPTS}
+    for process in [start_script(script, home, "data", dry=False) for script, home in homes.items()]:
+        finish_script(process)
+    return homes
 
 
 def training_commands(stdout: str) -> list[dict]:
@@ -216,7 +226,8 @@ def training_commands(stdout: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_example_script_writes_and_trains_on_the_recipes_data(script, prepared_home):
+def test_example_script_writes_and_trains_on_the_recipes_data(script, prepared_homes):
+    prepared_home = prepared_homes[script]
     result = run_script(script, prepared_home, "train eval report", dry=True)
     commands = training_commands(result.stdout)
     by_recipe = {}
