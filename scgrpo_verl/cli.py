@@ -4,6 +4,7 @@
 - ``dry-run``: one self-teacher step on a synthetic batch, stage by stage (:mod:`scgrpo_verl.dry_run`);
 - ``cpu-run``: a few real ``main_ppo`` steps on the CPU debugging backend (:mod:`scgrpo_verl.cpu_backend`);
 - ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`);
+- ``ttsd``: SDPO's test-time self-distillation on single questions vs best-of-k and multi-turn (:mod:`scgrpo_verl.ttsd`);
 - ``sandbox``: which isolation the code sandbox gets on this host, and why (:func:`scgrpo_verl.rewards.sandbox.diagnose`).
 """
 
@@ -68,12 +69,57 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ttsd(args: argparse.Namespace) -> int:
+    from scgrpo_verl.ttsd import main
+
+    return main(args)
+
+
+def _add_ttsd_parser(commands) -> None:
+    """``scgrpo-verl ttsd``: discovery probability vs attempts of test-time SDPO, best-of-k and multi-turn."""
+    from scgrpo_verl.ttsd import TTSDConfig
+
+    d = TTSDConfig()
+    p = commands.add_parser("ttsd", help="SDPO's test-time self-distillation on single hard questions, reported as "
+                                         "discovery@k next to best-of-k and multi-turn (docs/reproduce.md)")
+    p.add_argument("--model-path", required=True, help="local Hugging Face checkpoint folder")
+    p.add_argument("--data", required=True, help="verl parquet (prompt, data_source, reward_model.ground_truth)")
+    p.add_argument("--questions", default=None, help="comma-separated row indices (default: every row)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many questions")
+    p.add_argument("--out", required=True, help="folder for report.json, attempts.jsonl, discovery.png")
+    p.add_argument("--budget", type=int, default=d.budget, help="attempts per question and run")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="attempts per SDPO round")
+    p.add_argument("--group-size", type=int, default=d.group_size, help="rollouts per SDPO update")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--topk", type=int, default=d.topk)
+    p.add_argument("--alpha", type=float, default=d.alpha, help="0 forward KL, 1 reverse KL, else JSD")
+    p.add_argument("--teacher", choices=("ema", "live", "frozen"), default=d.teacher)
+    p.add_argument("--ema-rate", type=float, default=d.ema_rate)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--runs", type=int, default=d.runs, help="independent runs per question and method")
+    p.add_argument("--baseline-samples", type=int, default=d.baseline_samples,
+                   help="base-model samples per question for best-of-k (0: skip)")
+    p.add_argument("--no-multiturn", action="store_true", help="skip the multi-turn baseline")
+    p.add_argument("--enable-thinking", choices=("true", "false"), default=None,
+                   help="chat template's enable_thinking (Qwen3; the SDPO paper runs with thinking off)")
+    p.add_argument("--reward-path", default=None, help="file or pkg:// module of another compute_score")
+    p.add_argument("--reward-name", default="compute_score")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.set_defaults(func=_ttsd)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compose a shipped config and run verl's and the plugin's validation")
-    check.add_argument("--config-name", required=True, help="grpo | dapo | sc_grpo | sdpo | sdpg")
+    check.add_argument("--config-name", required=True,
+                       help="grpo | dapo | sc_grpo | sdpo | sdpg, or a paper recipe recipes/<name> "
+                            "(scgrpo_verl/configs/recipes/, e.g. recipes/sdpg_math_urkl; docs/reproduce.md)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
 
@@ -100,6 +146,8 @@ def main(argv=None) -> int:
     page.add_argument("--system", default=None, help="optional system prompt")
     page.add_argument("--out", default="token_credit.html")
     page.set_defaults(func=_explain)
+
+    _add_ttsd_parser(commands)
 
     box = commands.add_parser("sandbox", help="print the code sandbox's isolation diagnostics as JSON")
     box.set_defaults(func=_sandbox)
