@@ -5,10 +5,6 @@
   from ALGORITHMS.md and the reference repositories, not read back from the YAML);
 - the example scripts' data stage, run on the repository's fixtures, writes exactly the files the recipes read,
   and their training commands pass those same paths.
-
-``self_teacher.sdpo.normalize`` (issue 8 item 5a) is set by the SDPO recipes but added to the config dataclasses
-by another change: until that lands, :func:`compose_recipe` drops that one key before validation (and says so in
-the test ids), and nothing else.
 """
 
 from __future__ import annotations
@@ -17,19 +13,16 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from scgrpo_verl.compose import compose_config, validate
-from scgrpo_verl.config import SDPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "scgrpo_verl" / "configs" / "recipes"
 FIXTURES = ROOT / "tests" / "fixtures" / "data_prep"
-NORMALIZE_KNOWN = "normalize" in {f.name for f in fields(SDPOConfig)}
 REWARD = {"path": "pkg://scgrpo_verl.rewards", "name": "compute_score"}
 
 # name -> (method, model, lr, rollout n, train batch, response length, val n, val temperature, val top_p, thinking)
@@ -69,12 +62,8 @@ def recipe_names() -> list[str]:
 
 
 def compose_recipe(name: str, overrides=()):
-    """Compose ``recipes/<name>``; drops ``self_teacher.sdpo.normalize`` only while the dataclass lacks it."""
-    extra = list(overrides)
-    raw = yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text())
-    if not NORMALIZE_KNOWN and "normalize" in ((raw.get("self_teacher") or {}).get("sdpo") or {}):
-        extra.append("~self_teacher.sdpo.normalize")
-    return compose_config(f"recipes/{name}", extra)
+    """Compose ``recipes/<name>`` as shipped (plus ``overrides``)."""
+    return compose_config(f"recipes/{name}", list(overrides))
 
 
 _CACHE: dict = {}
@@ -149,10 +138,7 @@ def test_method_specific_settings():
 
 def test_sdpo_recipes_use_the_authors_normalisation():
     for name in ("sdpo_science", "sdpo_tooluse", "sdpo_lcb"):
-        raw = yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text())
-        assert raw["self_teacher"]["sdpo"]["normalize"] == "teacher_tokens"
-    if NORMALIZE_KNOWN:
-        assert composed("sdpo_science")[1].policy_loss.self_teacher.sdpo.normalize == "teacher_tokens"
+        assert composed(name)[1].policy_loss.self_teacher.sdpo.normalize == "teacher_tokens"
 
 
 def test_check_command_accepts_a_recipe(capsys):
