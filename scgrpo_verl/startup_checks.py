@@ -167,17 +167,16 @@ def reward_grader(config: Any) -> tuple[Optional[Callable[[Any], bool]], str]:
         from scgrpo_verl.rewards import can_grade
 
         return can_grade, f"the plugin's reward function ({path})"
-    import inspect
-
-    from verl.utils.import_utils import load_extern_object
+    from verl.utils.import_utils import load_module
 
     try:
-        function = load_extern_object(module_path=path, object_name=name)
+        module = load_module(path)
+        if not callable(getattr(module, name, None)):
+            raise AttributeError(f"no function {name!r} in it")
     except Exception as error:  # noqa: BLE001 - any failure to load it is the user's to fix
         raise UserError(f"reward.custom_reward_function: cannot load {name!r} from {path!r} "
                         f"({type(error).__name__}: {error})") from error
-    module = inspect.getmodule(function)
-    predicate = getattr(module, "can_grade", None) if module is not None else None
+    predicate = getattr(module, "can_grade", None)
     return (predicate if callable(predicate) else None), f"{name} from {path}"
 
 
@@ -231,6 +230,11 @@ def check_rollout_name(config: Any) -> list[Problem]:
                              "pip install -e '.[gpu]'; scgrpo-verl cpu-run uses its own 'hf')")]
     name = _get(config, key)
     known = registered_rollouts()
+    from scgrpo_verl.cpu_backend import ROLLOUT_NAME, is_enabled
+
+    if name == ROLLOUT_NAME and not is_enabled():
+        return [Problem(key, f"the {ROLLOUT_NAME!r} rollout exists only on the CPU debugging backend "
+                             f"(scgrpo-verl cpu-run); on GPUs use one of {known}")]
     if name not in known:
         return [Problem(key, f"unknown rollout {name!r}; registered: {known}")]
     return []
