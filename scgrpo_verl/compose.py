@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
-from scgrpo_verl.errors import ConfigError, config_error_message
+from scgrpo_verl.errors import ConfigError, config_error_message, one_line
 
 METHOD_CONFIGS = ("grpo", "dapo", "sc_grpo", "sdpo", "sdpg")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -35,7 +35,7 @@ def compose_config(config_name: str, overrides: Optional[Sequence[str]] = None) 
     """Compose ``scgrpo_verl/configs/<config_name>.yaml`` on verl's ``ppo_trainer`` with Hydra."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException, MissingConfigException
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     GlobalHydra.instance().clear()
@@ -48,6 +48,8 @@ def compose_config(config_name: str, overrides: Optional[Sequence[str]] = None) 
                 raise ConfigError(f"--config-name {config_name!r}: no such config; valid names: "
                                   f"{', '.join(known)}") from error
             raise ConfigError(config_error_message(error)) from error
+        except OverrideParseException as error:  # "Error parsing override '<it>'" + the grammar's complaint
+            raise ConfigError(f"override {getattr(error, 'override', '?')!r}: {one_line(str(error))}") from error
         except (HydraException, OmegaConfBaseException, ValueError) as error:
             raise ConfigError(f"{config_error_message(error)} (config {config_name!r})") from error
 
