@@ -191,3 +191,17 @@ def test_user_error_is_the_base_of_the_config_errors():
 
     assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
     assert issubclass(StartupCheckError, UserError)
+
+
+def test_reward_time_error_about_bad_ground_truth_names_the_row():
+    """Before: an unparseable math ground truth gave a wrong answer the feedback "Your final answer 391 is
+    incorrect." (score 0, silently). Now the grader refuses it and names the row."""
+    from scgrpo_verl.rewards import compute_score
+
+    with pytest.raises(ValueError) as error:
+        compute_score("dapo_math", "So the answer is \\boxed{391}", "asdf{{\\frac", {"index": 12, "split": "train"})
+    assert str(error.value) == ("row 12 of split 'train' (data_source 'dapo_math'): math-verify could not parse the "
+                                "ground truth 'asdf{{\\\\frac'")
+    with pytest.raises(ValueError, match=r"^row 3 \(data_source 'sciknoweval'\): multiple-choice ground truth"):
+        compute_score("sciknoweval", "B", "water", {"index": 3})
+    assert compute_score("dapo_math", "\\boxed{2}", "2", {"index": 0})["score"] == 1.0
