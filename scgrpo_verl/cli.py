@@ -158,9 +158,9 @@ def _explain(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(os.path.join(args.model_path, "config.json")):
         raise UserError(f"--model-path {args.model_path}: not a Hugging Face checkpoint folder (no config.json); "
-                        "`scgrpo-verl dry-run --config-name sc_grpo --workdir DIR` leaves a tiny one in DIR/assets/model")
+                        "`scgrpo-verl dry-run --config-name sc_grpo --workdir DIR` leaves a tiny one in DIR/tiny_qwen2")
     credit = explain(args.model_path, text(args.prompt, "--prompt"), text(args.rollout, "--rollout"),
-                     text(args.solution, "--solution"), args.out, system=args.system)
+                     text(args.solution, "--solution"), args.out, system=args.system, top_k=args.top_k)
     print(f"wrote {args.out}: {len(credit.tokens)} tokens, c={credit.c:.4g}, "
           f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}")
     return 0
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     dry.add_argument("--max-new-tokens", type=int, default=24, help="tokens sampled per rollout")
     dry.add_argument("--seed", type=int, default=0, help="seeds sampling and the teacher's draws")
     dry.add_argument("--workdir", default=None,
-                     help="where the tiny model is built (default: a temp folder); DIR/assets/model is a checkpoint "
+                     help="where the tiny model is built (default: a temp folder); DIR/tiny_qwen2 is a checkpoint "
                           "that explain --model-path accepts")
     dry.add_argument("--json", default=None, help="also write the report as JSON here")
     dry.add_argument("overrides", nargs="*", help="Hydra overrides; model.path=DIR runs a local checkpoint")
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     page = commands.add_parser("explain", help="write an HTML token-credit page (D and f(D) per token)")
     page.add_argument("--model-path", required=True,
-                      help="local Hugging Face checkpoint folder (dry-run --workdir DIR leaves one in DIR/assets/model)")
+                      help="local Hugging Face checkpoint folder (dry-run --workdir DIR leaves one in DIR/tiny_qwen2)")
     page.add_argument("--prompt", required=True, help="the question (or @file)")
     page.add_argument("--rollout", required=True, help="the rollout to explain (or @file)")
     page.add_argument("--solution", required=True, help="a verified solution of the same question (or @file)")
