@@ -135,6 +135,11 @@ def _check(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     from scgrpo_verl.dry_run import main
 
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+") in ("model.path", "actor_rollout_ref.model.path") and not os.path.isdir(value):
+            raise UserError(f"{key}={value}: not a local checkpoint folder (dry-run loads Hugging Face folders from "
+                            "disk; without model.path it builds a tiny random model)")
     return main(args)
 
 

@@ -205,3 +205,14 @@ def test_reward_time_error_about_bad_ground_truth_names_the_row():
     with pytest.raises(ValueError, match=r"^row 3 \(data_source 'sciknoweval'\): multiple-choice ground truth"):
         compute_score("sciknoweval", "B", "water", {"index": 3})
     assert compute_score("dapo_math", "\\boxed{2}", "2", {"index": 0})["score"] == 1.0
+
+
+def test_dry_run_names_a_missing_checkpoint_and_a_bad_pairing(capsys):
+    code, _, lines = run_cli(capsys, "dry-run", "--config-name", "sc_grpo", "model.path=/nonexistent/ckpt")
+    assert code == 2 and lines == [
+        "scgrpo-verl dry-run: error: model.path=/nonexistent/ckpt: not a local checkpoint folder (dry-run loads "
+        "Hugging Face folders from disk; without model.path it builds a tiny random model)"]
+    code, _, lines = run_cli(capsys, "dry-run", "--config-name", "sdpo", "self_teacher.teacher.weights=ema",
+                             "actor_rollout_ref.actor.use_kl_loss=true")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("scgrpo-verl dry-run: error: self_teacher.teacher."
+                                                                 "weights: the EMA teacher lives in the ref engine")
