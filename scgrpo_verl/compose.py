@@ -68,12 +68,21 @@ def validate(config: DictConfig):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+    import contextlib
+    import io
+
     validate_config = getattr(validate_config, "__wrapped__", validate_config)
+    printed = io.StringIO()
     try:
-        validate_config(config=config, use_reference_policy=need_reference_policy(config),
-                        use_critic=need_critic(config))
+        with contextlib.redirect_stdout(printed):  # verl prints a success banner; anything else it prints is kept
+            validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                            use_critic=need_critic(config))
         return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     except ConfigError:
         raise
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, AssertionError, KeyError) as error:
         raise ConfigError(config_error_message(error)) from error
+    finally:
+        for line in printed.getvalue().splitlines():
+            if "All configuration checks passed" not in line:
+                print(line)

@@ -193,3 +193,23 @@ def test_main_ppo_driver_fails_before_ray_init(tmp_path):
     assert result.returncode != 0
     assert f"data.train_files: file {tmp_path / 'missing.parquet'} does not exist" in result.stderr
     assert "ray init kwargs" not in result.stdout  # failed before ray.init
+
+
+def test_the_driver_hook_checks_plugin_configs_only(tmp_path):
+    """The plugin wraps verl's validate_config (what main_ppo calls before ray.init): plugin configs get the start-up
+    checks, stock verl configs (grpo / dapo: no self_teacher section) are left as verl validates them."""
+    import verl.utils.config as verl_config
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    import scgrpo_verl.plugin  # noqa: F401  (installs the hook, as `import verl` does through the entry point)
+
+    wrapped = verl_config.validate_config
+    assert getattr(wrapped, "_scgrpo_startup_checks", False) and wrapped.__wrapped__ is not wrapped
+
+    def validate(config):
+        wrapped(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+
+    missing = f"data.train_files={tmp_path / 'missing.parquet'}"
+    validate(compose("grpo", missing))  # stock config: no plugin checks
+    with pytest.raises(StartupCheckError, match="data.train_files: file .*missing.parquet does not exist"):
+        validate(compose("sc_grpo", missing))
