@@ -27,14 +27,6 @@ from scgrpo_verl.errors import EXIT_USER_ERROR, UserError, debug_requested, one_
 DESCRIPTION = """\
 SC-GRPO, SDPO and SDPG for verl: check a config, try it on a CPU, explain a rollout's token credit.
 
-commands:
-  check     compose a shipped config; run verl's validation and the start-up checks
-            (data files, data_source vs reward function, rollout name, GPUs)
-  dry-run   one self-teacher step of a config on a synthetic batch (CPU)
-  cpu-run   real verl main_ppo steps on the CPU debugging backend (tiny model)
-  explain   an HTML page of a rollout's tokens coloured by D and f(D)
-  sandbox   the code sandbox's isolation on this host (JSON)
-
 Add --debug (or set HYDRA_FULL_ERROR=1) to any command for full tracebacks.
 Training itself runs with verl's own launcher:
   python -m verl.trainer.main_ppo --config-path=pkg://scgrpo_verl.configs --config-name=sc_grpo
@@ -235,7 +227,7 @@ def main(argv=None) -> int:
         if command == "cpu-run":
             rest = argv[argv.index("cpu-run") + 1:]
             return _cpu_run(rest + (["--debug"] if debug and "--debug" not in rest else []))
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args((["--debug"] if debug else []) + [a for a in argv if a != "--debug"])
         return args.func(args)
     except Exception as error:  # noqa: BLE001 - user errors become one line, anything else keeps its traceback
         if debug or not (isinstance(error, UserError) or _is_keyed_config_error(error)):
