@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "datasets",
     "math-verify>=0.8",
     "tqdm",
+    "matplotlib",  # explain's colour scales (verl[verl-core] does not bring it)
     # used directly by the CPU debugging backend, dry-run and explain (verl already depends on them)
     "transformers",
     "tokenizers",
@@ -26,9 +27,17 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-timeout",
     ],
-    # The versions verl 0.9.1's own `vllm` and `flash-attn-cu130torch211` extras name.
+    # GPU training: verl 0.9.1's own `vllm` extra, i.e. vllm==0.24.0, which pins torch==2.11.0 (with torchvision
+    # 0.26.0, torchaudio 2.11.0, transformers 5.9.0): the GPU stack runs torch 2.11.0, not the 2.13.0 of the CPU
+    # path and the test suite. Install it in its own virtualenv.
     "gpu": [
-        "vllm==0.24.0",
+        f"verl[vllm]=={VERL_VERSION}",
+    ],
+    # flash-attn 2.8.3 (the version verl's `flash-attn-cu130torch211` extra names) has no binary wheel on PyPI: it
+    # compiles against the installed torch and CUDA toolkit (`pip install -e ".[flash-attn]" --no-build-isolation`
+    # after `.[gpu]`). Optional: without it verl uses pure-torch padding helpers and the model runs with
+    # +actor_rollout_ref.model.override_config.attn_implementation=sdpa.
+    "flash-attn": [
         "flash-attn==2.8.3",
     ],
 }

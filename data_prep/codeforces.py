@@ -102,7 +102,7 @@ def main(argv=None) -> Report:
     parser.add_argument("--splits", default="test",
                         help="comma-separated upstream splits to read ('all' for every split); all go to test.parquet")
     args = parser.parse_args(argv)
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     wanted = sorted(loaded) if args.splits == "all" else [s for s in args.splits.split(",") if s]
     rows = []

@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -54,6 +55,10 @@ PARQUET_OPTIONS = dict(
 )
 
 
+DEFAULT_MAX_INVALID = 0.05
+SUMMARY_FILE = "prep_summary.json"
+
+
 class SkipRow(Exception):
     """Raised by a row converter: the row is invalid and must be skipped (with reason)."""
 
@@ -75,7 +80,20 @@ def build_parser(description: str, default_source: str | None, default_config: s
                    help="read at most this many rows from each upstream split (quick runs)")
     p.add_argument("--seed", type=int, default=42, help="seed for every random choice")
     p.add_argument("--verbose", action="store_true", help="also print every row removed by a filter")
+    p.add_argument("--max-invalid", type=_fraction, default=DEFAULT_MAX_INVALID,
+                   help="fail (exit status 1) when more than this fraction of the rows read is invalid "
+                        "(unparseable, or a ground truth the reward function's grader rejects)")
     return p
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- loading
@@ -176,14 +194,25 @@ def load_source(source: str, config: str | None = None, revision: str | None = N
 class Report:
     """Counts rows read / written / skipped (invalid) / removed (filters, dedupe) per split."""
 
-    def __init__(self, verbose: bool = False, stream=None) -> None:
+    def __init__(self, verbose: bool = False, stream=None, max_invalid: float = DEFAULT_MAX_INVALID,
+                 out_dir: str | None = None, argv: Sequence[str] | None = None) -> None:
         self.verbose = verbose
+        self.max_invalid = max_invalid
+        self.out_dir = out_dir
+        self.argv = list(argv) if argv is not None else None
+        self.empty: list[str] = []  # splits with no row left (not written)
         self.stream = stream or sys.stdout
         self.read: collections.Counter = collections.Counter()
         self.written: dict[str, int] = {}
         self.skipped: dict[str, list[tuple[Any, str]]] = collections.defaultdict(list)
         self.removed: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.notes: list[str] = []
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, argv: Sequence[str] | None = None) -> "Report":
+        """A report that knows ``--out`` (where the JSON summary goes) and ``--max-invalid``."""
+        return cls(args.verbose, max_invalid=args.max_invalid, out_dir=args.out,
+                   argv=list(sys.argv[1:] if argv is None else argv))
 
     def _print(self, msg: str) -> None:
         print(msg, file=self.stream, flush=True)
@@ -214,8 +243,57 @@ class Report:
                 lines.append(f"    skipped row {row_id}: {reason}")
         for s, n in sorted(self.written.items()):
             lines.append(f"output [{s}]: {n} rows written")
+        for s in self.empty:
+            lines.append(f"output [{s}]: no row left, not written")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+    def invalid_fraction(self) -> float:
+        read = sum(self.read.values())
+        return sum(len(v) for v in self.skipped.values()) / read if read else 0.0
+
+    def skips_by_reason(self) -> dict[str, int]:
+        """Skip counts per reason, with the row-specific values (quoted text, numbers) folded."""
+        counts: collections.Counter = collections.Counter()
+        for rows in self.skipped.values():
+            for _row_id, reason in rows:
+                folded = re.sub(r"'[^']*'|\"[^\"]*\"", "<value>", reason)
+                counts[re.sub(r"\d+", "N", folded)] += 1
+        return dict(sorted(counts.items()))
+
+    def to_json(self) -> dict:
+        return {
+            "command": self.argv,
+            "rows_in": dict(sorted(self.read.items())),
+            "rows_out": dict(sorted(self.written.items())),
+            "empty_splits": list(self.empty),
+            "skipped": sum(len(v) for v in self.skipped.values()),
+            "skipped_by_reason": self.skips_by_reason(),
+            "removed_by_reason": {s: dict(sorted(c.items())) for s, c in sorted(self.removed.items())},
+            "invalid_fraction": round(self.invalid_fraction(), 6),
+            "max_invalid": self.max_invalid,
+            "skipped_rows": [{"split": s, "row": row_id, "reason": reason}
+                             for s, rows in sorted(self.skipped.items()) for row_id, reason in rows][:MAX_LISTED_SKIPS],
+            "notes": list(self.notes),
+        }
+
+    def failure(self) -> str | None:
+        """Why this run must exit non-zero, or None."""
+        if not self.written and not self.empty:
+            return "no output split was written"
+        if self.empty:
+            return (f"no row survived in split(s) {', '.join(self.empty)}; "
+                    f"skips by reason: {self.skips_by_reason() or 'none (every row was filtered out)'}")
+        fraction = self.invalid_fraction()
+        if fraction > self.max_invalid:
+            n = sum(len(v) for v in self.skipped.values())
+            return (f"{n} of {sum(self.read.values())} rows ({fraction:.1%}) are invalid, more than --max-invalid "
+                    f"{self.max_invalid:g} allows; skips by reason: {self.skips_by_reason()}")
+        return None
+
+
+MAX_LISTED_SKIPS = 1000
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -325,12 +403,35 @@ def convert(rows: Sequence[Any], fn: Callable[[Any, int], dict | None], split: s
             continue
         try:
             rec = fn(row, pos)
+            if rec is not None:
+                check_ground_truth(rec)
         except SkipRow as e:
-            report.skip(split, pos, str(e))
+            report.skip(split, _row_id(pos, row), str(e))
             continue
         if rec is not None:
             out.append(rec)
     return out
+
+
+def _row_id(pos: int, row: Any) -> Any:
+    """The upstream position, with the row's own id when it has one (``12 (id 1234)``)."""
+    if isinstance(row, Mapping):
+        for key in ("id", "idx", "question_id", "problem_id", "task_id"):
+            if row.get(key) is not None and not isinstance(row.get(key), (dict, list)):
+                return f"{pos} (id {row[key]})"
+    return pos
+
+
+def check_ground_truth(rec: Mapping[str, Any]) -> None:
+    """Run the grader that will score ``rec`` (a verl row, or a dict of them) (``scgrpo_verl.rewards``, by its ``data_source``) on its ground truth;
+    raises :class:`SkipRow` with the grader's reason when it cannot use it (such a row would only ever score 0)."""
+    from scgrpo_verl.rewards import ground_truth_problem
+
+    rows = [rec] if "data_source" in rec else list(rec.values())  # livecodebench returns {"train": row, "test": row}
+    for row in rows:
+        problem = ground_truth_problem(row["data_source"], row["reward_model"]["ground_truth"])
+        if problem is not None:
+            raise SkipRow(f"ground truth rejected by the grader: {problem}")
 
 
 # --------------------------------------------------------------------------- writing
@@ -389,18 +490,34 @@ def write_parquet(rows: list[dict], path: str) -> None:
 def write_splits(out_dir: str, splits: Mapping[str, list[dict]], report: Report, label: str | None = None) -> None:
     """Fill ``extra_info.split`` / ``extra_info.index`` and write ``<out_dir>/<split>.parquet``."""
     for split, rows in splits.items():
+        key = f"{label}/{split}" if label else split
+        if not rows:
+            report.empty.append(key)
+            tqdm.write(f"no row left for {key}: {split}.parquet not written", file=report.stream)
+            continue
         for i, r in enumerate(rows):
             r["extra_info"] = {"split": split, "index": i, **{k: v for k, v in r["extra_info"].items()
                                                               if k not in ("split", "index")}}
         path = os.path.join(out_dir, f"{split}.parquet")
         write_parquet(rows, path)
-        key = f"{label}/{split}" if label else split
         report.written[key] = len(rows)
         tqdm.write(f"wrote {len(rows)} rows -> {path}", file=report.stream)
 
 
 def finish(report: Report) -> None:
+    """Print the summary, write ``<out>/prep_summary.json`` (rows in / out, skips by reason) and exit with status 1
+    and one line on stderr when no row survived or too many rows are invalid (:meth:`Report.failure`)."""
     print(report.summary(), file=report.stream, flush=True)
+    if report.out_dir:
+        os.makedirs(report.out_dir, exist_ok=True)
+        path = os.path.join(report.out_dir, SUMMARY_FILE)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(report.to_json(), handle, indent=1, sort_keys=False, default=str)
+            handle.write("\n")
+        print(f"summary -> {path}", file=report.stream, flush=True)
+    problem = report.failure()
+    if problem:
+        raise SystemExit(f"data_prep: error: {problem}")
 
 
 # --------------------------------------------------------------------------- shared benchmark logic
@@ -412,7 +529,7 @@ def run_math_eval(data_source: str, description: str, default_source: str, quest
                   argv: Sequence[str] | None = None) -> Report:
     """Evaluation-only math benchmarks (MATH-500, AIME, AMC): every upstream split -> ``test.parquet``."""
     args = build_parser(description, default_source, default_config).parse_args(argv)
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
 
     def fn(row: Any, pos: int) -> dict:

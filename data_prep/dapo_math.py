@@ -60,7 +60,7 @@ def main(argv=None) -> Report:
     parser = build_parser(__doc__, "BytedTsinghua-SIA/DAPO-Math-17k")
     parser.add_argument("--sample", type=int, default=None, help="keep N de-duplicated problems, drawn with --seed")
     args = parser.parse_args(argv)
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     seen: dict = {}  # question -> ground truth of its first occurrence (dedupe while reading: 1.8M rows upstream)
     conflicts = 0

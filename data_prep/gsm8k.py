@@ -37,7 +37,7 @@ def convert_row(row, pos):
 
 def main(argv=None) -> Report:
     args = build_parser(__doc__, "openai/gsm8k", default_config="main").parse_args(argv)
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     out = {}
     for split in ("train", "test"):

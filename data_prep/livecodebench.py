@@ -117,7 +117,7 @@ def main(argv=None) -> Report:
     parser.add_argument("--end-date", default="2025-05-01", help="keep contest_date < this (ISO date)")
     args = parser.parse_args(argv)
     start, end = parse_date(args.start_date, "--start-date"), parse_date(args.end_date, "--end-date")
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     pairs = []
     for split in sorted(loaded):

@@ -84,7 +84,7 @@ def main(argv=None) -> Report:
     args = parser.parse_args(argv)
     domains = [domain_dir(d) for d in args.domains.split(",") if d.strip()]
     types = tuple(t.strip() for t in args.types.split(",") if t.strip())
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     rows = []
     for split in sorted(loaded):

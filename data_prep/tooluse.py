@@ -2,7 +2,8 @@
 prompt, description, idx, dataset, system, answer, tests, kind, elo) -> <out>/train.parquet, <out>/test.parquet.
 
 ``answer`` upstream is a JSON list [{"Action": name, "Action_Input": "<JSON object as a string>"}, ...].
-Ground truth here: JSON list [{"name": str, "arguments": object}, ...] in the upstream order.
+Ground truth here: the JSON object {"name": str, "arguments": object} that ``scgrpo_verl.rewards.tool_use`` grades
+(one action per answer); an answer with several actions is reported as invalid, since that grader scores one.
 The prompt (tool documentation + Thought/Action/Action Input format + question) is kept verbatim.
 There is no hub dataset: pass the folder (or a file) with --source.
 """
@@ -51,7 +52,9 @@ def convert_row(row, pos):
     actions = parse_actions(field(row, "answer"))
     system = text_field(row, "system", required=False)
     question = prompt.rsplit("\nQuestion:", 1)[1].strip() if "\nQuestion:" in prompt else prompt
-    truth = json.dumps(actions, ensure_ascii=False, sort_keys=False)
+    # the tool_use grader scores one action (the response's last): one expected action is written as that object;
+    # a multi-action answer stays a list, which the grader rejects, so the row is reported as invalid (not scored 0)
+    truth = json.dumps(actions[0] if len(actions) == 1 else actions, ensure_ascii=False, sort_keys=False)
     extra = {"question": question, "reference_answer": truth,
              "upstream_index": None if row.get("idx") is None else str(row.get("idx"))}
     return make_row("tooluse", prompt, "tool", truth, extra, system=system)
@@ -59,7 +62,7 @@ def convert_row(row, pos):
 
 def main(argv=None) -> Report:
     args = build_parser(__doc__, None).parse_args(argv)
-    report = Report(args.verbose)
+    report = Report.from_args(args, argv)
     loaded = load_source(args.source, args.config, args.revision, args.limit)
     out = {}
     for split in sorted(loaded):

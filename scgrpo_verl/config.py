@@ -12,6 +12,7 @@ in two places, both interpolated from the one top-level section:
 
 from __future__ import annotations
 
+import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Mapping, Optional
 
@@ -31,7 +32,49 @@ SDPO_NORMALIZATIONS = ("all_tokens", "teacher_tokens")
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"self_teacher.{key}: {message}")
+        raise _error(f"self_teacher.{key}: {message}")
+
+
+def _error(message: str) -> ValueError:
+    from scgrpo_verl.errors import ConfigError  # a ValueError the CLI prints as one line
+
+    return ConfigError(message)
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_ok(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    return True  # other annotations (dataclasses, Any) are checked elsewhere
+
+
+def _check_types(instance: Any, section: str) -> None:
+    """Type of every option of a config dataclass, checked before its range checks so that
+    ``self_teacher.sc_grpo.c_min=abc`` names the key (instead of a TypeError from ``'abc' > 0``).
+    ints are accepted for float options (YAML ``1`` for ``1.0``); ``null`` only for Optional options."""
+    hints = typing.get_type_hints(type(instance))
+    for item in fields(instance):
+        kind = hints.get(item.name)
+        value = getattr(instance, item.name)
+        optional = False
+        if typing.get_origin(kind) is typing.Union:
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(kind))
+            kind = args[0] if len(args) == 1 else Any
+        if kind not in _TYPE_WORDS or (value is None and optional):
+            continue
+        if value is None or not _type_ok(value, kind):
+            allowed = _TYPE_WORDS[kind] + (" or null" if optional else "")
+            shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
+            raise _error(f"self_teacher.{section}{item.name}: must be {allowed}, got {shown}")
 
 
 def _in_unit_interval(value: float) -> bool:
@@ -51,6 +94,7 @@ class SCGRPOConfig:
     threshold_scope: str = "micro_batch"  # c over the update's micro-batch (the paper) | batch: one c per step
 
     def __post_init__(self):
+        _check_types(self, "sc_grpo.")
         _require(self.c_min > 0, "sc_grpo.c_min", f"must be > 0, got {self.c_min}")
         _require(
             self.threshold_scope in THRESHOLD_SCOPES,
@@ -75,6 +119,7 @@ class SDPOConfig:
     normalize: str = "all_tokens"  # distillation mean over all response tokens | teacher_tokens (the authors')
 
     def __post_init__(self):
+        _check_types(self, "sdpo.")
         _require(
             self.distillation in SDPO_DISTILLATION_MODES,
             "sdpo.distillation",
@@ -112,6 +157,7 @@ class SDPGConfig:
     ref_kl: str = "urkl"  # urkl: 0.5 log^2(pi/pi_ref) | ufkl: pi_ref/pi + log(pi/pi_ref)
 
     def __post_init__(self):
+        _check_types(self, "sdpg.")
         _require(self.beta_base >= 0, "sdpg.beta_base", f"must be >= 0, got {self.beta_base}")
         for name in ("warmup_steps", "decay_steps", "total_steps"):
             _require(getattr(self, name) >= 0, f"sdpg.{name}", f"must be >= 0, got {getattr(self, name)}")
@@ -138,6 +184,7 @@ class TeacherConfig:
     templates: TemplateConfig = field(default_factory=TemplateConfig)  # teacher-prompt templates
 
     def __post_init__(self):
+        _check_types(self, "teacher.")
         _require(self.weights in TEACHER_WEIGHTS, "teacher.weights", f"must be one of {TEACHER_WEIGHTS}, got {self.weights!r}")
         _require(0.0 < self.ema_rate <= 1.0, "teacher.ema_rate", f"must be in (0, 1], got {self.ema_rate}")
         _require(
@@ -168,6 +215,9 @@ class SelfTeacherConfig:
     sdpg: SDPGConfig = field(default_factory=SDPGConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
+    def __post_init__(self):
+        _check_types(self, "")
+
     @classmethod
     def from_mapping(cls, values: Any) -> "SelfTeacherConfig":
         return build_dataclass(cls, values, "self_teacher")
@@ -182,11 +232,11 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
     if isinstance(values, DictConfig):
         values = OmegaConf.to_container(values, resolve=True)
     if not isinstance(values, Mapping):
-        raise ValueError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+        raise _error(f"{path}: expected a mapping of options, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known) - {"_target_"})
     if unknown:
-        raise ValueError(f"{path}.{unknown[0]}: unknown option; known options are {sorted(known)}")
+        raise _error(f"{path}.{unknown[0]}: unknown option; known options are {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         if name == "_target_":

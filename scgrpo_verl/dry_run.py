@@ -73,6 +73,8 @@ class DryRunReport:
             )
         for name, values in self.masks.items():
             lines.append(f"{name}: {values}")
+            if name == "sc_route":
+                lines.append("  " + _route_legend())
         if self.divergence_quantiles:
             lines.append("divergence D quantiles: " + _fmt(self.divergence_quantiles))
         if self.weight_quantiles:
@@ -81,6 +83,14 @@ class DryRunReport:
         if self.metrics:
             lines.append("metrics: " + _fmt(self.metrics))
         return "\n".join(lines)
+
+
+def _route_legend() -> str:
+    from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGHTED
+
+    return (f"sc_route per rollout: {ROUTE_PLAIN} = plain GRPO (1 or all of its group verified), "
+            f"{ROUTE_WEIGHTED} = GRPO weighted by f(D) (2 <= verified < group size), "
+            f"{ROUTE_SOLVE_NONE} = solve-none (none verified: pseudo-advantage against a reference rollout)")
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -87,6 +87,9 @@ class SelfTeacherTrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         self.self_teacher, self.actor_loss_config = validate_self_teacher_config(config)
+        from scgrpo_verl.startup_checks import run_startup_checks
+
+        run_startup_checks(config)  # data files, data_source vs reward function, rollout name, GPUs: before workers
         super().__init__(config)
         self.loss_mode = self.actor_loss_config.policy_loss.loss_mode
         self.teacher_generator = torch.Generator().manual_seed(self.self_teacher.sc_grpo.seed)

@@ -86,3 +86,24 @@ def test_main_ppo_prints_the_composed_config():
     composed = yaml.safe_load(result.stdout)
     assert composed["algorithm"]["adv_estimator"] == "sc_grpo"
     assert composed["self_teacher"]["sc_grpo"]["c_min"] == 1e-4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("self_teacher.sc_grpo.c_min=abc", "self_teacher.sc_grpo.c_min: must be a number, got 'abc' (str)"),
+    ("self_teacher.sdpo.topk=2.5", "self_teacher.sdpo.topk: must be an integer, got 2.5 (float)"),
+    ("self_teacher.sdpo.is_clip=off", "self_teacher.sdpo.is_clip: must be a number or null, got 'off' (str)"),
+    ("self_teacher.teacher.exclude_self=1", "self_teacher.teacher.exclude_self: must be true or false, got 1 (int)"),
+    ("self_teacher.sdpg.warmup_steps=null", "self_teacher.sdpg.warmup_steps: must be an integer, got null"),
+    ("self_teacher.enable=yes", "self_teacher.enable: must be true or false, got 'yes' (str)"),
+])
+def test_option_types_are_checked_in_post_init_naming_the_key(override, message):
+    from scgrpo_verl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config("sdpo", [override]))
+    assert str(error.value) == message
+
+
+def test_ints_pass_for_float_options_and_null_for_optional_ones():
+    settings = SelfTeacherConfig.from_mapping({"sc_grpo": {"c_min": 1}, "sdpo": {"is_clip": None}})
+    assert settings.sc_grpo.c_min == 1 and settings.sdpo.is_clip is None

@@ -35,13 +35,14 @@ EXPECTED = {
     "codeforces": ({"test.parquet": 2}, 1),
     "sciknoweval": ({"chemistry/train.parquet": 9, "chemistry/test.parquet": 1,
                      "physics/train.parquet": 2, "physics/test.parquet": 1}, 1),
-    "tooluse": ({"train.parquet": 2, "test.parquet": 2}, 1),
+    "tooluse": ({"train.parquet": 1, "test.parquet": 2}, 2),  # + the two-action answer the grader cannot score
 }
 
 
 def run(name, out, *extra, capsys=None):
     module = importlib.import_module(f"data_prep.{name}")
-    report = module.main(["--source", os.path.join(FIXTURES, name), "--out", str(out), *extra])
+    # the fixtures hold invalid rows on purpose: --max-invalid 1 lets them through (its own tests are below)
+    report = module.main(["--source", os.path.join(FIXTURES, name), "--out", str(out), "--max-invalid", "1", *extra])
     text = capsys.readouterr().out if capsys is not None else ""
     return report, text
 
@@ -51,7 +52,8 @@ def rows_of(path):
 
 
 def output_files(out):
-    return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+                  if f.endswith(".parquet"))
 
 
 def check_ground_truth(name, gt):
@@ -61,8 +63,8 @@ def check_ground_truth(name, gt):
         assert set(d) <= {"tests", "fn_name"} and d["tests"]
         assert all(isinstance(t["input"], str) and isinstance(t["output"], str) for t in d["tests"])
     elif name == "tooluse":
-        actions = json.loads(gt)
-        assert actions and all(isinstance(a["name"], str) and isinstance(a["arguments"], dict) for a in actions)
+        action = json.loads(gt)
+        assert isinstance(action["name"], str) and isinstance(action["arguments"], dict)
     elif name == "sciknoweval":
         assert gt in "ABCD" and len(gt) == 1
 
@@ -259,13 +261,15 @@ def test_split_train_test_fraction():
 
 
 def test_tooluse_ground_truth(tmp_path, capsys):
-    run("tooluse", tmp_path, capsys=capsys)
+    _, text = run("tooluse", tmp_path, capsys=capsys)
     rows = rows_of(tmp_path / "train.parquet")
-    assert json.loads(rows[1]["reward_model"]["ground_truth"]) == [
-        {"name": "getBook", "arguments": {"book_id": "B-17"}},
-        {"name": "searchBooks", "arguments": {"query": "Octavia Butler"}}]
+    assert [json.loads(r["reward_model"]["ground_truth"]) for r in rows] == [
+        {"name": "searchBooks", "arguments": {"query": "Ursula Le Guin", "limit": 2}}]
     assert rows[0]["extra_info"]["question"] == "Find me two books by Ursula Le Guin."
     assert rows[0]["prompt"][0]["content"].startswith("Your task is to answer the user's question")
+    # the two-action answer: the tool_use grader scores one action, so the row is reported, not written
+    assert ("SKIP [train] row 1 (id 2): ground truth rejected by the grader: tool-use ground truth must be a JSON "
+            "object, got list") in text
 
 
 def test_codeforces_tests_and_filters(tmp_path, capsys):
@@ -309,3 +313,70 @@ def test_hub_source_path(tmp_path, capsys, monkeypatch):
 def test_verbose_prints_filtered_rows(tmp_path, capsys):
     _, text = run("codeforces", tmp_path, "--verbose", capsys=capsys)
     assert "FILTER [test] row 1900C: interactive problem" in text
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_every_row_invalid_exits_non_zero_and_writes_no_empty_parquet(tmp_path, capsys):
+    """Before: exit 0 and a 0-row parquet. Now: status 1, one line naming why, a summary, no parquet."""
+    src = write_jsonl(tmp_path / "src" / "test.jsonl", [{"problem": "1+1?", "answer": ""},
+                                                       {"problem": "2+2?"}])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "data_prep/math500.py", "--source", str(src), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("data_prep: error: no row survived in split(s) test; "
+                                                          "skips by reason: {")
+    assert not (out / "test.parquet").exists()
+    summary = json.loads((out / common.SUMMARY_FILE).read_text())
+    assert summary["rows_in"] == {"test": 2} and summary["rows_out"] == {} and summary["empty_splits"] == ["test"]
+    assert summary["skipped"] == 2
+
+
+def test_ground_truth_no_grader_can_parse_is_rejected_by_row(tmp_path, capsys):
+    """math 'asdf{{\\frac' was written and later scored 0 silently; now the math grader's parser rejects it."""
+    rows = [{"problem": f"q{i}", "answer": str(i)} for i in range(30)]
+    rows[7] = {"problem": "q7", "answer": "asdf{{\\frac", "id": "p-7"}
+    src = write_jsonl(tmp_path / "src" / "test.jsonl", rows)
+    module = importlib.import_module("data_prep.math500")
+    report = module.main(["--source", str(src), "--out", str(tmp_path / "out")])  # 1 of 30 < 5 %: passes
+    text = capsys.readouterr().out
+    assert "SKIP [test] row 7 (id p-7): ground truth rejected by the grader: math-verify cannot parse the ground " \
+           "truth 'asdf{{\\\\frac' into a mathematical answer" in text
+    assert report.written == {"test": 29}
+    summary = json.loads((tmp_path / "out" / common.SUMMARY_FILE).read_text())
+    assert summary["rows_in"] == {"test": 30} and summary["rows_out"] == {"test": 29}
+    assert summary["skipped_rows"] == [{"split": "test", "row": "7 (id p-7)", "reason": report.skipped["test"][0][1]}]
+    assert summary["skipped_by_reason"] == {"ground truth rejected by the grader: math-verify cannot parse the "
+                                            "ground truth <value> into a mathematical answer": 1}
+
+
+def test_max_invalid_fraction(tmp_path, capsys):
+    rows = [{"problem": f"q{i}", "answer": str(i)} for i in range(10)]
+    rows[3]["answer"] = ""
+    rows[5]["answer"] = "asdf{{\\frac"
+    src = write_jsonl(tmp_path / "src" / "test.jsonl", rows)
+    module = importlib.import_module("data_prep.math500")
+    with pytest.raises(SystemExit) as error:  # 2 of 10 invalid > the default 5 %
+        module.main(["--source", str(src), "--out", str(tmp_path / "a")])
+    assert str(error.value).startswith("data_prep: error: 2 of 10 rows (20.0%) are invalid, more than "
+                                       "--max-invalid 0.05 allows")
+    report = module.main(["--source", str(src), "--out", str(tmp_path / "b"), "--max-invalid", "0.2"])
+    assert report.written == {"test": 8}
+    with pytest.raises(SystemExit):
+        module.main(["--source", str(src), "--out", str(tmp_path / "c"), "--max-invalid", "2"])
+    assert "must be a fraction in [0, 1]" in capsys.readouterr().err
+
+
+def test_every_written_ground_truth_is_accepted_by_its_grader(tmp_path, capsys):
+    from scgrpo_verl.rewards import ground_truth_problem
+
+    for name in sorted(EXPECTED):
+        run(name, tmp_path / name, capsys=capsys)
+        for rel in output_files(tmp_path / name):
+            for row in rows_of(tmp_path / name / rel):
+                assert ground_truth_problem(row["data_source"], row["reward_model"]["ground_truth"]) is None

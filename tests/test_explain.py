@@ -1,5 +1,6 @@
 """``scgrpo-verl explain``: the token-credit page, rendered by headless Chromium."""
 
+import html
 import html.parser
 import os
 import shutil
@@ -54,6 +55,70 @@ class TokenSpans(html.parser.HTMLParser):
             self.teacher_prompt += data
 
 
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const visible = (el) => {
+    const r = el.getBoundingClientRect(), st = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && st.visibility === "visible" && st.display !== "none" && +st.opacity > 0;
+  };
+  const lum = (rgb) => {
+    const c = rgb.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => v / 255)
+      .map((v) => (v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  const contrast = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const out = { legends: {}, tick_texts: {}, hidden_values: [], values: [], min_contrast: 99 };
+  for (const id of ["legend-weight", "legend-divergence"]) {
+    const el = document.getElementById(id);
+    const ticks = [...el.querySelectorAll(".tick")];
+    out.legends[id] = visible(el) && visible(el.querySelector(".bar")) && ticks.length === 5 && ticks.every(visible);
+    out.tick_texts[id] = ticks.map((t) => t.textContent);
+  }
+  const grad = getComputedStyle(document.querySelector("#legend-weight .bar")).backgroundImage;
+  const stops = grad.match(/rgb\\([^)]*\\)/g);
+  out.weight_bar_ends = [stops[0], stops[stops.length - 1]];
+  const rows = [...document.querySelectorAll("#values tbody tr")];
+  out.value_rows = rows.length;
+  rows.forEach((tr, i) => {
+    const cells = [...tr.children];
+    out.values.push(cells.map((c) => c.textContent));
+    if (!cells.every(visible)) out.hidden_values.push(i);
+    const st = getComputedStyle(cells[3]);
+    out.min_contrast = Math.min(out.min_contrast, contrast(st.color, st.backgroundColor));
+  });
+  const pivots = [...document.querySelectorAll("#pivotal tbody tr")];
+  out.pivotal_rows = pivots.length;
+  out.pivotal_marks = pivots.map((tr) => visible(tr.querySelector("mark")));
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def fmt(value):
+    from scgrpo_verl.explain import _fmt
+
+    return _fmt(value)
+
+
+def probe_rendering(browser, page, tmp_path):
+    """Render a copy of the page with a probe script in headless Chromium; the probe measures the laid-out page."""
+    import json
+    import re
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-probe'}",
+                          "--window-size=1000,800", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.DOTALL)
+    assert found, dom.stdout[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     from scgrpo_verl.cpu_backend.assets import prepare_assets
@@ -76,6 +141,16 @@ def test_explain_page_in_headless_chromium_shows_every_token(model_path, tmp_pat
     for row in parsed.rows:
         assert row == credit.tokens
     assert "3 + 4 = 7. #### 7" in parsed.teacher_prompt and "What is 3 + 4?" in parsed.teacher_prompt
+    # the legends and the values are laid out and readable without hover (a script probes the rendered page)
+    probe = probe_rendering(browser, out, tmp_path)
+    assert probe["legends"] == {"legend-weight": True, "legend-divergence": True}, probe
+    assert probe["weight_bar_ends"] == ["rgb(68, 1, 84)", "rgb(253, 231, 37)"]  # viridis(0), viridis(1)
+    assert probe["tick_texts"]["legend-weight"] == ["0", "0.25", "0.5", "0.75", "1"]
+    assert probe["value_rows"] == len(credit.tokens) and probe["hidden_values"] == []
+    assert probe["min_contrast"] >= 4.5, probe  # WCAG AA for the coloured f(D) cells
+    shown = [(row[2], row[3]) for row in probe["values"]]
+    assert shown == [(fmt(d), f"{w:.3f}") for d, w in zip(credit.divergence, credit.weights)]
+    assert probe["pivotal_rows"] == 10 and all(probe["pivotal_marks"])
     shot = tmp_path / "credit.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
                     "--window-size=1000,800", out.as_uri()], capture_output=True, timeout=120, check=True)
@@ -123,3 +198,32 @@ def test_cli_explain_reads_files(model_path, tmp_path, capsys):
     page = out.read_text()
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained
     assert page.count('class="tok"') == 2 * len("It is 9. #### 9")  # byte-level: one token per byte
+    assert "@media print" in page and "print-color-adjust: exact" in page  # colours survive printing
+
+
+def test_pivotal_tokens_are_the_largest_d_with_context():
+    from scgrpo_verl.explain import TokenCredit, pivotal_tokens, render_token_credit_html
+
+    tokens = list("abcdefghij")
+    divergence = [0.1, 5.0, 0.2, 0.3, 9.0, 0.0, 0.4, 0.5, 2.0, 0.05]
+    credit = TokenCredit(tokens, divergence, [d / (d + 0.5) for d in divergence], 0.5, "t", "s")
+    assert [p[0] for p in pivotal_tokens(credit, 3, context=2)] == [4, 1, 8]
+    assert pivotal_tokens(credit, 1, context=2)[0] == (4, "cd", "e", "fg")
+    page = render_token_credit_html(credit, top_k=3)
+    assert page.count("<mark") == 3
+    assert "(viridis, linear scale)" in page and "(cividis, log scale)" in page
+
+
+def test_colour_scales_are_perceptual_and_readable():
+    from matplotlib import colormaps
+
+    from scgrpo_verl.explain import ColourScale
+
+    scale = ColourScale("viridis", 0.0, 1.0)
+    for value in (0.0, 0.3, 0.7, 1.0):
+        expected = tuple(round(c * 255) for c in colormaps["viridis"](value)[:3])
+        assert scale.css(value) == "rgb(%d, %d, %d)" % expected
+    assert scale.text_css(0.0) == "#fff" and scale.text_css(1.0) == "#000"  # dark purple / bright yellow
+    log = ColourScale("cividis", 1e-4, 1.0, log=True)
+    assert log.ticks() == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    assert log.css(1e-2) == "rgb(%d, %d, %d)" % tuple(round(c * 255) for c in colormaps["cividis"](0.5)[:3])

@@ -26,7 +26,8 @@ from .common import MAX_FEEDBACK_CHARS, cap
 from .math_answers import grade_math
 from .tool_use import grade_tool_call
 
-__all__ = ["compute_score", "DATA_SOURCES", "ALIASES", "TASK_OF", "canonical_source", "is_truncated"]
+__all__ = ["compute_score", "DATA_SOURCES", "ALIASES", "TASK_OF", "canonical_source", "can_grade",
+           "ground_truth_problem", "is_truncated"]
 
 TASK_OF = {
     "gsm8k": "math",
@@ -69,6 +70,60 @@ def canonical_source(data_source: str) -> str:
     return name
 
 
+def can_grade(data_source: Any) -> bool:
+    """Whether :func:`compute_score` knows ``data_source`` (what ``scgrpo-verl check`` asks of a reward function)."""
+    try:
+        canonical_source(data_source)
+    except ValueError:
+        return False
+    return True
+
+
+def ground_truth_problem(data_source: str, ground_truth: Any) -> str | None:
+    """Why the grader of ``data_source`` cannot use ``ground_truth``, or ``None`` when it can.
+
+    Each task runs its own grader's parser: math: the answer normalisation plus a math-verify parse into a
+    mathematical object (a parse that falls back to the raw string would only ever match that exact string);
+    multiple choice: one option letter; tool use: ``{"name", "arguments"}``; code: the test-suite layout.
+    """
+    try:
+        task = TASK_OF[canonical_source(data_source)]
+    except ValueError as error:
+        return str(error)
+    try:
+        if task == "math":
+            from .math_answers import normalize_ground_truth, parsed_gold
+
+            gold = normalize_ground_truth(ground_truth)
+            if not parsed_gold(gold):
+                return f"math-verify cannot parse the ground truth {ground_truth!r:.80} into a mathematical answer"
+        elif task == "choice":
+            from .choice import normalize_letter
+
+            if not isinstance(ground_truth, str) or normalize_letter(ground_truth) is None:
+                return f"multiple-choice ground truth must be one option letter, got {ground_truth!r:.80}"
+        elif task == "tool":
+            from .tool_use import parse_expected
+
+            parse_expected(ground_truth)
+        else:
+            from .code_exec import parse_tests
+
+            parse_tests(ground_truth)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _row_name(extra_info: Any) -> str:
+    """``row 12 of split 'train'`` from verl's ``extra_info`` (``index`` / ``split`` written by data_prep)."""
+    info = extra_info if isinstance(extra_info, dict) else {}
+    if info.get("index") is None:
+        return "a row without extra_info.index"
+    split = f" of split {info['split']!r}" if info.get("split") else ""
+    return f"row {info['index']}{split}"
+
+
 def is_truncated(extra_info: dict | None, kwargs: dict) -> bool:
     """Whether the response hit the generation length limit: ``truncated=True`` in kwargs or ``extra_info``, or
     ``extra_info['response_length'] >= extra_info['max_response_length']``."""
@@ -97,9 +152,18 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         ``{"score": float, "acc": float, "feedback": str, "pass_rate": float}``.
 
     Raises:
-        ValueError: unknown ``data_source`` or malformed ``ground_truth``.
+        ValueError: unknown ``data_source`` or malformed ``ground_truth``; the message names the row
+            (``extra_info.index`` / ``split``).
         TypeError: ``solution_str`` is not a str.
     """
+    try:
+        return _compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"{_row_name(extra_info)} (data_source {data_source!r}): {error}") from error
+
+
+def _compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                   **kwargs) -> dict:
     task = TASK_OF[canonical_source(data_source)]
     if not isinstance(solution_str, str):
         raise TypeError(f"solution_str must be a str, got {type(solution_str).__name__}")

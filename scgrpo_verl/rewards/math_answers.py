@@ -70,12 +70,27 @@ def normalize_ground_truth(ground_truth) -> str:
     return gt
 
 
+def parsed_gold(gold: str, timeout: int | None = VERIFY_TIMEOUT_S) -> bool:
+    """Whether math-verify parses the bare answer ``gold`` into a mathematical object (its parse falls back to the
+    raw string alone when the LaTeX cannot be read, e.g. ``asdf{{\\frac``). ``timeout`` needs the main thread."""
+    import threading as _threading
+
+    from math_verify import parse
+
+    if _threading.current_thread() is not _threading.main_thread():
+        timeout = None
+    try:
+        return any(not isinstance(item, str) for item in parse("\\boxed{" + gold + "}", parsing_timeout=timeout))
+    except Exception:  # math-verify's TimeoutException or a sympy failure
+        return False
+
+
 def _verify(gold: str, answer: str, timeout: int | None) -> tuple[bool, bool]:
     """(gold parsed?, equivalent?) with math-verify; both strings are bare answers."""
     from math_verify import parse, verify
 
     gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=timeout)
-    if not gold_parsed:
+    if all(isinstance(item, str) for item in gold_parsed):  # empty, or only the raw-string fallback: unreadable
         return False, False
     pred_parsed = parse("\\boxed{" + answer + "}", parsing_timeout=timeout)
     if not pred_parsed:
