@@ -68,10 +68,11 @@ def test_data_sources_the_plugin_reward_cannot_grade(tmp_path, data):
 
 
 def test_verl_default_reward_cannot_grade_the_plugin_sources(data):
-    """The shipped configs' reward.custom_reward_function is unset: verl's default raises NotImplementedError for
-    'dapo_math' at the first reward. The check says so, and how to wire the plugin's reward."""
+    """With reward.custom_reward_function unset (the shipped configs set it), verl's default raises
+    NotImplementedError for 'dapo_math' at the first reward. The check says so, and how to wire the plugin's reward."""
     train, val = data
-    problems = check_data_sources(compose("sc_grpo", f"data.train_files={train}", f"data.val_files={val}"))
+    problems = check_data_sources(compose("sc_grpo", f"data.train_files={train}", f"data.val_files={val}",
+                                          "reward.custom_reward_function.path=null"))
     assert keys(problems) == ["data.train_files"]
     text = str(problems[0])
     assert "'dapo_math' (3 rows)" in text and "verl's default reward function" in text
@@ -118,7 +119,7 @@ def test_reading_the_column_takes_seconds_on_a_large_file(tmp_path):
 
 
 def test_unset_rollout_name_is_named():
-    problems = check_rollout_name(compose("sc_grpo"))
+    problems = check_rollout_name(compose("sc_grpo", "actor_rollout_ref.rollout.name=???"))  # shipped: vllm
     assert keys(problems) == ["actor_rollout_ref.rollout.name"] and "not set (???)" in str(problems[0])
     assert "vllm" in str(problems[0])
     assert check_rollout_name(compose("sc_grpo", "actor_rollout_ref.rollout.name=vllm")) == []
@@ -160,7 +161,8 @@ def test_all_problems_at_once_and_skips(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("SCGRPO_VERL_CPU_BACKEND", raising=False)
-    config = compose("sc_grpo", f"data.train_files={tmp_path / 'a.parquet'}", "data.val_files=null")
+    config = compose("sc_grpo", f"data.train_files={tmp_path / 'a.parquet'}", "data.val_files=null",
+                     "actor_rollout_ref.rollout.name=???")  # the shipped configs set vllm
     with pytest.raises(StartupCheckError) as error:
         run_startup_checks(config)
     assert keys(error.value.problems) == ["data.train_files", "actor_rollout_ref.rollout.name",
