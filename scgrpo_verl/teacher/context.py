@@ -262,7 +262,7 @@ _ASCII_NONWS[0x21:0x7F] = True  # printable ASCII other than space: never (part 
 # probes of the split rule below: every left text ends with <non-space>"\n", every right text starts with
 # printable ASCII; the tokenizer must encode each joined pair as the two encodings side by side
 _PROBE_LEFT = ("x\n", "Answer: 42.\n", "  indented code(a, b)\n", "123\n", "é à\n", "\t\tx;\n", "'s\n", "?!\n")
-_PROBE_RIGHT = ("The", "x = 1", "'s", "123", "  ", "(a)", "-- b", "#", "Ünïcode", "}\n\n", "A\n")
+_PROBE_RIGHT = ("The", "x = 1", "'s", "123", "a  ", "(a)", "-- b", "#", "Ünïcode", "}\n\n", "A\n")
 
 
 @dataclass
@@ -807,6 +807,7 @@ class _PromptBuilder:
             )
             if fitted.too_long:
                 too_long[row] = True
+                messages.pop(row, None)
                 continue
             prompt_ids[row], messages[row], shortened[row] = fitted.prompt_ids, fitted.messages, fitted.shortened
         self.fast_count, self.slow_count = len(fast_demos), len(slow_demos - fast_demos)
