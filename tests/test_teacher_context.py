@@ -666,3 +666,51 @@ def test_rollout_index_rules(tok):
         build_teacher_contexts([a, b], tok, "sdpo", TeacherConfig())
     with pytest.raises(ValueError, match="response_text must be a string or None"):
         Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[1], response_text=3, score=1)
+
+
+def _fuzz_text(rng):
+    atoms = ["The", " answer", " is", " 5", ".", ",", "!", "?", ":", "\n", "\n\n", "  ", "\t", " ", "x", "=", "+",
+             "->", ">", "<", "'s", "é", "答", "✓", "42", "(a)", "}", "{", "#", "--", "\r\n", "<think>", "</think>"]
+    weights = [6, 6, 6, 4, 5, 3, 1, 1, 2, 6, 3, 2, 1, 4, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 0.3, 0.6]
+    return "".join(rng.choices(atoms, weights, k=rng.randint(1, 80)))
+
+
+@pytest.mark.parametrize("method, teacher", [
+    ("sc_grpo", {}),
+    ("sdpo", {"sibling_choice": "first", "use_feedback": True, "feedback_only_without_solution": False}),
+    ("sdpo", {"remove_thinking": False, "exclude_self": False}),
+])
+def test_fast_builder_matches_landed_algorithm_on_random_text(tok, method, teacher):
+    """An opponent's batch: random mixes of spaces, newlines, punctuation, unicode and think tags."""
+    import random
+
+    rng = random.Random(1234)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = ([{"role": "user", "content": "Q:\n"}], [{"role": "system", "content": " s "}, {"role": "user", "content": "Q."}])
+    rollouts = []
+    for g in range(24):
+        for i in range(4):
+            ids = tok.encode(_fuzz_text(rng), add_special_tokens=False) or [5]
+            if rng.random() < 0.3:
+                ids = ids + [eos]
+            rollouts.append(Rollout(uid=g, prompt=prompts[g % 2], response_ids=ids, response_text=None,
+                                    score=float(rng.random() < 0.5), feedback=_fuzz_text(rng), index=i))
+    config = TeacherConfig(**teacher)
+    old = reference_contexts(rollouts, tok, method, config, seed=9)
+    ctx = build_teacher_contexts(rollouts, tok, method, config, generator=torch.Generator().manual_seed(9))
+    assert ctx.teacher_input_ids == old["input_ids"]
+    assert ctx.extra["fast_demonstrations"] > 10
+
+
+def test_think_block_demonstrations_reuse_ids(tok):
+    body = "\n".join(f"Step {k}: add {k} and {k}." for k in range(8))
+    texts = [f"<think>\nhmm {i}\nlet me see\n</think>\n\n{body}\nThe answer is {i}." for i in range(3)]
+    texts.append(f"still thinking {3}\nok</think>{body}\nThe answer is 3.")  # the template opened the block
+    rollouts = [Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=tok.encode(t),
+                        response_text=None, score=s, index=i) for i, (t, s) in enumerate(zip(texts, [1, 1, 0, 1]))]
+    config = TeacherConfig()
+    ctx = build_teacher_contexts(rollouts, tok, "sdpo", config, generator=torch.Generator().manual_seed(0))
+    old = reference_contexts(rollouts, tok, "sdpo", config, seed=0)
+    assert ctx.teacher_input_ids == old["input_ids"]
+    assert ctx.extra["retokenized_demonstrations"] == 0 and ctx.extra["fast_demonstrations"] >= 2
+    assert all("hmm" not in decode(tok, ids) and "think>" not in decode(tok, ids) for ids in ctx.teacher_prompt_ids)

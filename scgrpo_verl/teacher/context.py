@@ -275,6 +275,7 @@ class _TokenTables:
     end_nl_after_ok: np.ndarray  # (V,) bool: ends with <printable non-space ASCII> + "\n"
     is_nl: np.ndarray  # (V,) bool: the token is exactly "\n"
     has_gt: np.ndarray  # (V,) bool: contains ">" (every think tag does)
+    nbytes: np.ndarray  # (V,) int64: the token's length in bytes
 
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -340,6 +341,7 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
         end_nl_after_ok=(last == 0x0A) & _ASCII_NONWS[before_last],
         is_nl=np.array([b == b"\n" for b in raw], dtype=bool),
         has_gt=np.array([b">" in b for b in raw], dtype=bool),
+        nbytes=np.array([len(b) for b in raw], dtype=np.int64),
     )
 
 
@@ -738,17 +740,42 @@ class _PromptBuilder:
                     demo.ids = None
                     continue
                 if self.remove_thinking and ("<think>" in first or "</think>" in first):
-                    demo.ids = None
-                    continue
-                head_text = self.tokenizer.decode(
-                    demo.ids[: demo.head].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
+                    head_text = self._after_thinking(demo, first)
+                    if head_text is None:
+                        demo.ids = None
+                        continue
+                else:
+                    head_text = self.tokenizer.decode(
+                        demo.ids[: demo.head].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+                    )
             else:
                 head_text = first
             if self.remove_thinking:  # strip_thinking() ends with .strip(); the splits sit between non-spaces
                 head_text, tail_text = head_text.lstrip(), tail_text.rstrip()
             demo.head_text, demo.tail_text = head_text, tail_text
             demo.ids = demo.ids.tolist()
+
+    def _after_thinking(self, demo: _Demo, text: str) -> Optional[str]:
+        """Fast path for a demonstration with think tags: the text after the last ``</think>``, when that is
+        what :func:`strip_thinking` keeps (no ``<think>`` after it) and a safe split follows it. Moves
+        ``demo.head`` to that split and returns the text from the cut to it; ``None``: re-tokenise instead."""
+        close = text.rfind("</think>")
+        if close < 0 or "<think>" in text[close:] or "\ufffd" in text:
+            return None
+        cut = close + len("</think>")
+        if text[cut:].strip() != strip_thinking(text):
+            return None
+        data = text.encode("utf-8")
+        offsets = np.cumsum(self.tables.nbytes[demo.ids])
+        if int(offsets[-1]) != len(data):
+            return None
+        cut_bytes = len(text[:cut].encode("utf-8"))
+        splits = _safe_splits(demo.ids, self.tables)
+        after = splits[offsets[splits - 1] >= cut_bytes]
+        if len(after) == 0:
+            return None
+        demo.head = int(after[0])
+        return data[cut_bytes : int(offsets[demo.head - 1])].decode("utf-8")
 
     # -- the batch ------------------------------------------------------------------------------------
     def build(self, plans: Sequence[Optional[_Plan]]):
