@@ -17,9 +17,23 @@ decides, per rollout, what that prompt contains and tokenises it (ALGORITHMS.md,
 
 A verified rollout has ``score >= success_threshold``. Siblings are drawn uniformly with the given
 ``torch.Generator`` (``sibling_choice="uniform"``) or taken as the first verified one in group order
-(``"first"``). Random draws happen in a fixed order: solve-none references (groups in first-seen
-order), then siblings (rollouts in batch order), so a seeded generator reproduces a batch exactly.
+(``"first"``). Random draws happen in a canonical order, independent of the batch order (verl reorders
+the batch by rank count): solve-none references (groups sorted by uid), then siblings (groups sorted by
+uid, rollouts within a group by ``Rollout.index``; batch order within a group when no rollout has an
+index), so a seeded generator gives each (uid, index) the same teacher at any world size.
 ``<think>...</think>`` blocks are stripped from demonstrations when ``remove_thinking``.
+
+Speed. Each distinct teacher text is tokenised once per batch, in one batched call of the fast
+tokenizer; the chat template's text around the demonstration / feedback / hint is rendered once per
+(prompt, template). A demonstration is not re-tokenised: with a byte-level BPE tokenizer (GPT-2, Qwen,
+Llama-3 family; checked on probes, else every prompt is tokenised whole) the sibling's response ids
+are reused between its first and last "safe split" (a position after ``<printable ASCII>\n`` and before
+printable ASCII, where no pre-token can span), and only the text outside them, joined with the
+template's text, is tokenised. That gives the ids the chat template would give whenever the response
+ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
+tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same
+text); ``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded
+only where a template needs them (``Rollout.response_text`` may be ``None``).
 
 Length: a teacher prompt longer than ``max_reprompt_len`` tokens has its demonstration / feedback /
 hint text shortened at the token level (beginning kept, the template's ``truncation_marker``
@@ -92,7 +106,7 @@ class Rollout:
         self.prompt = normalize_messages(self.prompt)
         if torch.is_tensor(self.response_ids):
             self.response_ids = self.response_ids.tolist()
-        self.response_ids = [int(i) for i in self.response_ids]
+        self.response_ids = list(map(int, self.response_ids))
         if not self.response_ids:
             raise ValueError(f"rollout of group {self.uid!r} has an empty response")
         if self.response_text is not None and not isinstance(self.response_text, str):
@@ -276,6 +290,7 @@ class _TokenTables:
     is_nl: np.ndarray  # (V,) bool: the token is exactly "\n"
     has_gt: np.ndarray  # (V,) bool: contains ">" (every think tag does)
     nbytes: np.ndarray  # (V,) int64: the token's length in bytes
+    added: Optional["re.Pattern"] = None  # the added tokens' texts (longest first) that may cut a literal
 
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -334,7 +349,17 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
     before_last = np.array([b[-2] if len(b) >= 2 else 0 for b in raw], dtype=np.int64)
     special = np.zeros(size, dtype=bool)
     special[[i for i in tokenizer.all_special_ids if 0 <= i < size]] = True
+    # added tokens split the text before anything else; a literal may be cut right before / after one that
+    # strips no white space and is no part of another added token (its two sides then tokenise apart)
+    contents = [token.content for token in tokenizer.added_tokens_decoder.values()]
+    clean = [
+        token.content for token in tokenizer.added_tokens_decoder.values()
+        if token.content and not (token.lstrip or token.rstrip or token.single_word)
+        and not any(token.content in other and token.content != other for other in contents)
+    ]
+    added = re.compile("|".join(re.escape(c) for c in sorted(clean, key=len, reverse=True))) if clean else None
     return _TokenTables(
+        added=added,
         special=special,
         start_ok=_ASCII_NONWS[first],
         end_ok=_ASCII_NONWS[last],
@@ -374,6 +399,8 @@ class _Demo:
     tail: int = 0
     head_text: str = ""
     tail_text: str = ""
+    lo: int = 0  # fast path: the response ids without their leading / trailing special tokens: [lo, hi)
+    hi: int = 0
 
 
 # -- the builder ---------------------------------------------------------------------------------------
@@ -631,7 +658,13 @@ class _PromptBuilder:
         self.tables = None if exact else _byte_level_tables(tokenizer)
         self.exact = exact
         self._literals: dict = {}
+        self._cuts: dict = {}
         self._demos: dict[int, _Demo] = {}
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # the backend directly when the wrapper would not change its settings (no truncation / padding)
+        self._backend = (
+            backend if backend is not None and backend.truncation is None and backend.padding is None else None
+        )
         self.fast_count = self.slow_count = 0
 
     # -- texts ----------------------------------------------------------------------------------------
@@ -705,11 +738,13 @@ class _PromptBuilder:
             if ids.min() < 0 or ids.max() >= len(tables.special):
                 continue
             special = tables.special[ids]
+            demo.lo, demo.hi = 0, len(ids)
             if special.any():  # dropped by decode(skip_special_tokens=True): fine at the ends only
                 keep = np.nonzero(~special)[0]
                 if len(keep) == 0 or not (~special[keep[0] : keep[-1] + 1]).all():
                     continue
-                ids = ids[keep[0] : keep[-1] + 1]
+                demo.lo, demo.hi = int(keep[0]), int(keep[-1]) + 1
+                ids = ids[demo.lo : demo.hi]
             splits = _safe_splits(ids, tables)
             if len(splits) == 0:
                 continue
@@ -726,7 +761,8 @@ class _PromptBuilder:
             whole = rollout.response_text is not None or (self.remove_thinking and self.tables.has_gt[ids].any())
             checks.append(whole)
         texts = self.tokenizer.batch_decode(
-            [d.ids.tolist() if w else d.ids[: d.head].tolist() for d, w in zip(decode_batch, checks)]
+            [self.rollouts[d.row].response_ids[d.lo : d.hi] if w else d.ids[: d.head].tolist()
+             for d, w in zip(decode_batch, checks)]
             + [d.ids[d.tail :].tolist() for d in decode_batch],
             skip_special_tokens=True,
             clean_up_tokenization_spaces=False,
@@ -753,7 +789,30 @@ class _PromptBuilder:
             if self.remove_thinking:  # strip_thinking() ends with .strip(); the splits sit between non-spaces
                 head_text, tail_text = head_text.lstrip(), tail_text.rstrip()
             demo.head_text, demo.tail_text = head_text, tail_text
-            demo.ids = demo.ids.tolist()
+            demo.ids = rollout.response_ids[demo.lo : demo.hi]
+
+    def _cut(self, text: str, last: bool) -> int:
+        """Where ``text`` may be cut so that its two sides tokenise apart: after its last added token
+        (``last``) or before its first; 0 / ``len(text)`` when it has none."""
+        key = (text, last)
+        if key not in self._cuts:
+            cut = 0 if last else len(text)
+            if self.tables.added is not None:
+                if last:
+                    for match in self.tables.added.finditer(text):
+                        cut = match.end()
+                else:
+                    match = self.tables.added.search(text)
+                    cut = match.start() if match else cut
+            self._cuts[key] = cut
+        return self._cuts[key]
+
+    def _encode(self, texts: list) -> list:
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [encoding.ids for encoding in self._backend.encode_batch(texts, add_special_tokens=False)]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _after_thinking(self, demo: _Demo, text: str) -> Optional[str]:
         """Fast path for a demonstration with think tags: the text after the last ``</think>``, when that is
@@ -799,8 +858,10 @@ class _PromptBuilder:
             first = plan.pieces[0]
             demo = self._demos.get(first) if isinstance(first, int) else None
             if parts is not None and demo is not None and demo.ids is not None:
-                rest = "".join(text + literal for text, literal in zip(plan.pieces[1:], parts[2:]))
-                jobs[row] = ("fast", parts[0] + demo.head_text, first, demo.tail_text + parts[1] + rest)
+                left = parts[0]
+                right = parts[1] + "".join(text + literal for text, literal in zip(plan.pieces[1:], parts[2:]))
+                i, j = self._cut(left, last=True), self._cut(right, last=False)
+                jobs[row] = ("fast", left[:i], left[i:] + demo.head_text, first, demo.tail_text + right[:j], right[j:])
             elif parts is not None and not self.exact:
                 texts = self.piece_texts(plan)
                 jobs[row] = ("text", parts[0] + "".join(t + lit for t, lit in zip(texts, parts[1:])))
@@ -810,19 +871,23 @@ class _PromptBuilder:
                 jobs[row] = ("text", self._render(msgs))
         unique: dict[str, int] = {}
         for job in jobs.values():
-            for text in (job[1:2] if job[0] == "text" else (job[1], job[3])):
+            for text in (job[1:2] if job[0] == "text" else (job[1], job[2], job[4], job[5])):
                 unique.setdefault(text, len(unique))
-        encoded = self.tokenizer(list(unique), add_special_tokens=False)["input_ids"] if unique else []
+        encoded = self._encode(list(unique))
         fast_demos, slow_demos = set(), set()
+        mids: dict = {}
         for row, job in jobs.items():
             if job[0] == "text":
                 ids = list(encoded[unique[job[1]]])
                 if isinstance(plans[row].pieces[0], int):
                     slow_demos.add(plans[row].pieces[0])
             else:
-                demo = self._demos[job[2]]
-                ids = list(encoded[unique[job[1]]]) + demo.ids[demo.head : demo.tail] + list(encoded[unique[job[3]]])
-                fast_demos.add(job[2])
+                if job[3] not in mids:
+                    demo = self._demos[job[3]]
+                    mids[job[3]] = demo.ids[demo.head : demo.tail]
+                ids = (encoded[unique[job[1]]] + encoded[unique[job[2]]] + mids[job[3]]
+                       + encoded[unique[job[4]]] + encoded[unique[job[5]]])
+                fast_demos.add(job[3])
             if len(ids) <= self.max_len:
                 prompt_ids[row] = ids
                 continue
