@@ -4,7 +4,9 @@ Usage: python bench/teacher_contexts.py [--prompts 256] [--n 8] [--tokens 2500] 
 
 The "before" builder is the landed one at commit 7087683, loaded from git at run time (``git show``) into a
 temporary module; it is given each rollout's decoded text, as the trainer did (that decode is timed
-separately). The new builder gets ``response_text=None`` and decodes what it needs itself. Both build
+separately). The new builder gets ``response_text=None`` and decodes what it needs itself. Rates are given
+per wall-clock second and per CPU second of this process (the latter is less sensitive to other load on a
+shared machine; the tokenizer's batch encode may use several threads). Both build
 the same batch (256 prompts x 8 rollouts, ~2.5k-token multi-line responses ending in the eos token, a
 mix of all / some / one / no verified rollouts per group) with a byte-level BPE + ChatML tokenizer built
 locally with ``tokenizers`` (2,000 merges). Every teacher input is checked to be identical in both.
@@ -113,7 +115,9 @@ def main(argv=None) -> None:
     print(f"trainer-side decode of every response (needed before, not now): {decode_s:.2f} s "
           f"({count / decode_s:,.0f} rollouts/s)")
     after._byte_level_tables(tok)  # one-time per tokenizer (cached); timed apart
-    print(f"{'method':8s} {'before/s':>10s} {'after/s':>10s} {'speed-up':>9s}  identical  fast demos / re-tokenised")
+    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; wall-clock and CPU-time rates:")
+    print(f"{'method':8s} {'before/s':>10s} {'after/s':>10s} {'speed-up':>9s}  {'before/cpu-s':>12s} "
+          f"{'after/cpu-s':>12s} {'speed-up':>9s}  identical  fast demos / re-tokenised")
     for method in ("sc_grpo", "sdpo", "sdpg"):
         config = TeacherConfig(use_privileged_context=method == "sdpg")
 
@@ -124,15 +128,16 @@ def main(argv=None) -> None:
                 if module is before:
                     kwargs.pop("index")
                 rollouts.append(module.Rollout(response_text=text if with_text else None, **kwargs))
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             ctx = module.build_teacher_contexts(rollouts, tok, method, config,
                                                 generator=torch.Generator().manual_seed(0))
-            return time.perf_counter() - start, ctx
+            return time.perf_counter() - start, time.process_time() - cpu, ctx
 
-        t_before, old = min((run(before, True) for _ in range(args.repeats)), key=lambda x: x[0])
-        t_after, new = min((run(after, False) for _ in range(args.repeats)), key=lambda x: x[0])
+        t_before, c_before, old = min((run(before, True) for _ in range(args.repeats)), key=lambda x: x[0])
+        t_after, c_after, new = min((run(after, False) for _ in range(args.repeats)), key=lambda x: x[0])
         same = old.teacher_input_ids == new.teacher_input_ids and old.sibling_index == new.sibling_index
         print(f"{method:8s} {count / t_before:10,.0f} {count / t_after:10,.0f} {t_before / t_after:8.1f}x  "
+              f"{count / c_before:12,.0f} {count / c_after:12,.0f} {c_before / c_after:8.1f}x  "
               f"{str(same):9s}  {new.extra['fast_demonstrations']} / {new.extra['retokenized_demonstrations']}")
         if not same:
             sys.exit(f"{method}: the new builder's teacher inputs differ from the landed builder's")
