@@ -400,3 +400,317 @@ def test_bad_inputs(tok):
     no_user = Rollout(uid=0, prompt=[{"role": "system", "content": "s"}], response_ids=[1], response_text="a", score=1)
     with pytest.raises(ValueError, match="no user message"):
         build([no_user, no_user], tok, "sdpo", exclude_self=False)
+
+
+# -- the fast builder against the landed algorithm (commit 7087683) ----------------------------------------
+from scgrpo_verl.teacher.context import fit_teacher_prompt  # noqa: E402
+from scgrpo_verl.teacher.templates import sc_grpo_teacher_messages, sdpo_teacher_messages  # noqa: E402
+
+
+def reference_contexts(rollouts, tok, method, config, templates=None, seed=0):
+    """The landed builder's algorithm, naively: draws in batch order, every prompt rendered and tokenised
+    whole by the chat template from the decoded demonstration text (per rollout, no caching)."""
+    templates = TemplateConfig.from_mapping(templates)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(rollouts)
+    texts = [r.response_text if r.response_text is not None else tok.decode(r.response_ids, skip_special_tokens=True)
+             for r in rollouts]
+    verified = [r.score >= config.success_threshold for r in rollouts]
+    groups = {}
+    for row, r in enumerate(rollouts):
+        groups.setdefault(r.uid, []).append(row)
+
+    def demo(row):
+        return strip_thinking(texts[row]) if config.remove_thinking else texts[row]
+
+    def pick(cands):
+        if not cands:
+            return -1
+        if config.sibling_choice == "first":
+            return cands[0]
+        return cands[int(torch.randint(len(cands), (1,), generator=gen))]
+
+    def sibs(row):
+        return [j for j in groups[rollouts[row].uid] if verified[j] and not (config.exclude_self and j == row)]
+
+    plans = [None] * n
+    if method == "sc_grpo":
+        refs = {}
+        for uid, rows in groups.items():
+            n_c = sum(verified[r] for r in rows)
+            if n_c == 0 and len(rows) > 1:
+                refs[uid] = rows[int(torch.randint(len(rows), (1,), generator=gen))]
+        for row, r in enumerate(rollouts):
+            rows = groups[r.uid]
+            n_c = sum(verified[j] for j in rows)
+            if 2 <= n_c < len(rows):
+                s = pick(sibs(row))
+                if s >= 0:
+                    plans[row] = ("solution", s, lambda p, r=r: sc_grpo_teacher_messages(r.prompt, p[0], templates), [demo(s)])
+            elif r.uid in refs and refs[r.uid] != row:
+                s = refs[r.uid]
+                plans[row] = ("reference", s, lambda p, r=r: sc_grpo_teacher_messages(r.prompt, p[0], templates, True),
+                              [demo(s)])
+    elif method == "sdpo":
+        for row, r in enumerate(rollouts):
+            s = pick(sibs(row))
+            fb = config.use_feedback and r.feedback.strip() != "" and (s < 0 or not config.feedback_only_without_solution)
+            if s >= 0 and fb:
+                plans[row] = ("solution+feedback", s, lambda p, r=r: sdpo_teacher_messages(r.prompt, p[0], p[1], templates),
+                              [demo(s), r.feedback])
+            elif s >= 0:
+                plans[row] = ("solution", s, lambda p, r=r: sdpo_teacher_messages(r.prompt, p[0], None, templates), [demo(s)])
+            elif fb:
+                plans[row] = ("feedback", -1, lambda p, r=r: sdpo_teacher_messages(r.prompt, None, p[0], templates),
+                              [r.feedback])
+    else:
+        for row, r in enumerate(rollouts):
+            if config.use_privileged_context and r.privileged is not None and r.privileged.strip():
+                plans[row] = ("privileged", -1, lambda p, r=r: sdpg_teacher_messages(r.prompt, p[0], templates),
+                              [r.privileged])
+    out = {"input_ids": [None] * n, "messages": [None] * n, "source": [None] * n, "sibling": [-1] * n,
+           "shortened": [False] * n, "too_long": [False] * n}
+    for row, plan in enumerate(plans):
+        if plan is None:
+            continue
+        kind, s, build_fn, pieces = plan
+        fitted = fit_teacher_prompt(build_fn, pieces, tok, config.max_reprompt_len, templates.truncation_marker)
+        if fitted.too_long:
+            out["too_long"][row] = True
+            continue
+        out["input_ids"][row] = fitted.prompt_ids + rollouts[row].response_ids
+        out["messages"][row] = fitted.messages
+        out["source"][row], out["sibling"][row], out["shortened"][row] = kind, s, fitted.shortened
+    return out
+
+
+MULTI_LINE = "First, add the numbers: 2 + 3 = 5.\nThen check it twice.\nSo the answer is 5."
+RESPONSES = (
+    MULTI_LINE,
+    "single line, no newline at all: 5",
+    "  leading spaces\nthen text.\nend",
+    "trailing newlines.\nAnswer: 5.\n\n",
+    "<think>private scratch\nwork</think>\n\nThe answer is 5.\nDone.",
+    "unopened thinking\nstill thinking</think>The answer:\n5 is it.",
+    "Answer first.\nMore text.<think>never closed\nblock",
+    "A<think>x</think>B\nC<think>y</think>D\nE",
+    "x > 3 and y -> z\nso 5 >= 4.\nfinal: 5",
+    "Ünïcödé ✓ résumé\nnaïve café.\nπ ≈ 3.14\n答案是五。",
+    "code:\n    def f(a):\n        return a + 1\n\nprint(f(4))\n",
+    "ends with punctuation!\nreally?!",
+    "tabs\tand  double  spaces \nnext line  \n\tindented\nlast",
+    " ".join(f"step {i}: add the numbers carefully." + ("\n" if i % 5 == 4 else "") for i in range(40)),
+)
+
+
+def varied_batch(tok, with_text):
+    """Groups of 4 with different prompts (system / multi-turn / none), responses from RESPONSES, some ending in
+    the eos token, one with an eos in the middle; feedback and hints on some."""
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    patterns = ([1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [0, 1, 0, 1], [0, 0, 0, 0])
+    prompts = (
+        [{"role": "user", "content": QUESTION}],
+        [{"role": "system", "content": "You are careful."}, {"role": "user", "content": "Add 2 and 3.\n"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Sum?"}],
+        [{"role": "user", "content": "  Spaces around  "}],
+    )
+    rollouts, k = [], 0
+    for g, pattern in enumerate(patterns):
+        for i, score in enumerate(pattern):
+            text = RESPONSES[k % len(RESPONSES)]
+            ids = tok.encode(text, add_special_tokens=False)
+            if k % 3 == 0:
+                ids = ids + [eos]
+            if k == 9:
+                ids = ids[:3] + [eos] + ids[3:]  # a special token inside: dropped by decode
+            k += 1
+            rollouts.append(Rollout(
+                uid=f"g{g}", prompt=prompts[g % len(prompts)], response_ids=ids,
+                response_text=tok.decode(ids, skip_special_tokens=True) if with_text else None, score=score,
+                feedback=("Wrong answer.\nExpected 5." if i % 2 else "") if score < 1 else "passed",
+                privileged=None if g == 3 else (LONG if g == 5 else f"The answer is {g}.\n"), index=i,
+            ))
+    return rollouts
+
+
+CONFIGS = [
+    ("sc_grpo", {}),
+    ("sc_grpo", {"remove_thinking": False}),
+    ("sdpo", {}),
+    ("sdpo", {"sibling_choice": "first", "use_feedback": True, "feedback_only_without_solution": False}),
+    ("sdpo", {"use_feedback": True, "exclude_self": False}),
+    ("sdpo", {"max_reprompt_len": 150, "use_feedback": True}),
+    ("sc_grpo", {"max_reprompt_len": 150}),
+    ("sdpg", {"use_privileged_context": True}),
+    ("sdpg", {"use_privileged_context": True, "max_reprompt_len": 120}),  # the long hint's prompt: too long
+    ("sdpg", {"use_privileged_context": True, "max_reprompt_len": 140}),  # the long hint shortened
+]
+
+
+@pytest.mark.parametrize("method, teacher", CONFIGS)
+@pytest.mark.parametrize("with_text", [False, True])
+def test_fast_builder_matches_landed_algorithm(tok, method, teacher, with_text):
+    config = TeacherConfig(**teacher)
+    templates = {"sc_grpo_default_system": "Be brief."} if teacher.get("remove_thinking") is False else None
+    old = reference_contexts(varied_batch(tok, True), tok, method, config, templates, seed=5)
+    for exact in (False, True):
+        rollouts = varied_batch(tok, with_text)
+        ctx = build_teacher_contexts(rollouts, tok, method, config, templates,
+                                     generator=torch.Generator().manual_seed(5), exact=exact)
+        assert ctx.teacher_input_ids == old["input_ids"]
+        assert ctx.sibling_index == old["sibling"] and ctx.source == old["source"]
+        assert ctx.shortened == old["shortened"] and ctx.too_long == old["too_long"]
+        assert list(ctx.teacher_messages) == old["messages"]
+        assert ctx.mask.tolist() == [float(ids is not None) for ids in old["input_ids"]]
+        if not exact and method != "sdpg":  # most demonstrations reuse their ids; think blocks etc. re-tokenised
+            assert ctx.extra["fast_demonstrations"] > 0 and ctx.extra["retokenized_demonstrations"] > 0
+    if method != "sdpg":
+        assert any(s >= 0 for s in old["sibling"])
+    if "max_reprompt_len" in teacher:  # the length handling is exercised
+        assert any(old["shortened"]) or any(old["too_long"])
+
+
+def test_fast_path_is_taken_and_reuses_response_ids(tok):
+    text = "\n".join(f"Line {i}: we add {i} and {i + 1} to get {2 * i + 1}." for i in range(30))
+    ids = tok.encode(text, add_special_tokens=False)
+    rollouts = [Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=ids, response_text=None,
+                        score=s, index=i) for i, s in enumerate([1, 0, 0])]
+    ctx = build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig(sibling_choice="first"))
+    assert ctx.extra == {"fast_demonstrations": 1, "retokenized_demonstrations": 0}
+    prompt = ctx.teacher_prompt_ids[1]
+    inner = ids[len(tok.encode(text.split("\n")[0] + "\n", add_special_tokens=False)):]
+    assert any(prompt[k:k + len(inner) - 20] == inner[:-20] for k in range(len(prompt)))  # the middle reused as is
+    slow = build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig(sibling_choice="first"), exact=True)
+    assert slow.extra == {"fast_demonstrations": 0, "retokenized_demonstrations": 1}
+    assert slow.teacher_input_ids == ctx.teacher_input_ids
+
+
+def test_non_canonical_response_ids_kept_in_fast_path_retokenised_when_exact(tok):
+    """The one documented difference: a response whose ids are not the tokenizer's own encoding of its text."""
+    lines = ["The answer is 5.", "What is 2 + 3? The answer is 5.", "done."]
+    canonical = tok.encode("\n".join(lines), add_special_tokens=False)
+    middle = tok.encode(lines[1], add_special_tokens=False)
+    spelled = [tok.convert_tokens_to_ids(c if c != " " else "Ġ") for c in lines[1]]  # one token per character
+    assert len(spelled) > len(middle)
+    newline = tok.encode("\n", add_special_tokens=False)
+    odd = tok.encode(lines[0], add_special_tokens=False) + newline + spelled + newline + tok.encode(lines[2], add_special_tokens=False)
+    assert tok.decode(odd) == tok.decode(canonical)
+    rollouts = [
+        Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=odd, response_text=None, score=1),
+        Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=[5], response_text=None, score=0),
+    ]
+    config = TeacherConfig(sibling_choice="first")
+    fast = build_teacher_contexts(rollouts, tok, "sdpo", config)
+    exact = build_teacher_contexts(rollouts, tok, "sdpo", config, exact=True)
+    old = reference_contexts(rollouts, tok, "sdpo", config)
+    assert exact.teacher_input_ids == old["input_ids"]
+    assert decode(tok, fast.teacher_prompt_ids[1]) == decode(tok, exact.teacher_prompt_ids[1])  # same text
+    prompt = fast.teacher_prompt_ids[1]
+    assert any(prompt[k:k + len(spelled)] == spelled for k in range(len(prompt)))  # the student's own ids
+    assert len(fast.teacher_prompt_ids[1]) == len(exact.teacher_prompt_ids[1]) + len(spelled) - len(middle)
+
+
+def test_unsupported_tokenizer_takes_exact_path(tok, tmp_path):
+    from scgrpo_verl.teacher.context import _byte_level_tables
+
+    class Slow:  # not a fast tokenizer: the tables are refused, the builder re-tokenises every prompt
+        is_fast = False
+
+    assert _byte_level_tables(Slow()) is None
+    assert _byte_level_tables(tok) is not None
+
+
+# -- canonical order: the same draws whatever the batch order -------------------------------------------
+@pytest.mark.parametrize("method", ["sc_grpo", "sdpo"])
+def test_shuffled_batch_gives_same_contexts_per_uid_and_index(tok, method):
+    import random
+
+    rollouts = varied_batch(tok, False) + [
+        Rollout(uid=f"x{g}", prompt=[{"role": "user", "content": QUESTION}], response_ids=tok.encode(f"r{g}{i}\nok"),
+                response_text=None, score=s, index=i)
+        for g, pattern in enumerate([[1, 1, 0, 0, 0, 1], [0] * 6, [1, 0, 1, 1, 0, 0]]) for i, s in enumerate(pattern)
+    ]
+    config = TeacherConfig()
+
+    def by_key(batch, seed):
+        ctx = build_teacher_contexts(batch, tok, method, config, generator=torch.Generator().manual_seed(seed))
+        key = [(r.uid, r.index) for r in batch]
+        out = {}
+        for row, k in enumerate(key):
+            out[k] = (
+                ctx.teacher_input_ids[row],
+                key[ctx.sibling_index[row]] if ctx.sibling_index[row] >= 0 else None,
+                ctx.source[row],
+                None if ctx.route is None else int(ctx.route[row]),
+                None if ctx.reference is None else bool(ctx.reference[row]),
+            )
+        return out
+
+    base = by_key(rollouts, 3)
+    assert any(v[1] is not None for v in base.values())
+    rng = random.Random(0)
+    for _ in range(4):
+        shuffled = list(rollouts)
+        rng.shuffle(shuffled)
+        assert by_key(shuffled, 3) == base
+    assert any(by_key(rollouts, seed) != base for seed in (4, 5, 6))  # the draws do depend on the seed
+
+
+def test_rollout_index_rules(tok):
+    a = Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[1], response_text=None, score=1, index=0)
+    b = Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[2], response_text=None, score=1)
+    with pytest.raises(ValueError, match="has no index while others have one"):
+        build_teacher_contexts([a, b], tok, "sdpo", TeacherConfig())
+    b.index = 0
+    with pytest.raises(ValueError, match="duplicate rollout indices"):
+        build_teacher_contexts([a, b], tok, "sdpo", TeacherConfig())
+    with pytest.raises(ValueError, match="response_text must be a string or None"):
+        Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[1], response_text=3, score=1)
+
+
+def _fuzz_text(rng):
+    atoms = ["The", " answer", " is", " 5", ".", ",", "!", "?", ":", "\n", "\n\n", "  ", "\t", " ", "x", "=", "+",
+             "->", ">", "<", "'s", "é", "答", "✓", "42", "(a)", "}", "{", "#", "--", "\r\n", "<think>", "</think>"]
+    weights = [6, 6, 6, 4, 5, 3, 1, 1, 2, 6, 3, 2, 1, 4, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 0.3, 0.6]
+    return "".join(rng.choices(atoms, weights, k=rng.randint(1, 80)))
+
+
+@pytest.mark.parametrize("method, teacher", [
+    ("sc_grpo", {}),
+    ("sdpo", {"sibling_choice": "first", "use_feedback": True, "feedback_only_without_solution": False}),
+    ("sdpo", {"remove_thinking": False, "exclude_self": False}),
+])
+def test_fast_builder_matches_landed_algorithm_on_random_text(tok, method, teacher):
+    """An opponent's batch: random mixes of spaces, newlines, punctuation, unicode and think tags."""
+    import random
+
+    rng = random.Random(1234)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = ([{"role": "user", "content": "Q:\n"}], [{"role": "system", "content": " s "}, {"role": "user", "content": "Q."}])
+    rollouts = []
+    for g in range(24):
+        for i in range(4):
+            ids = tok.encode(_fuzz_text(rng), add_special_tokens=False) or [5]
+            if rng.random() < 0.3:
+                ids = ids + [eos]
+            rollouts.append(Rollout(uid=g, prompt=prompts[g % 2], response_ids=ids, response_text=None,
+                                    score=float(rng.random() < 0.5), feedback=_fuzz_text(rng), index=i))
+    config = TeacherConfig(**teacher)
+    old = reference_contexts(rollouts, tok, method, config, seed=9)
+    ctx = build_teacher_contexts(rollouts, tok, method, config, generator=torch.Generator().manual_seed(9))
+    assert ctx.teacher_input_ids == old["input_ids"]
+    assert ctx.extra["fast_demonstrations"] > 10
+
+
+def test_think_block_demonstrations_reuse_ids(tok):
+    body = "\n".join(f"Step {k}: add {k} and {k}." for k in range(8))
+    texts = [f"<think>\nhmm {i}\nlet me see\n</think>\n\n{body}\nThe answer is {i}." for i in range(3)]
+    texts.append(f"still thinking {3}\nok</think>{body}\nThe answer is 3.")  # the template opened the block
+    rollouts = [Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=tok.encode(t),
+                        response_text=None, score=s, index=i) for i, (t, s) in enumerate(zip(texts, [1, 1, 0, 1]))]
+    config = TeacherConfig()
+    ctx = build_teacher_contexts(rollouts, tok, "sdpo", config, generator=torch.Generator().manual_seed(0))
+    old = reference_contexts(rollouts, tok, "sdpo", config, seed=0)
+    assert ctx.teacher_input_ids == old["input_ids"]
+    assert ctx.extra["retokenized_demonstrations"] == 0 and ctx.extra["fast_demonstrations"] >= 2
+    assert all("hmm" not in decode(tok, ids) and "think>" not in decode(tok, ids) for ids in ctx.teacher_prompt_ids)

@@ -24,12 +24,40 @@ ROUTE_SOLVE_NONE = 2
 ROUTE_NAMES = {ROUTE_PLAIN: "plain", ROUTE_WEIGHTED: "weighted", ROUTE_SOLVE_NONE: "solve_none"}
 
 
-def group_positions(index: Sequence[Hashable]) -> dict[Hashable, list[int]]:
-    """Rollout positions of each group, in first-seen order of the group ids (uids)."""
+def group_positions(
+    index: Sequence[Hashable], rollout_index: Optional[Sequence[Hashable]] = None, canonical: bool = False
+) -> dict[Hashable, list[int]]:
+    """Rollout positions of each group, in first-seen order of the group ids (uids).
+
+    ``canonical=True`` (or a ``rollout_index``): groups sorted by uid and positions within a group by
+    ``rollout_index`` (the rollout's index within its group; batch order when ``None``), so the result
+    does not depend on how the batch was ordered (verl reorders it by rank count).
+    """
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for position, uid in enumerate(index):
         groups[uid].append(position)
-    return dict(groups)
+    if not canonical and rollout_index is None:
+        return dict(groups)
+    if rollout_index is not None:
+        if len(rollout_index) != len(index):
+            raise ValueError(f"rollout_index has {len(rollout_index)} entries for {len(index)} rollouts")
+        for uid, positions in groups.items():
+            keys = [rollout_index[p] for p in positions]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"rollout_index: group {uid!r} has duplicate rollout indices {sorted_keys(keys)}")
+            order = sorted_keys(keys)
+            rank = {key: i for i, key in enumerate(order)}
+            positions.sort(key=lambda p: rank[rollout_index[p]])
+    return {uid: groups[uid] for uid in sorted_keys(list(groups))}
+
+
+def sorted_keys(keys: Sequence[Hashable]) -> list:
+    """``keys`` in a total order that depends only on their values (natural order; ``repr`` order when
+    the values do not compare, e.g. mixed types)."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=lambda key: (type(key).__name__, repr(key)))
 
 
 def sc_weight_constant(
@@ -115,14 +143,18 @@ def route_groups(
 
 
 def draw_solve_none_references(
-    route: torch.Tensor, index: Sequence[Hashable], generator: Optional[torch.Generator] = None
+    route: torch.Tensor,
+    index: Sequence[Hashable],
+    generator: Optional[torch.Generator] = None,
+    rollout_index: Optional[Sequence[Hashable]] = None,
 ) -> torch.Tensor:
     """Draw one reference rollout o_r uniformly in each solve-none group, (B,) bool.
 
-    Groups are visited in first-seen order, so a seeded ``generator`` gives a reproducible draw.
+    Canonical order: groups sorted by uid, rollouts within a group by ``rollout_index`` (batch order
+    when ``None``), so a seeded ``generator`` draws the same (uid, rollout index) whatever the batch order.
     """
     reference = torch.zeros(len(index), dtype=torch.bool)
-    for positions in group_positions(index).values():
+    for positions in group_positions(index, rollout_index, canonical=True).values():
         if int(route[positions[0]]) != ROUTE_SOLVE_NONE:
             continue
         pick = int(torch.randint(len(positions), (1,), generator=generator))

@@ -17,9 +17,23 @@ decides, per rollout, what that prompt contains and tokenises it (ALGORITHMS.md,
 
 A verified rollout has ``score >= success_threshold``. Siblings are drawn uniformly with the given
 ``torch.Generator`` (``sibling_choice="uniform"``) or taken as the first verified one in group order
-(``"first"``). Random draws happen in a fixed order: solve-none references (groups in first-seen
-order), then siblings (rollouts in batch order), so a seeded generator reproduces a batch exactly.
+(``"first"``). Random draws happen in a canonical order, independent of the batch order (verl reorders
+the batch by rank count): solve-none references (groups sorted by uid), then siblings (groups sorted by
+uid, rollouts within a group by ``Rollout.index``; batch order within a group when no rollout has an
+index), so a seeded generator gives each (uid, index) the same teacher at any world size.
 ``<think>...</think>`` blocks are stripped from demonstrations when ``remove_thinking``.
+
+Speed. Each distinct teacher text is tokenised once per batch, in one batched call of the fast
+tokenizer; the chat template's text around the demonstration / feedback / hint is rendered once per
+(prompt, template). A demonstration is not re-tokenised: with a byte-level BPE tokenizer (GPT-2, Qwen,
+Llama-3 family; checked on probes, else every prompt is tokenised whole) the sibling's response ids
+are reused between its first and last "safe split" (a position after ``<printable ASCII>\n`` and before
+printable ASCII, where no pre-token can span), and only the text outside them, joined with the
+template's text, is tokenised. That gives the ids the chat template would give whenever the response
+ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
+tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same
+text); ``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded
+only where a template needs them (``Rollout.response_text`` may be ``None``).
 
 Length: a teacher prompt longer than ``max_reprompt_len`` tokens has its demonstration / feedback /
 hint text shortened at the token level (beginning kept, the template's ``truncation_marker``
@@ -29,10 +43,14 @@ does not fit even with those texts reduced to the marker, the rollout gets no te
 
 from __future__ import annotations
 
+import json
 import re
+import weakref
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from scgrpo_verl.algos.sc_grpo import (
@@ -74,20 +92,25 @@ class Rollout:
     uid: Hashable  # group id (verl's ``uid``)
     prompt: list  # the student's chat messages, [{"role", "content"}, ...]
     response_ids: list  # response token ids, reused verbatim after the teacher prompt
-    response_text: str  # the decoded response (the demonstration text when a sibling uses it)
+    # the decoded response (the demonstration text when a sibling uses it); None: the builder decodes
+    # ``tokenizer.decode(response_ids, skip_special_tokens=True)`` itself, and only where a template needs it
+    response_text: Optional[str]
     score: float  # scalar reward
     feedback: str = ""  # environment feedback for this rollout ("" when none)
     privileged: Optional[str] = None  # dataset hint / reference answer (SDPG)
+    # the rollout's index within its group (verl: the sample's ``session_id``); orders the draws so that
+    # they do not depend on the batch order. None for every rollout: batch order within a group.
+    index: Optional[Hashable] = None
 
     def __post_init__(self):
         self.prompt = normalize_messages(self.prompt)
         if torch.is_tensor(self.response_ids):
             self.response_ids = self.response_ids.tolist()
-        self.response_ids = [int(i) for i in self.response_ids]
+        self.response_ids = list(map(int, self.response_ids))
         if not self.response_ids:
             raise ValueError(f"rollout of group {self.uid!r} has an empty response")
-        if not isinstance(self.response_text, str):
-            raise ValueError(f"response_text must be a string, got {type(self.response_text).__name__}")
+        if self.response_text is not None and not isinstance(self.response_text, str):
+            raise ValueError(f"response_text must be a string or None, got {type(self.response_text).__name__}")
         self.score = float(self.score)
         self.feedback = "" if self.feedback is None else str(self.feedback)
         if self.privileged is not None:
@@ -100,7 +123,7 @@ class TeacherContexts:
 
     teacher_prompt_ids: list  # list[list[int] | None]
     teacher_input_ids: list  # list[list[int] | None]: teacher prompt ids + the SAME response ids
-    teacher_messages: list  # list[list[dict] | None]: the chat messages the prompt ids render
+    teacher_messages: Sequence  # list[dict] | None per rollout: the chat messages the prompt ids render (built lazily)
     mask: torch.Tensor  # (B,) float, 1 where the rollout has a teacher
     source: list  # list[str | None]: solution / feedback / solution+feedback / privileged / reference
     sibling_index: list  # list[int]: batch index of the rollout whose response is the demonstration, or -1
@@ -232,6 +255,154 @@ def fit_teacher_prompt(
     return _Fitted(shortest_ids, shortest_messages, True, False)
 
 
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character map of byte-level BPE vocabularies (GPT-2's, used by Qwen / Llama-3)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+    printable += list(range(ord("\xae"), ord("\xff") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+# -- fast tokenisation: per-tokenizer tables ---------------------------------------------------------
+_ASCII_NONWS = np.zeros(256, dtype=bool)
+_ASCII_NONWS[0x21:0x7F] = True  # printable ASCII other than space: never (part of) a white-space character
+# probes of the split rule below: every left text ends with <non-space>"\n", every right text starts with
+# printable ASCII; the tokenizer must encode each joined pair as the two encodings side by side
+_PROBE_LEFT = ("x\n", "Answer: 42.\n", "  indented code(a, b)\n", "123\n", "é à\n", "\t\tx;\n", "'s\n", "?!\n")
+_PROBE_RIGHT = ("The", "x = 1", "'s", "123", "a  ", "(a)", "-- b", "#", "Ünïcode", "}\n\n", "A\n")
+
+
+@dataclass
+class _TokenTables:
+    """Vocabulary facts of a byte-level BPE tokenizer, for the split rule of :func:`_safe_splits`."""
+
+    special: np.ndarray  # (V,) bool: ids ``decode(skip_special_tokens=True)`` drops
+    start_ok: np.ndarray  # (V,) bool: the token's first byte is printable non-space ASCII
+    end_ok: np.ndarray  # (V,) bool: last byte printable non-space ASCII
+    end_nl_after_ok: np.ndarray  # (V,) bool: ends with <printable non-space ASCII> + "\n"
+    is_nl: np.ndarray  # (V,) bool: the token is exactly "\n"
+    has_gt: np.ndarray  # (V,) bool: contains ">" (every think tag does)
+    nbytes: np.ndarray  # (V,) int64: the token's length in bytes
+    added: Optional["re.Pattern"] = None  # the added tokens' texts (longest first) that may cut a literal
+
+
+_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _byte_level_tables(tokenizer) -> Optional[_TokenTables]:
+    """Tables for ``tokenizer`` when the fast path is exact for it, else ``None`` (cached per tokenizer).
+
+    The fast path needs a fast byte-level BPE tokenizer (GPT-2 / Qwen / Llama-3 family: no normaliser or
+    NFC, a regex + ByteLevel pre-tokeniser without a prefix space) for which a position right after
+    "<printable ASCII>\\n" and before printable ASCII is always a pre-token boundary; the probes check that.
+    """
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    tables = None
+    try:
+        tables = _build_tables(tokenizer)
+    except Exception:  # any tokenizer the checks cannot read takes the exact path
+        tables = None
+    try:
+        _TABLES[tokenizer] = tables
+    except TypeError:
+        pass
+    return tables
+
+
+def _build_tables(tokenizer) -> Optional[_TokenTables]:
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    normalizer = spec.get("normalizer")
+    if normalizer is not None and normalizer.get("type") != "NFC":
+        return None
+    if (spec.get("model") or {}).get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        return None
+    if '"add_prefix_space": true' in json.dumps(spec.get("pre_tokenizer")):
+        return None
+    for left in _PROBE_LEFT:
+        for right in _PROBE_RIGHT:
+            a, b, ab = tokenizer([left, right, left + right], add_special_tokens=False)["input_ids"]
+            if list(ab) != list(a) + list(b):
+                return None
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    raw: list = [b""] * size
+    added = {token_id: token.content for token_id, token in tokenizer.added_tokens_decoder.items()}
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in added:
+            raw[token_id] = added[token_id].encode("utf-8")
+        else:
+            raw[token_id] = bytes(byte_of[c] for c in token)  # KeyError: not byte-level -> exact path
+    first = np.array([b[0] if b else 0 for b in raw], dtype=np.int64)
+    last = np.array([b[-1] if b else 0 for b in raw], dtype=np.int64)
+    before_last = np.array([b[-2] if len(b) >= 2 else 0 for b in raw], dtype=np.int64)
+    special = np.zeros(size, dtype=bool)
+    special[[i for i in tokenizer.all_special_ids if 0 <= i < size]] = True
+    # added tokens split the text before anything else; a literal may be cut right before / after one that
+    # strips no white space and is no part of another added token (its two sides then tokenise apart)
+    contents = [token.content for token in tokenizer.added_tokens_decoder.values()]
+    clean = [
+        token.content for token in tokenizer.added_tokens_decoder.values()
+        if token.content and not (token.lstrip or token.rstrip or token.single_word)
+        and not any(token.content in other and token.content != other for other in contents)
+    ]
+    added = re.compile("|".join(re.escape(c) for c in sorted(clean, key=len, reverse=True))) if clean else None
+    return _TokenTables(
+        added=added,
+        special=special,
+        start_ok=_ASCII_NONWS[first],
+        end_ok=_ASCII_NONWS[last],
+        end_nl_after_ok=(last == 0x0A) & _ASCII_NONWS[before_last],
+        is_nl=np.array([b == b"\n" for b in raw], dtype=bool),
+        has_gt=np.array([b">" in b for b in raw], dtype=bool),
+        nbytes=np.array([len(b) for b in raw], dtype=np.int64),
+    )
+
+
+def _safe_splits(ids: np.ndarray, tables: _TokenTables) -> np.ndarray:
+    """Token positions i where the text splits as ``...<printable ASCII>\\n | <printable ASCII>...``.
+
+    For the byte-level regex pre-tokenisers (GPT-2, cl100k, Qwen, Llama-3) no pre-token spans such a
+    position and the pre-tokens before it do not depend on the text after it, so the ids of a text are
+    the ids of its two sides joined there (checked on probes by :func:`_byte_level_tables`).
+    """
+    if len(ids) < 2:
+        return np.zeros(0, dtype=np.int64)
+    start_ok = tables.start_ok[ids[1:]]
+    prev = ids[:-1]
+    newline_end = tables.end_nl_after_ok[prev]
+    lone_newline = np.zeros_like(newline_end)
+    if len(ids) >= 3:
+        lone_newline[1:] = tables.is_nl[prev[1:]] & tables.end_ok[ids[:-2]]
+    return np.nonzero(start_ok & (newline_end | lone_newline))[0] + 1
+
+
+@dataclass
+class _Demo:
+    """One demonstration (a sibling's response), tokenised at most once per batch."""
+
+    row: int
+    text: Optional[str] = None  # the demonstration text (decoded on demand)
+    ids: Optional[list] = None  # fast path: the response ids the demonstration's text re-tokenises to
+    head: int = 0  # fast path: the first / last safe split; the text outside [head, tail) is re-tokenised
+    tail: int = 0
+    head_text: str = ""
+    tail_text: str = ""
+    lo: int = 0  # fast path: the response ids without their leading / trailing special tokens: [lo, hi)
+    hi: int = 0
+
+
 # -- the builder ---------------------------------------------------------------------------------------
 def _check_teacher_config(teacher_config) -> None:
     if teacher_config is None:
@@ -257,17 +428,63 @@ def _choose_sibling(
     return candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
 
 
-def _check_references(references, route: torch.Tensor, uids: Sequence[Hashable]) -> torch.Tensor:
+def _check_references(references, route: torch.Tensor, groups: dict) -> torch.Tensor:
     references = torch.as_tensor(references).reshape(-1).bool()
-    if references.shape[0] != len(uids):
-        raise ValueError(f"references has {references.shape[0]} entries for {len(uids)} rollouts")
-    for uid, rows in group_positions(uids).items():
+    n = sum(map(len, groups.values()))
+    if references.shape[0] != n:
+        raise ValueError(f"references has {references.shape[0]} entries for {n} rollouts")
+    for uid, rows in groups.items():
         count = int(references[rows].sum())
         expected = 1 if int(route[rows[0]]) == ROUTE_SOLVE_NONE else 0
         if count != expected:
             kind = "solve-none group" if expected else "group that is not solve-none"
             raise ValueError(f"references: {kind} {uid!r} must have {expected} reference(s), got {count}")
     return references
+
+
+def _rollout_indices(rollouts: Sequence[Rollout]) -> Optional[list]:
+    given = [r.index is not None for r in rollouts]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = given.index(False)
+        raise ValueError(f"rollout {missing} has no index while others have one; give every rollout its index or none")
+    return [r.index for r in rollouts]
+
+
+@dataclass
+class _Plan:
+    kind: str  # the source
+    sibling: int  # the demonstration's row, or -1
+    flavor: tuple  # which template: ("sc_grpo", solve_none) / ("sdpo", solution, feedback) / ("sdpg",)
+    pieces: list  # the texts the template takes: int = the demonstration of that row, str = as is
+
+
+class _LazyMessages(SequenceABC):
+    """Teacher messages per rollout, rendered on first access (the trainer never reads them)."""
+
+    def __init__(self, n: int, make: Callable[[int], Optional[list]], known: dict):
+        self._n, self._make, self._cache = n, make, dict(known)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(self._n))]
+        if row < 0:
+            row += self._n
+        if not 0 <= row < self._n:
+            raise IndexError(row)
+        if row not in self._cache:
+            self._cache[row] = self._make(row)
+        return self._cache[row]
+
+    def __eq__(self, other):
+        return isinstance(other, SequenceABC) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"_LazyMessages({list(self)!r})"
 
 
 def build_teacher_contexts(
@@ -279,11 +496,13 @@ def build_teacher_contexts(
     generator: Optional[torch.Generator] = None,
     routes: Optional[torch.Tensor] = None,
     references: Optional[torch.Tensor] = None,
+    exact: bool = False,
 ) -> TeacherContexts:
     """Teacher prompt (and teacher input = prompt + the same response ids) for every rollout.
 
     Args:
-        rollouts: the batch, groups identified by ``uid`` (members need not be contiguous).
+        rollouts: the batch, groups identified by ``uid`` (members need not be contiguous). Give every
+            rollout its ``index`` within its group so that the draws do not depend on the batch order.
         tokenizer: a HF tokenizer with a chat template.
         method: ``"sc_grpo"``, ``"sdpo"`` or ``"sdpg"``.
         teacher_config: :class:`scgrpo_verl.config.TeacherConfig`.
@@ -292,6 +511,9 @@ def build_teacher_contexts(
             global generator.
         routes: SC-GRPO only, (B,) precomputed :func:`route_groups` routes (recomputed when ``None``).
         references: SC-GRPO only, (B,) bool, one True per solve-none group (drawn when ``None``).
+        exact: re-tokenise every demonstration from its text (as the chat template would), instead of
+            reusing the sibling's response ids in the middle of the demonstration. The two differ only
+            where a response's ids are not the tokenizer's own encoding of their text (module docstring).
 
     Returns:
         :class:`TeacherContexts`.
@@ -315,21 +537,19 @@ def build_teacher_contexts(
 
     n = len(rollouts)
     uids = [r.uid for r in rollouts]
+    rollout_index = _rollout_indices(rollouts)
     scores = torch.tensor([r.score for r in rollouts], dtype=torch.float64)
     verified = scores >= teacher_config.success_threshold
-    groups = group_positions(uids)
+    verified_list = verified.tolist()
+    # canonical order: groups by uid, rollouts by their index in the group (batch order without indices)
+    groups = group_positions(uids, rollout_index, canonical=True)
     group_of = {row: rows for rows in groups.values() for row in rows}
-
-    def demonstration(row: int) -> str:
-        text = rollouts[row].response_text
-        return strip_thinking(text) if teacher_config.remove_thinking else text
+    canonical_rows = [row for rows in groups.values() for row in rows]
+    exclude_self = teacher_config.exclude_self
 
     def siblings(row: int) -> list[int]:
-        return [
-            j for j in group_of[row] if bool(verified[j]) and not (teacher_config.exclude_self and j == row)
-        ]
+        return [j for j in group_of[row] if verified_list[j] and not (exclude_self and j == row)]
 
-    # per rollout: (source, sibling, builder, pieces) or None
     plans: list = [None] * n
     route = reference = num_correct = None
     if method == "sc_grpo":
@@ -341,29 +561,28 @@ def build_teacher_contexts(
             if route.shape[0] != n:
                 raise ValueError(f"routes has {route.shape[0]} entries for {n} rollouts")
         if references is None:
-            reference = draw_solve_none_references(route, uids, generator)
+            reference = draw_solve_none_references(route, uids, generator, rollout_index)
         else:
-            reference = _check_references(references, route, uids)
+            reference = _check_references(references, route, groups)
+        route_list, reference_list = route.tolist(), reference.tolist()
         ref_row = {}
         for rows in groups.values():
             for row in rows:
-                if bool(reference[row]):
+                if reference_list[row]:
                     ref_row[rows[0]] = row
-        for row, rollout in enumerate(rollouts):
-            kind = int(route[row])
+        for row in canonical_rows:
+            kind = route_list[row]
             if kind == ROUTE_WEIGHTED:
                 sibling = _choose_sibling(siblings(row), teacher_config.sibling_choice, generator)
-                if sibling < 0:
-                    continue
-                build = _sc_builder(rollout.prompt, templates, False)
-                plans[row] = ("solution", sibling, build, [demonstration(sibling)])
+                if sibling >= 0:
+                    plans[row] = _Plan("solution", sibling, ("sc_grpo", False), [sibling])
             elif kind == ROUTE_SOLVE_NONE:
                 ref = ref_row[group_of[row][0]]
-                if ref == row:
-                    continue
-                plans[row] = ("reference", ref, _sc_builder(rollout.prompt, templates, True), [demonstration(ref)])
+                if ref != row:
+                    plans[row] = _Plan("reference", ref, ("sc_grpo", True), [ref])
     elif method == "sdpo":
-        for row, rollout in enumerate(rollouts):
+        for row in canonical_rows:
+            rollout = rollouts[row]
             sibling = _choose_sibling(siblings(row), teacher_config.sibling_choice, generator)
             use_feedback = (
                 teacher_config.use_feedback
@@ -371,48 +590,37 @@ def build_teacher_contexts(
                 and (sibling < 0 or not teacher_config.feedback_only_without_solution)
             )
             if sibling >= 0 and use_feedback:
-                plans[row] = ("solution+feedback", sibling, _sdpo_builder(rollout.prompt, templates, True, True),
-                              [demonstration(sibling), rollout.feedback])
+                plans[row] = _Plan("solution+feedback", sibling, ("sdpo", True, True), [sibling, rollout.feedback])
             elif sibling >= 0:
-                plans[row] = ("solution", sibling, _sdpo_builder(rollout.prompt, templates, True, False),
-                              [demonstration(sibling)])
+                plans[row] = _Plan("solution", sibling, ("sdpo", True, False), [sibling])
             elif use_feedback:
-                plans[row] = ("feedback", -1, _sdpo_builder(rollout.prompt, templates, False, True), [rollout.feedback])
+                plans[row] = _Plan("feedback", -1, ("sdpo", False, True), [rollout.feedback])
     else:  # sdpg
         for row, rollout in enumerate(rollouts):
             hint = rollout.privileged
             if not teacher_config.use_privileged_context or hint is None or not hint.strip():
                 continue
-            plans[row] = ("privileged", -1, _sdpg_builder(rollout.prompt, templates), [rollout.privileged])
+            plans[row] = _Plan("privileged", -1, ("sdpg",), [hint])
 
-    prompt_ids: list = [None] * n
+    builder = _PromptBuilder(rollouts, tokenizer, templates, teacher_config, exact)
+    prompt_ids, messages, shortened, too_long = builder.build(plans)
     input_ids: list = [None] * n
-    messages: list = [None] * n
     source: list = [None] * n
     sibling_index = [-1] * n
-    shortened = [False] * n
-    too_long = [False] * n
     for row, plan in enumerate(plans):
-        if plan is None:
+        if plan is None or prompt_ids[row] is None:
             continue
-        kind, sibling, build, pieces = plan
-        fitted = fit_teacher_prompt(
-            build, pieces, tokenizer, int(teacher_config.max_reprompt_len), templates.truncation_marker
-        )
-        if fitted.too_long:
-            too_long[row] = True
-            continue
-        prompt_ids[row] = fitted.prompt_ids
-        input_ids[row] = fitted.prompt_ids + rollouts[row].response_ids
-        messages[row] = fitted.messages
-        source[row] = kind
-        sibling_index[row] = sibling
-        shortened[row] = fitted.shortened
+        input_ids[row] = prompt_ids[row] + rollouts[row].response_ids
+        source[row] = plan.kind
+        sibling_index[row] = plan.sibling
     mask = torch.tensor([1.0 if ids is not None else 0.0 for ids in prompt_ids])
+    lazy_messages = _LazyMessages(
+        n, lambda row: builder.messages(row, plans[row]) if prompt_ids[row] is not None else None, messages
+    )
     return TeacherContexts(
         teacher_prompt_ids=prompt_ids,
         teacher_input_ids=input_ids,
-        teacher_messages=messages,
+        teacher_messages=lazy_messages,
         mask=mask,
         source=source,
         sibling_index=sibling_index,
@@ -424,21 +632,275 @@ def build_teacher_contexts(
         route=route,
         reference=reference,
         num_correct=num_correct,
+        extra={"fast_demonstrations": builder.fast_count, "retokenized_demonstrations": builder.slow_count},
     )
 
 
-def _sc_builder(prompt: list, templates: TemplateConfig, solve_none: bool) -> Callable[[list], list]:
-    return lambda pieces: sc_grpo_teacher_messages(prompt, pieces[0], templates, solve_none=solve_none)
+_SENTINELS = (
+    tuple(f" \n<<scgrpo-teacher-piece-{k}-a>>\n " for k in range(2)),
+    tuple(f"\t<<scgrpo-teacher-piece-{k}-b>> </think>\t" for k in range(2)),
+)
 
 
-def _sdpo_builder(prompt: list, templates: TemplateConfig, has_solution: bool, has_feedback: bool):
-    def build(pieces: list) -> list:
-        solution = pieces[0] if has_solution else None
-        feedback = pieces[-1] if has_feedback else None
-        return sdpo_teacher_messages(prompt, solution, feedback, templates)
+class _PromptBuilder:
+    """Tokenises the planned teacher prompts of one batch, each distinct text once, in batches.
 
-    return build
+    A teacher prompt's text is the chat template's literal text around the pieces (demonstration,
+    feedback, hint): ``lit0 + piece0 + lit1 [+ piece1 + lit2]``; the literals are rendered once per
+    (prompt, template) with placeholder pieces and checked to be the same for two different
+    placeholders (else that prompt is rendered by ``apply_chat_template`` itself).
+    """
 
+    def __init__(self, rollouts, tokenizer, templates: TemplateConfig, teacher_config, exact: bool):
+        self.rollouts, self.tokenizer, self.templates = rollouts, tokenizer, templates
+        self.remove_thinking = bool(teacher_config.remove_thinking)
+        self.max_len = int(teacher_config.max_reprompt_len)
+        self.tables = None if exact else _byte_level_tables(tokenizer)
+        self.exact = exact
+        self._literals: dict = {}
+        self._cuts: dict = {}
+        self._demos: dict[int, _Demo] = {}
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # the backend directly when the wrapper would not change its settings (no truncation / padding)
+        self._backend = (
+            backend if backend is not None and backend.truncation is None and backend.padding is None else None
+        )
+        self.fast_count = self.slow_count = 0
 
-def _sdpg_builder(prompt: list, templates: TemplateConfig) -> Callable[[list], list]:
-    return lambda pieces: sdpg_teacher_messages(prompt, pieces[0], templates)
+    # -- texts ----------------------------------------------------------------------------------------
+    def _builder(self, row: int, flavor: tuple) -> Callable[[list], list]:
+        prompt, templates = self.rollouts[row].prompt, self.templates
+        if flavor[0] == "sc_grpo":
+            return lambda pieces: sc_grpo_teacher_messages(prompt, pieces[0], templates, solve_none=flavor[1])
+        if flavor[0] == "sdpo":
+            has_solution, has_feedback = flavor[1], flavor[2]
+            return lambda pieces: sdpo_teacher_messages(
+                prompt, pieces[0] if has_solution else None, pieces[-1] if has_feedback else None, templates
+            )
+        return lambda pieces: sdpg_teacher_messages(prompt, pieces[0], templates)
+
+    def _render(self, messages: list) -> str:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not isinstance(text, str):
+            raise ValueError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not a string")
+        return text
+
+    def _literal_parts(self, row: int, plan: _Plan) -> Optional[list]:
+        """The template text around the pieces, or ``None`` when the template does not insert them verbatim."""
+        key = (plan.flavor, repr(self.rollouts[row].prompt))
+        if key in self._literals:
+            return self._literals[key]
+        build, count = self._builder(row, plan.flavor), len(plan.pieces)
+        found = []
+        for sentinels in _SENTINELS:
+            parts, rest = [], self._render(build(list(sentinels[:count])))
+            for sentinel in sentinels[:count]:
+                if rest.count(sentinel) != 1:
+                    parts = None
+                    break
+                before, rest = rest.split(sentinel)
+                parts.append(before)
+            found.append(None if parts is None else parts + [rest])
+        literals = found[0] if found[0] is not None and found[0] == found[1] else None
+        self._literals[key] = literals
+        return literals
+
+    def demonstration_text(self, row: int) -> str:
+        demo = self._demo(row)
+        if demo.text is None:
+            rollout = self.rollouts[row]
+            text = rollout.response_text
+            if text is None:
+                text = self.tokenizer.decode(rollout.response_ids, skip_special_tokens=True)
+            demo.text = strip_thinking(text) if self.remove_thinking else text
+        return demo.text
+
+    def piece_texts(self, plan: _Plan) -> list[str]:
+        return [self.demonstration_text(p) if isinstance(p, int) else p for p in plan.pieces]
+
+    def messages(self, row: int, plan: _Plan) -> list:
+        return self._builder(row, plan.flavor)(self.piece_texts(plan))
+
+    # -- demonstrations -------------------------------------------------------------------------------
+    def _demo(self, row: int) -> _Demo:
+        if row not in self._demos:
+            self._demos[row] = _Demo(row)
+        return self._demos[row]
+
+    def _prepare_fast(self, rows: Sequence[int]) -> None:
+        """Find the reusable middle of each demonstration's ids (see :func:`_safe_splits`)."""
+        tables = self.tables
+        decode_batch = []
+        for row in rows:
+            demo = self._demo(row)
+            rollout = self.rollouts[row]
+            ids = np.asarray(rollout.response_ids, dtype=np.int64)
+            if ids.min() < 0 or ids.max() >= len(tables.special):
+                continue
+            special = tables.special[ids]
+            demo.lo, demo.hi = 0, len(ids)
+            if special.any():  # dropped by decode(skip_special_tokens=True): fine at the ends only
+                keep = np.nonzero(~special)[0]
+                if len(keep) == 0 or not (~special[keep[0] : keep[-1] + 1]).all():
+                    continue
+                demo.lo, demo.hi = int(keep[0]), int(keep[-1]) + 1
+                ids = ids[demo.lo : demo.hi]
+            splits = _safe_splits(ids, tables)
+            if len(splits) == 0:
+                continue
+            head, tail = int(splits[0]), int(splits[-1])
+            demo.ids, demo.head, demo.tail = ids, head, tail
+            decode_batch.append(demo)
+        if not decode_batch:
+            return
+        # texts to check: the given response text must be the ids' own text; think tags need a look
+        checks = []
+        for demo in decode_batch:
+            ids = demo.ids
+            rollout = self.rollouts[demo.row]
+            whole = rollout.response_text is not None or (self.remove_thinking and self.tables.has_gt[ids].any())
+            checks.append(whole)
+        texts = self.tokenizer.batch_decode(
+            [self.rollouts[d.row].response_ids[d.lo : d.hi] if w else d.ids[: d.head].tolist()
+             for d, w in zip(decode_batch, checks)]
+            + [d.ids[d.tail :].tolist() for d in decode_batch],
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+        )
+        m = len(decode_batch)
+        for i, (demo, whole) in enumerate(zip(decode_batch, checks)):
+            rollout = self.rollouts[demo.row]
+            first, tail_text = texts[i], texts[m + i]
+            if whole:
+                if rollout.response_text is not None and first != rollout.response_text:
+                    demo.ids = None
+                    continue
+                if self.remove_thinking and ("<think>" in first or "</think>" in first):
+                    head_text = self._after_thinking(demo, first)
+                    if head_text is None:
+                        demo.ids = None
+                        continue
+                else:
+                    head_text = self.tokenizer.decode(
+                        demo.ids[: demo.head].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+                    )
+            else:
+                head_text = first
+            if self.remove_thinking:  # strip_thinking() ends with .strip(); the splits sit between non-spaces
+                head_text, tail_text = head_text.lstrip(), tail_text.rstrip()
+            demo.head_text, demo.tail_text = head_text, tail_text
+            demo.ids = rollout.response_ids[demo.lo : demo.hi]
+
+    def _cut(self, text: str, last: bool) -> int:
+        """Where ``text`` may be cut so that its two sides tokenise apart: after its last added token
+        (``last``) or before its first; 0 / ``len(text)`` when it has none."""
+        key = (text, last)
+        if key not in self._cuts:
+            cut = 0 if last else len(text)
+            if self.tables.added is not None:
+                if last:
+                    for match in self.tables.added.finditer(text):
+                        cut = match.end()
+                else:
+                    match = self.tables.added.search(text)
+                    cut = match.start() if match else cut
+            self._cuts[key] = cut
+        return self._cuts[key]
+
+    def _encode(self, texts: list) -> list:
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [encoding.ids for encoding in self._backend.encode_batch(texts, add_special_tokens=False)]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _after_thinking(self, demo: _Demo, text: str) -> Optional[str]:
+        """Fast path for a demonstration with think tags: the text after the last ``</think>``, when that is
+        what :func:`strip_thinking` keeps (no ``<think>`` after it) and a safe split follows it. Moves
+        ``demo.head`` to that split and returns the text from the cut to it; ``None``: re-tokenise instead."""
+        close = text.rfind("</think>")
+        if close < 0 or "<think>" in text[close:] or "\ufffd" in text:
+            return None
+        cut = close + len("</think>")
+        if text[cut:].strip() != strip_thinking(text):
+            return None
+        data = text.encode("utf-8")
+        offsets = np.cumsum(self.tables.nbytes[demo.ids])
+        if int(offsets[-1]) != len(data):
+            return None
+        cut_bytes = len(text[:cut].encode("utf-8"))
+        splits = _safe_splits(demo.ids, self.tables)
+        after = splits[offsets[splits - 1] >= cut_bytes]
+        if len(after) == 0:
+            return None
+        demo.head = int(after[0])
+        return data[cut_bytes : int(offsets[demo.head - 1])].decode("utf-8")
+
+    # -- the batch ------------------------------------------------------------------------------------
+    def build(self, plans: Sequence[Optional[_Plan]]):
+        n = len(plans)
+        prompt_ids: list = [None] * n
+        messages: dict = {}
+        shortened, too_long = [False] * n, [False] * n
+        # what to tokenise, per row: ("text", text) or ("fast", left text, demo row, right text)
+        jobs: dict = {}
+        literals = {row: self._literal_parts(row, plan) for row, plan in enumerate(plans) if plan is not None}
+        if self.tables is not None:
+            fast_rows = sorted({
+                plan.pieces[0] for row, plan in enumerate(plans)
+                if plan is not None and isinstance(plan.pieces[0], int) and literals[row] is not None
+            })
+            self._prepare_fast(fast_rows)
+        for row, plan in enumerate(plans):
+            if plan is None:
+                continue
+            parts = literals[row]
+            first = plan.pieces[0]
+            demo = self._demos.get(first) if isinstance(first, int) else None
+            if parts is not None and demo is not None and demo.ids is not None:
+                left = parts[0]
+                right = parts[1] + "".join(text + literal for text, literal in zip(plan.pieces[1:], parts[2:]))
+                i, j = self._cut(left, last=True), self._cut(right, last=False)
+                jobs[row] = ("fast", left[:i], left[i:] + demo.head_text, first, demo.tail_text + right[:j], right[j:])
+            elif parts is not None and not self.exact:
+                texts = self.piece_texts(plan)
+                jobs[row] = ("text", parts[0] + "".join(t + lit for t, lit in zip(texts, parts[1:])))
+            else:  # the chat template itself, as apply_chat_template(tokenize=True) does
+                msgs = self._builder(row, plan.flavor)(self.piece_texts(plan))
+                messages[row] = msgs
+                jobs[row] = ("text", self._render(msgs))
+        unique: dict[str, int] = {}
+        for job in jobs.values():
+            for text in (job[1:2] if job[0] == "text" else (job[1], job[2], job[4], job[5])):
+                unique.setdefault(text, len(unique))
+        encoded = self._encode(list(unique))
+        fast_demos, slow_demos = set(), set()
+        mids: dict = {}
+        for row, job in jobs.items():
+            if job[0] == "text":
+                ids = list(encoded[unique[job[1]]])
+                if isinstance(plans[row].pieces[0], int):
+                    slow_demos.add(plans[row].pieces[0])
+            else:
+                if job[3] not in mids:
+                    demo = self._demos[job[3]]
+                    mids[job[3]] = demo.ids[demo.head : demo.tail]
+                ids = (encoded[unique[job[1]]] + encoded[unique[job[2]]] + mids[job[3]]
+                       + encoded[unique[job[4]]] + encoded[unique[job[5]]])
+                fast_demos.add(job[3])
+            if len(ids) <= self.max_len:
+                prompt_ids[row] = ids
+                continue
+            # too long: shorten the pieces exactly as before (rare; re-tokenises this prompt)
+            plan = plans[row]
+            fitted = fit_teacher_prompt(
+                self._builder(row, plan.flavor), self.piece_texts(plan), self.tokenizer, self.max_len,
+                self.templates.truncation_marker,
+            )
+            if fitted.too_long:
+                too_long[row] = True
+                messages.pop(row, None)
+                continue
+            prompt_ids[row], messages[row], shortened[row] = fitted.prompt_ids, fitted.messages, fitted.shortened
+        self.fast_count, self.slow_count = len(fast_demos), len(slow_demos - fast_demos)
+        return prompt_ids, messages, shortened, too_long
