@@ -193,7 +193,7 @@ def dry_run(
     )
     from scgrpo_verl.losses import self_teacher_loss
     from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
-    from scgrpo_verl.trainer import validate_self_teacher_config
+    from scgrpo_verl.trainer import chat_template_kwargs, validate_self_teacher_config
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
     from verl.workers.utils.losses import ppo_loss
 
@@ -217,15 +217,16 @@ def dry_run(
         model_path, model, tokenizer = _load_model(model_path, workdir)
     with _timed(timings, "sample_rollouts"):
         rollouts, prompt_ids, response_ids, scores, ground_truths = [], [], [], [], []
+        template_kwargs = chat_template_kwargs(config)  # data.apply_chat_template_kwargs, for student and teacher
         for g, (messages, answer) in enumerate(_problems(groups, seed)):
-            ids = chat_template_ids(tokenizer, messages)
+            ids = chat_template_ids(tokenizer, messages, template_kwargs)
             pattern = GROUP_PATTERNS[g % len(GROUP_PATTERNS)]
             for i, (response, score) in enumerate(zip(_sample(model, tokenizer, ids, size, max_new_tokens, seed + g),
                                                       _group_scores(pattern, size))):
                 text = tokenizer.decode(response, skip_special_tokens=True)
                 feedback = "" if score >= 1.0 else f"Wrong answer: expected {answer}, got {text.strip()[:40]!r}."
                 rollouts.append(Rollout(uid=f"group{g}", prompt=messages, response_ids=response, response_text=text,
-                                        score=score, feedback=feedback, privileged=answer))
+                                        score=score, feedback=feedback, privileged=answer, index=i))
                 prompt_ids.append(ids)
                 response_ids.append(response)
                 scores.append(score)
@@ -249,7 +250,8 @@ def dry_run(
         teacher_config = settings.teacher
         with _timed(timings, "teacher_contexts"):
             contexts = build_teacher_contexts(rollouts, tokenizer, loss_mode, teacher_config, teacher_config.templates,
-                                              generator=torch.Generator().manual_seed(settings.sc_grpo.seed))
+                                              generator=torch.Generator().manual_seed(settings.sc_grpo.seed),
+                                              chat_template_kwargs=template_kwargs)
         report.metrics.update(contexts.metrics())
         report.masks["self_teacher_mask"] = [int(m) for m in contexts.mask.tolist()]
         report.masks["source"] = [s or "-" for s in contexts.source]

@@ -186,20 +186,25 @@ class SelfTeacherTrainer(PPOTrainerSync):
             if teacher.use_privileged_context
             else [None] * len(responses)
         )
+        indices = rollout_indices(batch.keys)
         rollouts = [
             Rollout(
                 uid=uid,
                 prompt=list(messages),
                 response_ids=ids,
-                response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                response_text=None,  # decoded by the builder only where a template needs it
                 score=float(score),
                 feedback=str(fb or ""),
                 privileged=priv,
+                index=index,
             )
-            for uid, messages, ids, score, fb, priv in zip(uids, data["raw_prompt"], responses, scores, feedback, privileged)
+            for uid, messages, ids, score, fb, priv, index in zip(
+                uids, data["raw_prompt"], responses, scores, feedback, privileged, indices
+            )
         ]
         contexts = build_teacher_contexts(
-            rollouts, self.tokenizer, self.loss_mode, teacher, teacher.templates, generator=self.teacher_generator
+            rollouts, self.tokenizer, self.loss_mode, teacher, teacher.templates, generator=self.teacher_generator,
+            chat_template_kwargs=chat_template_kwargs(self.config),
         )
         metrics.update(contexts.metrics())
         student_inputs = list(data["input_ids"].unbind())
@@ -281,6 +286,29 @@ def _bypasses_old_log_prob(config) -> bool:
     """verl's rollout-correction bypass mode reuses the rollout's log-probs instead of an old-log-prob pass."""
     rollout_correction = config.algorithm.get("rollout_correction", None)
     return bool(rollout_correction and rollout_correction.get("bypass_mode", False))
+
+
+def rollout_indices(keys) -> list:
+    """Each sample's index within its group, from verl's TransferQueue key ``{uid}_{session_id}_{output}``.
+
+    The draws of teacher contexts follow (uid, index), so they do not depend on the batch order, which verl
+    changes with the number of ranks. Keys of another form give ``None`` for all (batch order)."""
+    indices = []
+    for key in keys:
+        parts = str(key).rsplit("_", 2)
+        if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+            logger.warning("TransferQueue key %r is not {uid}_{session}_{output}: teacher draws follow batch order", key)
+            return [None] * len(keys)
+        indices.append((int(parts[1]), int(parts[2])))
+    return indices
+
+
+def chat_template_kwargs(config) -> dict:
+    """verl's ``data.apply_chat_template_kwargs``: the teacher prompt is rendered as the student's."""
+    from omegaconf import OmegaConf
+
+    value = config.get("data", {}).get("apply_chat_template_kwargs", None)
+    return dict(OmegaConf.to_container(value, resolve=True)) if value else {}
 
 
 def _as_list(values) -> list:

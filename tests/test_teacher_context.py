@@ -714,3 +714,29 @@ def test_think_block_demonstrations_reuse_ids(tok):
     assert ctx.teacher_input_ids == old["input_ids"]
     assert ctx.extra["retokenized_demonstrations"] == 0 and ctx.extra["fast_demonstrations"] >= 2
     assert all("hmm" not in decode(tok, ids) and "think>" not in decode(tok, ids) for ids in ctx.teacher_prompt_ids)
+
+
+def test_teacher_prompt_uses_the_students_chat_template_kwargs(tmp_path):
+    """verl renders the student's prompt with data.apply_chat_template_kwargs (e.g. Qwen3's enable_thinking=False
+    adds an empty think block); the teacher prompt must be rendered with the same arguments."""
+    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
+    from tokenizer_utils import build_byte_level_tokenizer
+
+    tokenizer = build_byte_level_tokenizer(tmp_path)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
+        "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    )
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    ids = tokenizer.encode("5", add_special_tokens=False)
+    rollouts = [Rollout(uid="a", prompt=prompt, response_ids=ids, response_text=None, score=s, index=i)
+                for i, s in enumerate((1.0, 1.0, 0.0))]
+    off = {"enable_thinking": False}
+    contexts = build_teacher_contexts(rollouts, tokenizer, "sc_grpo", TeacherConfig(), chat_template_kwargs=off)
+    teacher_prompt = tokenizer.decode(contexts.teacher_input_ids[0][: -len(ids)])
+    assert teacher_prompt.endswith("<|assistant|><think>\n\n</think>\n\n")
+    assert tokenizer.decode(chat_template_ids(tokenizer, prompt, off)).endswith("<think>\n\n</think>\n\n")
+    plain = build_teacher_contexts(rollouts, tokenizer, "sc_grpo", TeacherConfig())
+    assert tokenizer.decode(plain.teacher_input_ids[0][: -len(ids)]).endswith("<|assistant|>")

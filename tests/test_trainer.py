@@ -268,3 +268,12 @@ def test_disabled_self_teacher_leaves_every_step_to_verl(monkeypatch):
         assert step(batch, metrics) is batch
     assert seen == ["_compute_old_log_prob", "_compute_advantage", "_update_actor"]
     assert metrics == {} and batch.extra_info == {"temperature": 1.0}
+
+
+def test_rollout_indices_from_verl_keys():
+    """verl's TransferQueue keys are {uid}_{session_id}_{output} (uids may hold underscores); the teacher draws
+    follow (uid, index), so they are the same whatever order verl puts the batch in."""
+    from scgrpo_verl.trainer import rollout_indices
+
+    assert rollout_indices(["3f_a_2_0", "3f_a_0_0", "b_1_1"]) == [(2, 0), (0, 0), (1, 1)]
+    assert rollout_indices(["3f_a_2_0", "k0"]) == [None, None]  # not verl's format: batch order for all

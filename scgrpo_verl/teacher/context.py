@@ -173,10 +173,14 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
-def chat_template_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """``apply_chat_template(..., add_generation_prompt=True, tokenize=True)`` as a flat list of ids
-    (transformers 5 returns a ``BatchEncoding``; older versions a list)."""
-    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+def chat_template_ids(tokenizer, messages: Sequence[dict], chat_template_kwargs: Optional[dict] = None) -> list[int]:
+    """``apply_chat_template(..., add_generation_prompt=True, tokenize=True, **chat_template_kwargs)`` as a flat
+    list of ids (transformers 5 returns a ``BatchEncoding``; older versions a list). ``chat_template_kwargs`` are
+    verl's ``data.apply_chat_template_kwargs`` (e.g. Qwen3's ``enable_thinking``), so that the teacher's prompt
+    is rendered exactly as the student's."""
+    out = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, **dict(chat_template_kwargs or {})
+    )
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
     if torch.is_tensor(out):
@@ -223,12 +227,13 @@ def fit_teacher_prompt(
     tokenizer,
     max_len: int,
     marker: str,
+    chat_template_kwargs: Optional[dict] = None,
 ) -> _Fitted:
     """Render ``build(pieces)`` within ``max_len`` tokens, shortening only the ``pieces`` (demonstration,
     feedback, hint): each keeps its first tokens, followed by ``marker``. Everything else ``build`` adds
     (question, instruction, template, generation header) is never cut."""
     messages = build(list(pieces))
-    ids = chat_template_ids(tokenizer, messages)
+    ids = chat_template_ids(tokenizer, messages, chat_template_kwargs)
     if len(ids) <= max_len:
         return _Fitted(ids, messages, False, False)
     piece_ids = [_encode(tokenizer, p) for p in pieces]
@@ -237,7 +242,7 @@ def fit_teacher_prompt(
     # the shortest form of each piece: the marker alone, or the piece itself when that is no longer
     shortest = [text if n <= marker_len else marker for text, n in zip(pieces, lengths)]
     shortest_messages = build(shortest)
-    shortest_ids = chat_template_ids(tokenizer, shortest_messages)
+    shortest_ids = chat_template_ids(tokenizer, shortest_messages, chat_template_kwargs)
     if len(shortest_ids) > max_len:
         return _Fitted(None, None, False, True)
     budget = sum(lengths) - (len(ids) - max_len) - marker_len * sum(1 for n in lengths if n)
@@ -248,7 +253,7 @@ def fit_teacher_prompt(
             for text, p, k in zip(pieces, piece_ids, keep)
         ]
         messages = build(texts)
-        ids = chat_template_ids(tokenizer, messages)
+        ids = chat_template_ids(tokenizer, messages, chat_template_kwargs)
         if len(ids) <= max_len:
             return _Fitted(ids, messages, True, False)
         budget -= len(ids) - max_len  # re-tokenisation at the cut can differ by a few tokens
@@ -497,6 +502,7 @@ def build_teacher_contexts(
     routes: Optional[torch.Tensor] = None,
     references: Optional[torch.Tensor] = None,
     exact: bool = False,
+    chat_template_kwargs: Optional[dict] = None,
 ) -> TeacherContexts:
     """Teacher prompt (and teacher input = prompt + the same response ids) for every rollout.
 
@@ -514,6 +520,8 @@ def build_teacher_contexts(
         exact: re-tokenise every demonstration from its text (as the chat template would), instead of
             reusing the sibling's response ids in the middle of the demonstration. The two differ only
             where a response's ids are not the tokenizer's own encoding of their text (module docstring).
+        chat_template_kwargs: extra ``apply_chat_template`` arguments, verl's ``data.apply_chat_template_kwargs``
+            (e.g. ``{"enable_thinking": False}``): the teacher prompt is rendered as the student's was.
 
     Returns:
         :class:`TeacherContexts`.
@@ -602,7 +610,7 @@ def build_teacher_contexts(
                 continue
             plans[row] = _Plan("privileged", -1, ("sdpg",), [hint])
 
-    builder = _PromptBuilder(rollouts, tokenizer, templates, teacher_config, exact)
+    builder = _PromptBuilder(rollouts, tokenizer, templates, teacher_config, exact, chat_template_kwargs)
     prompt_ids, messages, shortened, too_long = builder.build(plans)
     input_ids: list = [None] * n
     source: list = [None] * n
@@ -651,8 +659,10 @@ class _PromptBuilder:
     placeholders (else that prompt is rendered by ``apply_chat_template`` itself).
     """
 
-    def __init__(self, rollouts, tokenizer, templates: TemplateConfig, teacher_config, exact: bool):
+    def __init__(self, rollouts, tokenizer, templates: TemplateConfig, teacher_config, exact: bool,
+                 chat_template_kwargs: Optional[dict] = None):
         self.rollouts, self.tokenizer, self.templates = rollouts, tokenizer, templates
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.remove_thinking = bool(teacher_config.remove_thinking)
         self.max_len = int(teacher_config.max_reprompt_len)
         self.tables = None if exact else _byte_level_tables(tokenizer)
@@ -680,7 +690,9 @@ class _PromptBuilder:
         return lambda pieces: sdpg_teacher_messages(prompt, pieces[0], templates)
 
     def _render(self, messages: list) -> str:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         if not isinstance(text, str):
             raise ValueError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not a string")
         return text
@@ -895,7 +907,7 @@ class _PromptBuilder:
             plan = plans[row]
             fitted = fit_teacher_prompt(
                 self._builder(row, plan.flavor), self.piece_texts(plan), self.tokenizer, self.max_len,
-                self.templates.truncation_marker,
+                self.templates.truncation_marker, self.chat_template_kwargs,
             )
             if fitted.too_long:
                 too_long[row] = True
