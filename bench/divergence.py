@@ -11,7 +11,9 @@ For each anchor T x V x H and divergence kind it runs, forward + backward of sum
   actor update runs on the engine's student logits) against the same plain autograd on logits.
 
 Peak memory is each variant's peak resident-set growth above its inputs, measured in a fresh child process
-(CPU: torch's allocator is invisible to tracemalloc); time is the best of ``--repeats`` runs in that child.
+(CPU: torch's allocator is invisible to tracemalloc) whose large allocations are all mmapped
+(``MALLOC_MMAP_THRESHOLD_``), so that freed buffers leave the resident set; time is the best of ``--repeats``
+runs in that child, in CPU seconds of the process (``--clock cpu``, robust to a loaded machine) or wall seconds.
 The gradients of the kernels are compared with the plain-autograd ones on the same inputs. Goal (issue 7):
 fused <= 0.16x naive peak memory and <= 1.0x naive time at both anchors.
 """
@@ -70,7 +72,8 @@ def run_variant(variant: str, kind: str, tokens: int, vocab: int, hidden: int, c
             teacher_logits = teacher @ weight.T
     base = _rss_bytes()
     torch.manual_seed(0)
-    start = time.perf_counter()
+    clock = time.process_time if os.environ.get("BENCH_CLOCK", "cpu") == "cpu" else time.perf_counter
+    start = clock()
     if variant == "naive":
         values = _naive_values(student @ weight.T, (teacher @ weight.T).detach(), kind, alpha)
         (values * token_weights).sum().backward()
@@ -89,7 +92,7 @@ def run_variant(variant: str, kind: str, tokens: int, vocab: int, hidden: int, c
         grads = (student_logits.grad,)
     else:
         raise ValueError(variant)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     return grads, elapsed, base
 
 
@@ -108,7 +111,8 @@ def measure(variant, kind, tokens, vocab, hidden, args) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--kind", kind, "--tokens", str(tokens), "--vocab",
                str(vocab), "--hidden", str(hidden), "--repeats", str(args.repeats), "--chunk-bytes",
                str(args.chunk_bytes), "--threads", str(args.threads)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", BENCH_CLOCK=args.clock)
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -129,7 +133,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="forward_kl,reverse_kl,jsd")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-mib", type=float, default=64)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per child (1: robust to load)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="reverse_kl", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, default=0, help=argparse.SUPPRESS)
