@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "datasets",
     "math-verify>=0.8",
     "tqdm",
+    "matplotlib",  # scgrpo-verl report's plots
     # used directly by the CPU debugging backend, dry-run and explain (verl already depends on them)
     "transformers",
     "tokenizers",

@@ -4,6 +4,8 @@
 - ``dry-run``: one self-teacher step on a synthetic batch, stage by stage (:mod:`scgrpo_verl.dry_run`);
 - ``cpu-run``: a few real ``main_ppo`` steps on the CPU debugging backend (:mod:`scgrpo_verl.cpu_backend`);
 - ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`);
+- ``eval``: sample a checkpoint on validation parquets, grade it, avg@k / mean@k / pass@k (:mod:`scgrpo_verl.eval`);
+- ``report``: tables in a paper's layout and plots from verl's logs and eval outputs (:mod:`scgrpo_verl.report`);
 - ``sandbox``: which isolation the code sandbox gets on this host, and why (:func:`scgrpo_verl.rewards.sandbox.diagnose`).
 """
 
@@ -68,6 +70,39 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from scgrpo_verl.eval import EvalError, run_from_args
+
+    try:
+        return run_from_args(args)
+    except EvalError as exc:
+        print(f"scgrpo-verl eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scgrpo_verl.eval import EvalError
+    from scgrpo_verl.report import run_from_args
+
+    try:
+        return run_from_args(args)
+    except EvalError as exc:
+        print(f"scgrpo-verl report: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_eval_and_report(commands) -> None:
+    from scgrpo_verl.eval import add_arguments as eval_arguments
+    from scgrpo_verl.report import add_arguments as report_arguments
+
+    evaluation = commands.add_parser("eval", help="sample a checkpoint on verl parquets and grade it (avg@k, pass@k)")
+    eval_arguments(evaluation)
+    evaluation.set_defaults(func=_eval)
+    report = commands.add_parser("report", help="paper-layout tables and plots from verl logs and eval outputs")
+    report_arguments(report)
+    report.set_defaults(func=_report)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scgrpo-verl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +138,7 @@ def main(argv=None) -> int:
 
     box = commands.add_parser("sandbox", help="print the code sandbox's isolation diagnostics as JSON")
     box.set_defaults(func=_sandbox)
+    _add_eval_and_report(commands)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["cpu-run"]:
         return _cpu_run(argv[1:])
