@@ -296,10 +296,15 @@ def build_rows(paper: Paper, runs: Sequence[Run]) -> list[TableRow]:
     rows = []
     seen = set()
     for run in runs:
+        by_bench: dict[str, list[str]] = {}
         for ds in data_sources_of(run):
-            bench = benchmark_of(ds, run.setup)
+            by_bench.setdefault(benchmark_of(ds, run.setup), []).append(ds)
+        for bench, sources in by_bench.items():
             for column in paper.columns:
-                cell = cell_value(run, ds, column)
+                # several data_source names of one benchmark (aime24 in training, aime2024 from data_prep): the
+                # eval output wins, then in-loop validation
+                cells = [(ds, cell_value(run, ds, column)) for ds in sources]
+                ds, cell = min(cells, key=lambda c: (c[1].value is None, not c[1].source.startswith("eval")))
                 rows.append(TableRow(bench, ds, run.method, run.label, column.name, cell.value,
                                      paper.reported.get((bench, run.method, column.name)), cell.source))
                 seen.add((bench, run.method, column.name))
