@@ -7,7 +7,8 @@
 #      training and after every step, verl's `file` logger writing <run>/metrics.jsonl, the final checkpoint saved;
 #   3. scgrpo-verl eval of every final checkpoint (verl's FSDP checkpoint merged to HF first);
 #   4. scgrpo-verl report for each paper's layout: Markdown + CSV table and PNG/SVG plots under <out>/report/<paper>.
-# Usage: examples/cpu_miniature.sh [OUT_DIR]   (env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=420)
+# Usage: examples/cpu_miniature.sh [OUT_DIR]
+#   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=420 (per run), PARALLEL=2 (runs at a time)
 # The parity task lets every mechanism fire: ~45% of samples are right by chance, so groups have some verified
 # rollouts (SC-GRPO's KL weighting, SDPO's sibling reprompting) and some without (solve-none, feedback-only teachers).
 set -euo pipefail
@@ -16,6 +17,7 @@ OUT=$(realpath -m "${1:-$(mktemp -d /tmp/scgrpo_miniature_XXXXXX)}")
 STEPS=${STEPS:-2}
 METHODS=${METHODS:-"grpo sc_grpo sdpo sdpg"}
 TIMEOUT=${TIMEOUT:-420}
+PARALLEL=${PARALLEL:-2}
 mkdir -p "$OUT/runs" "$OUT/eval"
 start=$(date +%s)
 
@@ -24,13 +26,11 @@ python -m scgrpo_verl.cpu_backend.assets --task parity --out "$OUT/assets" --n-t
 python -m data_prep.gsm8k --source tests/fixtures/data_prep/gsm8k --out "$OUT/data/gsm8k"
 MODEL="$OUT/assets/tiny_qwen2"
 
-for method in $METHODS; do
-  run="$OUT/runs/$method"
-  extra=()
+train() {  # train METHOD: STEPS real main_ppo steps; verl's console output goes to <run>.out
+  local method=$1 run="$OUT/runs/$1" extra=()
   case $method in
     sdpg) extra+=(self_teacher.sdpg.warmup_steps=0) ;;  # beta(k) > 0 from the first of the few steps
   esac
-  echo "== train $method ($STEPS steps) -> $run"
   scgrpo-verl cpu-run --config-name "$method" --steps "$STEPS" --workdir "$run" --timeout "$TIMEOUT" \
     --save-freq "$STEPS" \
     "actor_rollout_ref.model.path=$MODEL" \
@@ -41,15 +41,34 @@ for method in $METHODS; do
     actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \
     "trainer.logger=[console,file]" trainer.project_name=miniature "trainer.experiment_name=$method" \
     "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=$run/metrics.jsonl" \
-    "${extra[@]}"
+    "${extra[@]}" > "$run.out" 2>&1
+}
+
+# PARALLEL runs at a time (each its own Ray cluster and temp dir; ~5 GB RAM each)
+methods=($METHODS)
+for ((i = 0; i < ${#methods[@]}; i += PARALLEL)); do
+  batch=("${methods[@]:i:PARALLEL}")
+  pids=()
+  for method in "${batch[@]}"; do
+    echo "== train $method ($STEPS steps) -> $OUT/runs/$method"
+    train "$method" & pids+=($!)
+  done
+  failed=0
+  for j in "${!pids[@]}"; do
+    wait "${pids[j]}" || { failed=1; echo "!! ${batch[j]} failed: tail of $OUT/runs/${batch[j]}.out"; tail -40 "$OUT/runs/${batch[j]}.out"; }
+  done
+  for method in "${batch[@]}"; do grep '^\[cpu-run\]' "$OUT/runs/$method.out" || true; done
+  [ "$failed" = 0 ] || exit 1
 done
+echo "== trained in $(( $(date +%s) - start ))s"
 
 for method in $METHODS; do
   echo "== eval $method"
   scgrpo-verl eval --model-path "$OUT/runs/$method/checkpoints/global_step_$STEPS/actor" \
     --data "$OUT/assets/val.parquet" --data "$OUT/data/gsm8k/test.parquet" \
     --n 8 --temperature 1.0 --top-p 1.0 --max-new-tokens 32 --backend hf \
-    --reward-path scgrpo_verl/cpu_backend/reward.py --out "$OUT/eval/$method"
+    --reward-path scgrpo_verl/cpu_backend/reward.py --out "$OUT/eval/$method" 2> "$OUT/eval/$method.err" \
+    || { tail -30 "$OUT/eval/$method.err"; exit 1; }
 done
 
 runs=()

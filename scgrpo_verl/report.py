@@ -320,10 +320,17 @@ def _fmt(value: Optional[float], signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
+def _k_differs(row: TableRow) -> bool:
+    """Whether our value was measured at another k than the column's (e.g. mean@4 under a mean@32 column)."""
+    wanted = re.search(r"@(\d+)", row.column)
+    got = re.findall(r"@(\d+)", row.source)
+    return bool(wanted and got and got[-1] != wanted.group(1))
+
+
 def _cell_text(row: Optional[TableRow]) -> str:
     if row is None:
         return "—"
-    text = f"{_fmt(row.ours)} / {_fmt(row.paper)}"
+    text = f"{_fmt(row.ours)}{'*' if row.ours is not None and _k_differs(row) else ''} / {_fmt(row.paper)}"
     if row.gap is not None:
         text += f" ({_fmt(row.gap, True)})"
     return text
@@ -338,7 +345,8 @@ def markdown_table(paper: Paper, rows: Sequence[TableRow]) -> str:
     index = {}
     for r in rows:
         index.setdefault((r.benchmark, r.method, r.column), r)
-    lines = [f"### {paper.title}", "", "Each cell: ours / paper (ours − paper); fractions (the papers print %).", ""]
+    lines = [f"### {paper.title}", "", "Each cell: ours / paper (ours − paper); fractions (the papers print %); "
+             "* = ours measured at another k (see where our numbers come from).", ""]
     columns = [c.name for c in paper.columns]
     if paper.rows == "benchmarks":
         header = ["benchmark"] + [f"{method_names.get(m, m)} {c}" for m in methods for c in columns]
@@ -435,7 +443,12 @@ def make_plots(runs: Sequence[Run], out_dir: str, paper: Optional[Paper] = None)
 
     drawn: dict = {}
 
+    from matplotlib.ticker import MaxNLocator
+
     def save(fig, name):
+        for ax in fig.axes:
+            if ax.get_xlabel() == "training step":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         panels = {}
         for ax in fig.axes:
             lines = {line.get_label(): {"x": [float(x) for x in line.get_xdata()],
@@ -563,7 +576,9 @@ def report(run_specs: Sequence[str], paper_name: str, out_dir: str, eval_specs: 
     rows = build_rows(paper, runs)
     table = markdown_table(paper, rows)
     with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as handle:
-        handle.write(table + "\n" + runs_markdown(runs))
+        handle.write(table)
+    with open(os.path.join(out_dir, "runs.md"), "w", encoding="utf-8") as handle:
+        handle.write(runs_markdown(runs))
     write_csv(os.path.join(out_dir, "table.csv"), rows)
     drawn = make_plots(runs, out_dir, paper) if plots else {}
     return Report(table_md=table, rows=rows, runs=runs, plots=drawn, out_dir=out_dir)
@@ -584,5 +599,5 @@ def run_from_args(args: argparse.Namespace) -> int:
     result = report(args.runs, args.paper, args.out, args.eval, args.eval_dir, plots=not args.no_plots)
     print(result.table_md)
     names = sorted(f"{name}.png/.svg" for name in result.plots)
-    print(f"[report] wrote {os.path.join(args.out, 'table.md')}, table.csv" + (", " + ", ".join(names) if names else ""))
+    print(f"[report] wrote {os.path.join(args.out, 'table.md')}, table.csv, runs.md" + (", " + ", ".join(names) if names else ""))
     return 0

@@ -89,6 +89,9 @@ def test_sdpo_table_holds_the_best_logged_value_within_1h_and_5h(tmp_path, monke
     assert line.count("|") == 6
     # the paper's other domains are listed with "—" for ours
     assert any(l.startswith("| Physics | — / 0.638") for l in printed.splitlines())
+    # runs.md lists every logged validation value
+    runs_md = (out / "runs.md").read_text()
+    assert "in-loop val-core/sciknoweval/acc/mean@16: step 0: 0.3500, step 1: 0.5500, step 2: 0.6700" in runs_md
 
 
 def test_plots_hold_the_logged_series(tmp_path, monkeypatch):
@@ -168,7 +171,7 @@ def test_sdpg_table_final_value_and_k_mismatch_is_named(tmp_path, monkeypatch):
     cell = next(r for r in result.rows if r.benchmark == "aime2024" and r.method == "sdpg" and r.run)
     assert cell.ours == 0.25 and cell.paper == 0.380 and cell.gap == pytest.approx(0.25 - 0.380)
     assert cell.source == "val step 2 acc/mean@4"  # the paper's mean@32 was not logged: the k used is named
-    assert "| SDPG-URKL | 0.250 / 0.380 (-0.130) |" in result.table_md
+    assert "| SDPG-URKL | 0.250* / 0.380 (-0.130) |" in result.table_md
 
 
 def test_report_reads_console_logs_of_a_cpu_run(tmp_path):
