@@ -9,6 +9,7 @@
 #   4. scgrpo-verl report for each paper's layout: Markdown + CSV table and PNG/SVG plots under <out>/report/<paper>.
 # Usage: examples/cpu_miniature.sh [OUT_DIR]
 #   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=420 (per run), PARALLEL=2 (runs at a time)
+# lr 1e-3 (not the papers' 1e-6) so that two steps move the tiny model past bf16 rounding and the methods differ.
 # The parity task lets every mechanism fire: ~45% of samples are right by chance, so groups have some verified
 # rollouts (SC-GRPO's KL weighting, SDPO's sibling reprompting) and some without (solve-none, feedback-only teachers).
 set -euo pipefail
@@ -35,7 +36,7 @@ train() {  # train METHOD: STEPS real main_ppo steps; verl's console output goes
     --save-freq "$STEPS" \
     "actor_rollout_ref.model.path=$MODEL" \
     "data.train_files=$OUT/assets/train.parquet" "data.val_files=$OUT/assets/val.parquet" \
-    actor_rollout_ref.rollout.n=6 \
+    actor_rollout_ref.rollout.n=6 actor_rollout_ref.actor.optim.lr=1e-3 \
     trainer.test_freq=1 trainer.val_before_train=True \
     actor_rollout_ref.rollout.val_kwargs.n=4 actor_rollout_ref.rollout.val_kwargs.do_sample=True \
     actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \

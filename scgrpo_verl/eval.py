@@ -424,8 +424,10 @@ def generate_vllm(model_path: str, prompt_ids: list[list[int]], sampling: Sampli
              for o in out.outputs] for out in outputs]
 
 
-def generate_hf(model_path: str, prompt_ids: list[list[int]], sampling: Sampling, tokenizer) -> list[list[dict]]:
-    """n samples per prompt with Hugging Face ``generate`` (one prompt at a time; CPU-sized checkpoints)."""
+def generate_hf(model_path: str, prompt_ids: list[list[int]], sampling: Sampling, tokenizer,
+                batch_sequences: int = 256) -> list[list[dict]]:
+    """n samples per prompt with Hugging Face ``generate``: prompts left-padded into batches of up to
+    ``batch_sequences`` sequences (prompts x n); returns ``[[{"text", "num_tokens", "truncated"}] * n]``."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -440,33 +442,35 @@ def generate_hf(model_path: str, prompt_ids: list[list[int]], sampling: Sampling
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+    kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n, pad_token_id=pad,
+                  eos_token_id=sorted(eos_ids) or None)
+    if sampling.temperature > 0:
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False)
+    per_batch = max(1, batch_sequences // sampling.n)
     results = []
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **_: x  # noqa: E731
-    for ids in tqdm(prompt_ids, desc="generate (hf)", file=sys.stderr):
-        inputs = torch.tensor([ids], device=model.device)
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n, pad_token_id=pad,
-                      eos_token_id=sorted(eos_ids) or None, attention_mask=torch.ones_like(inputs))
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
+    for start in tqdm(range(0, len(prompt_ids), per_batch), desc="generate (hf)", file=sys.stderr):
+        batch = prompt_ids[start:start + per_batch]
+        width = max(len(ids) for ids in batch)
+        inputs = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
         with torch.no_grad():
-            out = model.generate(inputs, **kwargs)
-        samples = []
-        for seq in out[:, len(ids):].tolist():
-            length = len(seq)
-            for pos, tok in enumerate(seq):
-                if tok in eos_ids:
-                    length = pos
-                    break
-            ended = length < len(seq)
-            text = tokenizer.decode(seq[:length], skip_special_tokens=True)
-            samples.append({"text": text, "num_tokens": length + int(ended),
-                            "truncated": not ended and length >= sampling.max_new_tokens})
-        results.append(samples)
+            out = model.generate(inputs, attention_mask=mask, **kwargs)
+        sequences = out[:, width:].tolist()
+        for i in range(len(batch)):
+            samples = []
+            for seq in sequences[i * sampling.n:(i + 1) * sampling.n]:
+                length = next((pos for pos, tok in enumerate(seq) if tok in eos_ids), len(seq))
+                ended = length < len(seq)
+                text = tokenizer.decode(seq[:length], skip_special_tokens=True)
+                samples.append({"text": text, "num_tokens": length + int(ended),
+                                "truncated": not ended and length >= sampling.max_new_tokens})
+            results.append(samples)
     return results
 
 
@@ -490,12 +494,14 @@ class EvalResult:
 def evaluate(model_path: str, data: Sequence[str], sampling: Sampling, out_dir: str, backend: str = "auto",
              limit: Optional[int] = None, template_kwargs: Optional[dict] = None, reward_path: Optional[str] = None,
              reward_name: str = "compute_score", success_threshold: float = 1.0, ks: Optional[Sequence[int]] = None,
-             verl_log: Optional[str] = None) -> EvalResult:
+             verl_log: Optional[str] = None, tensor_parallel_size: int = 1) -> EvalResult:
     """Generate, grade and write ``samples.jsonl`` + ``metrics.json`` under ``out_dir`` (see the module docstring)."""
     if backend not in ("auto", "vllm", "hf"):
         raise EvalError(f"--backend {backend!r}: expected auto, vllm or hf")
     if backend == "vllm" and not vllm_available():
         raise EvalError("--backend vllm: vllm is not installed (pip install -e '.[gpu]'), or use --backend hf")
+    if tensor_parallel_size < 1:
+        raise EvalError(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be >= 1, got {limit}")
     if ks:
@@ -507,6 +513,15 @@ def evaluate(model_path: str, data: Sequence[str], sampling: Sampling, out_dir: 
     if not questions:
         raise EvalError(f"--data {list(data)}: no rows")
     reward_fn = load_reward_fn(reward_path, reward_name)
+    if reward_path is None:  # fail before generating: every data_source must be one the plugin's reward grades
+        from scgrpo_verl.rewards import canonical_source
+
+        for q in questions:
+            try:
+                canonical_source(q.data_source)
+            except ValueError as exc:
+                raise EvalError(f"--data {q.file!r} row {q.row}: {exc}; pass the training run's reward function "
+                                f"with --reward-path/--reward-name") from None
     os.makedirs(out_dir, exist_ok=True)
     chosen = "vllm" if backend == "vllm" or (backend == "auto" and vllm_available()) else "hf"
     from transformers import AutoTokenizer
@@ -517,14 +532,18 @@ def evaluate(model_path: str, data: Sequence[str], sampling: Sampling, out_dir: 
         prompt_ids = [chat_prompt_ids(tokenizer, q.messages, template_kwargs) for q in questions]
         start = time.monotonic()
         if chosen == "vllm":
-            generations = generate_vllm(hf_path, prompt_ids, sampling)
+            generations = generate_vllm(hf_path, prompt_ids, sampling, tensor_parallel_size=tensor_parallel_size)
         else:
             generations = generate_hf(hf_path, prompt_ids, sampling, tokenizer)
         gen_s = time.monotonic() - start
     records = []
     for q, samples in zip(questions, generations):
         for sample_id, sample in enumerate(samples):
-            graded = grade(reward_fn, q, sample["text"], success_threshold)
+            try:
+                graded = grade(reward_fn, q, sample["text"], success_threshold)
+            except Exception as exc:  # the reward function's own error, named with the row it failed on
+                raise EvalError(f"--data {q.file!r} row {q.row}: the reward function failed on sample {sample_id}: "
+                                f"{type(exc).__name__}: {exc}") from None
             records.append({"data_source": q.data_source, "index": q.index, "question": q.key, "sample": sample_id,
                             "response": sample["text"], "score": graded["score"], "acc": graded["acc"],
                             "feedback": graded["feedback"], "num_tokens": sample["num_tokens"],
@@ -575,6 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: vLLM when installed, else HF generate")
     parser.add_argument("--limit", type=int, default=None, help="first M rows of each parquet")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism")
     parser.add_argument("--pass-k", type=int, action="append", default=None,
                         help="k of pass@k (repeatable; default 1, 2, 4, ... and n)")
     thinking = parser.add_mutually_exclusive_group()
@@ -622,7 +642,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     result = evaluate(args.model_path, args.data, sampling, args.out, backend=args.backend, limit=args.limit,
                       template_kwargs=template_kwargs_from_args(args), reward_path=args.reward_path,
                       reward_name=args.reward_name, success_threshold=args.success_threshold, ks=args.pass_k,
-                      verl_log=args.verl_log)
+                      verl_log=args.verl_log, tensor_parallel_size=args.tensor_parallel_size)
     print(f"[eval] {result.metrics['backend']}: wrote {result.samples_path} and {result.metrics_path}")
     print(format_metrics(result.metrics))
     return 0

@@ -258,14 +258,20 @@ def test_chat_template_kwargs_reach_the_template(parity_assets):
     (["--limit", "0"], "--limit must be >= 1"),
     (["--reward-path", "/nonexistent.py"], "--reward-path"),
     (["--pass-k", "9"], "--pass-k"),
+    (["--reward-path", None], "unknown data_source 'tiny_parity'"),  # the plugin's reward does not grade it
+    (["--tensor-parallel-size", "0"], "--tensor-parallel-size must be >= 1"),
 ])
 def test_eval_errors_are_one_line_naming_the_option(parity_assets, tmp_path, capsys, extra, message):
     if "vllm" in message and ev.vllm_available():
         pytest.skip("vllm is installed here")
     args = {"--model-path": parity_assets.model, "--data": parity_assets.val_file, "--n": "2", "--temperature": "1",
             "--top-p": "1", "--max-new-tokens": "4", "--out": str(tmp_path / "o"), "--backend": "hf"}
+    args["--reward-path"] = REWARD
     for key, value in zip(extra[::2], extra[1::2]):
-        args[key] = value
+        if value is None:
+            del args[key]
+        else:
+            args[key] = value
     argv = ["eval"] + [x for kv in args.items() for x in kv]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -283,3 +289,36 @@ def test_eval_rejects_a_parquet_without_verl_columns(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "hi", "data_source": "x", "reward_model": {"style": "rule"}}]), path)
     with pytest.raises(ev.EvalError, match="row 0: 'reward_model' has no 'ground_truth'"):
         ev.load_questions(str(path))
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_reward_function_is_named_with_its_row(parity_assets, tmp_path):
+    reward = tmp_path / "bad_reward.py"
+    reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                      "    raise KeyError('no grader')\n")
+    with pytest.raises(ev.EvalError, match=r"row 0: the reward function failed on sample 0: KeyError: 'no grader'"):
+        ev.evaluate(parity_assets.model, [parity_assets.val_file], ev.Sampling(1, 0.0, 1.0, 2), str(tmp_path / "o"),
+                    backend="hf", reward_path=str(reward), limit=1)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_hf_batches_of_left_padded_prompts_decode_as_one_prompt_at_a_time(tmp_path):
+    """Greedy decoding: the batched generation (prompts of different lengths, left padding) gives exactly the
+    responses of prompts generated alone. The unbiased random model: near-uniform logits, so any leak of the padding
+    into attention or positions would flip some argmax."""
+    from transformers import AutoTokenizer
+
+    from scgrpo_verl.cpu_backend.assets import prepare_assets
+
+    model = prepare_assets(tmp_path / "math", n_train=1, n_val=1).model
+    tok = AutoTokenizer.from_pretrained(model)
+    messages = [[{"role": "user", "content": text}] for text in ("Is 7 odd?", "Is 1234 odd? Answer 1 or 0 please.",
+                                                                 "x")]
+    ids = [ev.chat_prompt_ids(tok, m, {}) for m in messages]
+    assert len({len(i) for i in ids}) == 3
+    greedy = ev.Sampling(1, 0.0, 1.0, 12)
+    batched = ev.generate_hf(model, ids, greedy, tok, batch_sequences=8)
+    alone = ev.generate_hf(model, ids, greedy, tok, batch_sequences=1)
+    assert batched == alone
+    assert len({s[0]["text"] for s in alone}) >= 2  # the prompts matter
