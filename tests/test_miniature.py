@@ -94,3 +94,58 @@ def test_cpu_miniature(tmp_path):
         assert (out / "report" / "sc_grpo" / f"{name}.svg").stat().st_size > 1000
     # the tables were printed
     assert "### SC-GRPO" in printed and "| SC-GRPO |" in printed and "| Chemistry |" in printed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the miniature's task (fast)
+
+
+def test_parity_reward_reads_the_first_binary_digit():
+    from scgrpo_verl.cpu_backend.reward import compute_score, grade_parity
+
+    assert grade_parity("x1 0", "1") == {"score": 1.0, "acc": True, "feedback": ""}
+    wrong = grade_parity("ab0 1", "1")
+    assert wrong["score"] == 0.0 and not wrong["acc"] and "Wrong answer 0" in wrong["feedback"]
+    none = grade_parity("abc 7", "0")
+    assert none["score"] == 0.0 and "No answer" in none["feedback"]
+    # dispatched by data_source, without the dense term (verified means right)
+    assert compute_score("tiny_parity", "1", "1")["score"] == 1.0
+    assert compute_score("tiny_parity", "0123456789", "1")["score"] == 0.0
+    # other sources keep the shaped reward; the plugin grades sources verl does not know (data_prep's gsm8k)
+    assert compute_score("gsm8k", "#### 5", "5")["acc"]
+    assert not compute_score("gsm8k", "#### 4", "5")["acc"]
+
+
+@pytest.mark.timeout(300)
+def test_parity_assets_give_groups_with_some_verified_rollouts(tmp_path):
+    """The biased tiny model answers the parity prompts right about half of the time, so that groups of 6 mostly hold
+    both verified and failed rollouts (SC-GRPO's weighting route, SDPO's sibling teachers)."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scgrpo_verl.cpu_backend.assets import PARITY_SOURCE, prepare_assets
+    from scgrpo_verl.cpu_backend.reward import compute_score
+
+    paths = prepare_assets(tmp_path, n_train=8, n_val=2, task="parity")
+    frame = pd.read_parquet(paths.train_file)
+    assert set(frame["data_source"]) == {PARITY_SOURCE}
+    truths = [r["ground_truth"] for r in frame["reward_model"]]
+    assert truths.count("1") == truths.count("0") == 4  # balanced: a constant answer scores 0.5
+    tok = AutoTokenizer.from_pretrained(paths.model)
+    model = AutoModelForCausalLM.from_pretrained(paths.model).eval()
+    torch.manual_seed(0)
+    mixed, right, total = 0, 0, 0
+    for messages, truth in zip(frame["prompt"], truths):
+        ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=True, max_new_tokens=32, num_return_sequences=6, top_k=0,
+                                 pad_token_id=tok.pad_token_id)
+        scores = [compute_score(PARITY_SOURCE, tok.decode(o[ids["input_ids"].shape[1]:], skip_special_tokens=True),
+                                truth)["score"] for o in out]
+        right += sum(scores)
+        total += len(scores)
+        mixed += 2 <= sum(scores) < len(scores)
+    assert 0.25 <= right / total <= 0.75, right / total
+    assert mixed >= 4, mixed  # of 8 groups
