@@ -8,7 +8,7 @@
 #   3. scgrpo-verl eval of every final checkpoint (verl's FSDP checkpoint merged to HF first);
 #   4. scgrpo-verl report for each paper's layout: Markdown + CSV table and PNG/SVG plots under <out>/report/<paper>.
 # Usage: examples/cpu_miniature.sh [OUT_DIR]
-#   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=420 (per run), PARALLEL=2 (runs at a time)
+#   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=900 (per run), PARALLEL=2 (runs at a time)
 # lr 1e-3 (not the papers' 1e-6) so that two steps move the tiny model past bf16 rounding and the methods differ.
 # The parity task lets every mechanism fire: ~45% of samples are right by chance, so groups have some verified
 # rollouts (SC-GRPO's KL weighting, SDPO's sibling reprompting) and some without (solve-none, feedback-only teachers).
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-$(mktemp -d /tmp/scgrpo_miniature_XXXXXX)}")
 STEPS=${STEPS:-2}
 METHODS=${METHODS:-"grpo sc_grpo sdpo sdpg"}
-TIMEOUT=${TIMEOUT:-420}
+TIMEOUT=${TIMEOUT:-900}
 PARALLEL=${PARALLEL:-2}
 mkdir -p "$OUT/runs" "$OUT/eval"
 start=$(date +%s)
