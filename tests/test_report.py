@@ -17,7 +17,8 @@ TIMES = {1: 1500.0, 2: 1600.0, 3: 1700.0, 4: 9000.0, 5: 9000.0}  # cumulative: 1
 
 def _sdpo_history(offset: float, method: str) -> dict:
     """A verl history with in-loop validation at steps 0..5 and the plugin's metrics."""
-    history = {0: {"val-core/sciknoweval/acc/mean@16": 0.30 + offset, "val-aux/sciknoweval/reward/mean@16": 0.1}}
+    # step 0 (the initial model, before any update) is the best value: it must not count as a method's result
+    history = {0: {"val-core/sciknoweval/acc/mean@16": 0.90 + offset, "val-aux/sciknoweval/reward/mean@16": 0.1}}
     values = {1: 0.50, 2: 0.62, 3: 0.58, 4: 0.70, 5: 0.66}
     for step in range(1, 6):
         history[step] = {"timing_s/step": TIMES[step], "val-core/sciknoweval/acc/mean@16": values[step] + offset,
@@ -68,7 +69,8 @@ def test_sdpo_table_holds_the_best_logged_value_within_1h_and_5h(tmp_path, monke
     for label, history in runs.items():
         series = {s: d["val-core/sciknoweval/acc/mean@16"] for s, d in history.items()}
         for budget, column in ((3600, "avg@16 ≤1h"), (18000, "avg@16 ≤5h")):
-            expected[(label.split(":")[0], column)] = max(v for s, v in series.items() if cumulative[s] <= budget)
+            expected[(label.split(":")[0], column)] = max(v for s, v in series.items()
+                                                          if s > 0 and cumulative[s] <= budget)
     assert expected[("grpo", "avg@16 ≤1h")] == 0.62 and expected[("grpo", "avg@16 ≤5h")] == 0.70
 
     with open(out / "table.csv") as handle:
@@ -91,7 +93,7 @@ def test_sdpo_table_holds_the_best_logged_value_within_1h_and_5h(tmp_path, monke
     assert any(l.startswith("| Physics | — / 0.638") for l in printed.splitlines())
     # runs.md lists every logged validation value
     runs_md = (out / "runs.md").read_text()
-    assert "in-loop val-core/sciknoweval/acc/mean@16: step 0: 0.3500, step 1: 0.5500, step 2: 0.6700" in runs_md
+    assert "in-loop val-core/sciknoweval/acc/mean@16: step 0: 0.9500, step 1: 0.5500, step 2: 0.6700" in runs_md
 
 
 def test_plots_hold_the_logged_series(tmp_path, monkeypatch):
