@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline in miniature on a CPU (584 s measured on a busy 2-core host, ~10 GB RAM with two runs at a time,
+# The whole pipeline in miniature on a CPU (584 s measured on a busy 2-core host; two cpu-runs at a time, ~5 GB each;
 # no GPU, no downloads):
 #   1. data: the tiny parity task + its biased tiny model (scgrpo_verl.cpu_backend.assets --task parity), and
 #      data_prep run on the repository's GSM8K fixture (a second eval source, which the tiny model never solves; not
