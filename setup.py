@@ -14,7 +14,7 @@ INSTALL_REQUIRES = [
     "datasets",
     "math-verify>=0.8",
     "tqdm",
-    "matplotlib",  # explain's colour scales (verl[verl-core] does not bring it)
+    "matplotlib",  # explain's colour scales, report's plots (verl[verl-core] does not bring it)
     # used directly by the CPU debugging backend, dry-run and explain (verl already depends on them)
     "transformers",
     "tokenizers",

@@ -6,6 +6,8 @@
 - ``cpu-run``: a few real ``main_ppo`` steps on the CPU debugging backend (:mod:`scgrpo_verl.cpu_backend`);
 - ``explain``: an HTML page of a rollout's tokens shaded by D and f(D) (:mod:`scgrpo_verl.explain`);
 - ``ttsd``: SDPO's test-time self-distillation on single questions vs best-of-k and multi-turn (:mod:`scgrpo_verl.ttsd`);
+- ``eval``: sample a checkpoint on validation parquets, grade it, avg@k / mean@k / pass@k (:mod:`scgrpo_verl.eval`);
+- ``report``: tables in a paper's layout and plots from verl's logs and eval outputs (:mod:`scgrpo_verl.report`);
 - ``sandbox``: which isolation the code sandbox gets on this host, and why (:func:`scgrpo_verl.rewards.sandbox.diagnose`).
 
 Adding a subcommand: write ``_name(args) -> int``, register it in :func:`build_parser`, and raise
@@ -217,6 +219,39 @@ def _add_ttsd_parser(commands) -> None:
     p.set_defaults(func=_ttsd)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from scgrpo_verl.eval import EvalError, run_from_args
+
+    try:
+        return run_from_args(args)
+    except EvalError as exc:
+        print(f"scgrpo-verl eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scgrpo_verl.eval import EvalError
+    from scgrpo_verl.report import run_from_args
+
+    try:
+        return run_from_args(args)
+    except EvalError as exc:
+        print(f"scgrpo-verl report: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_eval_and_report(commands) -> None:
+    from scgrpo_verl.eval import add_arguments as eval_arguments
+    from scgrpo_verl.report import add_arguments as report_arguments
+
+    evaluation = commands.add_parser("eval", help="sample a checkpoint on verl parquets and grade it (avg@k, pass@k)")
+    eval_arguments(evaluation)
+    evaluation.set_defaults(func=_eval)
+    report = commands.add_parser("report", help="paper-layout tables and plots from verl logs and eval outputs")
+    report_arguments(report)
+    report.set_defaults(func=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scgrpo-verl", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     box = commands.add_parser("sandbox", help="print the code sandbox's isolation diagnostics as JSON")
     box.set_defaults(func=_sandbox)
+    _add_eval_and_report(commands)
     return parser
 
 

@@ -4,6 +4,12 @@ Nothing is downloaded. The tokenizer is byte-level BPE over the 256 byte symbols
 tokens: transformers 5 rebuilds Qwen2 tokenizers as byte-level BPE, so a character-level vocabulary would not
 round-trip through ``AutoTokenizer``. The parquet follows verl's format (``data_source="openai/gsm8k"`` so verl's
 default rule reward applies).
+
+``task="parity"`` builds the miniature's task instead (``examples/cpu_miniature.sh``): "is n odd? answer 1 or 0",
+graded by :mod:`.reward` on the first ``0``/``1`` in the response, and a tiny model whose output layer favours the
+tokens ``0``, ``1`` and ``<|im_end|>`` (:data:`PARITY_LOGIT_BIAS`), so that about 40% of its samples are right by
+chance from the first step: groups with some but not all rollouts verified, so SC-GRPO's weighting and SDPO's
+sibling reprompting run. The random math model never answers correctly, so neither would run on it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-ASSETS_VERSION = 1
+ASSETS_VERSION = 2
+
+TASKS = ("math", "parity")
+PARITY_SOURCE = "tiny_parity"
+"""``data_source`` of the parity task (graded by :func:`scgrpo_verl.cpu_backend.reward.compute_score`)."""
+
+PARITY_LOGIT_BIAS = {"0": 5.3, "1": 5.3, "<|im_end|>": 3.6}
+"""Logit offsets of the parity model's output layer: P('0' or '1') ~ 0.55 and P(end) ~ 0.06 per position."""
+
+_BIAS_DIM_VALUE = 1.0  # embedding value on hidden dim 0 for every token: after the final RMSNorm h[0] ~ sqrt(hidden)
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,14 @@ def build_tokenizer(folder: str | os.PathLike, training_text: Sequence[str] = ()
     return fast
 
 
-def build_model(folder: str | os.PathLike, vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0):
-    """Save a randomly initialised 2-layer Qwen2 (hidden 64) in float32."""
+def build_model(folder: str | os.PathLike, vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0,
+                logit_bias: dict[int, float] | None = None):
+    """Save a randomly initialised 2-layer Qwen2 (hidden 64) in float32.
+
+    ``logit_bias`` ({token id: offset}) gives the output layer a bias (Qwen2's lm_head has none): every token's
+    embedding gets a constant on hidden dimension 0, which dominates the residual stream, so after the final RMSNorm
+    h[0] is ~ sqrt(hidden) for any input; lm_head[v, 0] = offset / sqrt(hidden) then adds ~offset to token v's logit.
+    """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -93,6 +114,13 @@ def build_model(folder: str | os.PathLike, vocab_size: int, eos_token_id: int, p
         torch_dtype="float32",
     )
     model = Qwen2ForCausalLM(config).float()
+    if logit_bias:
+        with torch.no_grad():
+            model.model.embed_tokens.weight[:, 0] = _BIAS_DIM_VALUE
+            scale = config.hidden_size ** 0.5
+            model.lm_head.weight[:, 0] = 0.0
+            for token_id, offset in logit_bias.items():
+                model.lm_head.weight[token_id, 0] = offset / scale
     model.generation_config = GenerationConfig(
         eos_token_id=[eos_token_id, pad_token_id], pad_token_id=pad_token_id, bos_token_id=eos_token_id
     )
@@ -126,6 +154,29 @@ def math_rows(n: int = 16, split: str = "train", seed: int = 0) -> list[dict]:
     return rows
 
 
+def parity_rows(n: int = 16, split: str = "train", seed: int = 0) -> list[dict]:
+    """``n`` prompts "Is <k> odd?" (answer ``1``/``0``) in verl's RL parquet layout, data_source :data:`PARITY_SOURCE`.
+
+    Balanced: even rows are odd numbers, odd rows even numbers, so always answering one digit scores 0.5.
+    """
+    import random
+
+    rng = random.Random(f"parity-{split}-{seed}")
+    rows = []
+    for i in range(n):
+        k = 2 * rng.randint(1, 49) + (1 if i % 2 == 0 else 0)
+        rows.append(
+            {
+                "data_source": PARITY_SOURCE,
+                "prompt": [{"role": "user", "content": f"Is {k} odd? Answer 1 for yes, 0 for no."}],
+                "ability": "parity",
+                "reward_model": {"style": "rule", "ground_truth": str(k % 2)},
+                "extra_info": {"split": split, "index": i},
+            }
+        )
+    return rows
+
+
 def write_parquet(rows: list[dict], path: str | os.PathLike) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -134,8 +185,15 @@ def write_parquet(rows: list[dict], path: str | os.PathLike) -> str:
     return str(path)
 
 
-def prepare_assets(folder: str | os.PathLike, n_train: int = 16, n_val: int = 8, seed: int = 0) -> AssetPaths:
-    """Build (or reuse, if already complete) the model folder and the train/val parquets under ``folder``."""
+def prepare_assets(folder: str | os.PathLike, n_train: int = 16, n_val: int = 8, seed: int = 0,
+                   task: str = "math") -> AssetPaths:
+    """Build (or reuse, if already complete) the model folder and the train/val parquets under ``folder``.
+
+    ``task``: ``math`` (random model, arithmetic prompts: the README demo) or ``parity`` (the miniature's task and
+    a model biased towards ``0`` / ``1``, see the module docstring).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: expected one of {list(TASKS)}")
     root = Path(folder)
     model_dir = root / "tiny_qwen2"
     paths = AssetPaths(
@@ -145,15 +203,41 @@ def prepare_assets(folder: str | os.PathLike, n_train: int = 16, n_val: int = 8,
         val_file=str(root / "val.parquet"),
     )
     stamp = root / "assets.json"
-    want = {"version": ASSETS_VERSION, "n_train": n_train, "n_val": n_val, "seed": seed}
+    want = {"version": ASSETS_VERSION, "n_train": n_train, "n_val": n_val, "seed": seed, "task": task}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return paths
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(model_dir)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    build_model(model_dir, vocab_size=len(tokenizer), eos_token_id=eos, pad_token_id=pad, seed=seed)
-    write_parquet(math_rows(n_train, "train", seed), paths.train_file)
-    write_parquet(math_rows(n_val, "test", seed), paths.val_file)
+    bias = None
+    rows = math_rows
+    if task == "parity":
+        bias = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t)[0] if t[0] != "<" else t): v
+                for t, v in PARITY_LOGIT_BIAS.items()}
+        rows = parity_rows
+    build_model(model_dir, vocab_size=len(tokenizer), eos_token_id=eos, pad_token_id=pad, seed=seed, logit_bias=bias)
+    write_parquet(rows(n_train, "train", seed), paths.train_file)
+    write_parquet(rows(n_val, "test", seed), paths.val_file)
     stamp.write_text(json.dumps(want))
     return paths
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m scgrpo_verl.cpu_backend.assets",
+                                     description="Build the CPU backend's tiny model, tokenizer and parquets.")
+    parser.add_argument("--out", required=True, help="folder (reused when already built with the same options)")
+    parser.add_argument("--task", choices=TASKS, default="math")
+    parser.add_argument("--n-train", type=int, default=16)
+    parser.add_argument("--n-val", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = prepare_assets(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, task=args.task)
+    print(json.dumps(paths.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,6 +7,11 @@ Used by :func:`scgrpo_verl.cpu_backend.run.cpu_run` through ``reward.custom_rewa
 
 It returns a dict like :func:`scgrpo_verl.rewards.compute_score` (``score``, ``acc``, ``feedback``), so the feedback
 path of SDPO's teacher (verl keeps the extra keys per sample in ``extra_fields["reward_extra_info"]``) runs too.
+
+Data sources: the miniature's parity task (:data:`scgrpo_verl.cpu_backend.assets.PARITY_SOURCE`) is graded by
+:func:`grade_parity` (score 1 if the first ``0``/``1`` in the response is the answer, else 0; no dense term, so
+"verified" means right); every other source gets verl's default rule reward when verl knows it, else the plugin's
+:func:`scgrpo_verl.rewards.compute_score` (e.g. the canonical ``gsm8k`` that ``data_prep`` writes), plus the dense term.
 """
 
 DENSE_WEIGHT = 0.5
@@ -16,11 +21,35 @@ def digit_fraction(text: str) -> float:
     return sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
 
 
+def grade_parity(solution_str: str, ground_truth: str) -> dict:
+    """Score 1.0 when the first ``0`` or ``1`` character of the response equals ``ground_truth``, else 0.0."""
+    answer = next((ch for ch in solution_str if ch in "01"), None)
+    acc = answer == str(ground_truth).strip()
+    if acc:
+        feedback = ""
+    elif answer is None:
+        feedback = f"No answer: reply with 1 (odd) or 0 (even); the expected answer is {ground_truth}."
+    else:
+        feedback = f"Wrong answer {answer}: the expected answer is {ground_truth}."
+    return {"score": float(acc), "acc": acc, "feedback": feedback}
+
+
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     from verl.utils.reward_score import default_compute_score
 
+    from scgrpo_verl.cpu_backend.assets import PARITY_SOURCE  # absolute: verl loads this file by path
+
+    if data_source == PARITY_SOURCE:
+        return grade_parity(solution_str, ground_truth)
     try:
         base = default_compute_score(data_source, solution_str, ground_truth, extra_info=extra_info)
+    except NotImplementedError:
+        from scgrpo_verl.rewards import compute_score as plugin_score
+
+        try:
+            base = plugin_score(data_source, solution_str, ground_truth, extra_info=extra_info)
+        except Exception:
+            base = 0.0
     except Exception:
         base = 0.0
     if isinstance(base, dict):
