@@ -112,7 +112,10 @@ def self_teacher_token_divergence(
     rows = rows[token_index.to(rows.device)]
     student = logits[rows]  # (N_t, V), already scaled by the rollout temperature in the engine
     chunk_bytes = int(st.teacher.divergence_chunk_mib * (1 << 20))
-    key = DIVERGENCE_KEY
+    key = TEACHER_LOG_PROB_KEY if mode == "sdpo" and st.sdpo.distillation == "sampled_token" else DIVERGENCE_KEY
+    out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+    if rows.numel() == 0:  # no row of this micro-batch has a teacher: zeros, still attached to the student logits
+        return {key: (out + 0.0 * logits[:1, :1].sum()).unsqueeze(0)}
     if mode == "sdpo" and st.sdpo.distillation == "topk":
         ids = student_topk_ids(student, min(st.sdpo.topk, student.shape[-1]))
         values = divergence_from_log_probs(
@@ -124,7 +127,6 @@ def self_teacher_token_divergence(
     elif mode == "sdpo" and st.sdpo.distillation == "sampled_token":
         sampled = data["input_ids"].values()[rows + 1].to(teacher.device)
         values = teacher.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(teacher, dim=-1)
-        key = TEACHER_LOG_PROB_KEY
     elif mode in ("sdpo", "sdpg", "sc_grpo"):
         kind, alpha = {"sdpo": ("jsd", st.sdpo.alpha), "sdpg": ("reverse_kl", None), "sc_grpo": ("forward_kl", None)}[mode]
         if teacher.shape != student.shape:
@@ -132,7 +134,6 @@ def self_teacher_token_divergence(
         values = full_vocab_divergence(student, teacher, kind, alpha, chunk_bytes=chunk_bytes)
     else:
         raise ValueError(f"loss_mode {mode!r} with these options needs no logits processor")
-    out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
     return {key: out.index_put((rows,), values.float()).unsqueeze(0)}
 
 

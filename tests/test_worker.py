@@ -207,3 +207,25 @@ def test_ema_teacher_update_and_checkpoint_round_trip(tiny_model, tmp_path):
     worker.load_checkpoint(str(tmp_path), None, False)
     for a, b in zip(restored.parameters(), teacher.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["sc_grpo", "sdpg"])
+def test_micro_batch_without_teacher_rows(tiny_model, name):
+    """A micro-batch where no row has a teacher (dynamic batching makes them): D is 0 and no teacher forward."""
+    from verl.utils import tensordict_utils as tu
+
+    worker = make_worker(tiny_model)
+    config = actor_config(name)
+    worker.set_loss_fn(functools.partial(self_teacher_loss, config=config))
+    td = teacher_batch(mask=(0.0, 0.0, 0.0))
+    if name == "sc_grpo":
+        tu.assign_non_tensor(td, **{PASS_OPTION: True}, compute_loss=False)
+        out = worker.compute_log_prob(td)
+        assert torch.equal(out[DIVERGENCE_KEY].values(), torch.zeros(sum(PROMPTS) + sum(RESPONSES)))
+    else:
+        td["ref_log_prob"] = nested(-torch.rand(r) for r in RESPONSES)
+        tu.assign_non_tensor(td, distillation_use_topk=True, global_steps=100)
+        loss, metrics = engine_loss(tiny_model, td, worker.actor.loss_fn)
+        loss.backward()
+        tiny_model.zero_grad()
+        assert float(metrics["self_teacher/opd_loss"].values[0]) == 0.0
