@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 ROLLOUT_NAME = "hf"
 SERVER_PREFIX = f"{ROLLOUT_NAME}_server_"
 COUNTER_NAME = f"{ROLLOUT_NAME}_rollout_request_counter"
+# HF generate samples from torch's process-wide generator: one seeded generate at a time per process
+_RNG_LOCK = threading.Lock()
 _KEPT_VERSIONS = 4  # occurrence counts kept per (kind, global_steps, weight version); older ones are dropped
 
 
@@ -110,9 +112,8 @@ class HFRolloutServer:
         self.weight_version = 0
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
-        # a Ray handle of the run's RequestCounter; a local counter when the server runs outside Ray (tests)
-        self._counter = counter
-        self._local_counter = RequestCounter() if counter is None else None
+        # the run's RequestCounter: a Ray actor handle (HFReplica), or an in-process instance (None: a private one)
+        self._counter = RequestCounter() if counter is None else counter
         self.kind = kind
         self.base_seed = int(getattr(self.config, "seed", 0) or 0)
         if getattr(self.config, "full_determinism", False):
@@ -143,8 +144,8 @@ class HFRolloutServer:
     async def _occurrence(self, prompt_ids: list[int]) -> int:
         version = (self.kind, self.global_steps, self.weight_version)
         digest = prompt_digest(prompt_ids)
-        if self._counter is None:
-            return self._local_counter.next(version, digest)
+        if isinstance(self._counter, RequestCounter):
+            return self._counter.next(version, digest)
         return await self._counter.next.remote(version, digest)
 
     def _generate_sync(self, prompt_ids: list[int], sampling_params: dict, seed: int) -> TokenOutput:
@@ -172,7 +173,7 @@ class HFRolloutServer:
         if repetition_penalty and float(repetition_penalty) != 1.0:
             kwargs["repetition_penalty"] = float(repetition_penalty)
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        with self._thread_lock, torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with self._thread_lock, _RNG_LOCK, torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the request's own stream; fork_rng restores the process's generator after
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         tokens = out.sequences[0, input_ids.shape[1] :].tolist()
