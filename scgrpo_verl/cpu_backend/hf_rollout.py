@@ -13,11 +13,21 @@ verl 0.9.1 has two rollout registries, and a backend needs an entry in both:
 
 The server holds its own copy of the model, loaded from the model path at start and replaced at every weight
 sync; requests are served one at a time (``asyncio.Lock`` + a worker thread) with ``model.generate``.
+
+Reproducible sampling: every request is sampled from its own seed, :func:`request_seed` of ``rollout.seed``, the
+weight version's ``global_steps``, the prompt ids and the request's *occurrence*: the k-th request with the same
+prompt ids in that weight version gets k (counted by one :class:`RequestCounter` actor shared by all replicas).
+The n rollouts of a group therefore get n different seeds, and the set of samples a step draws does not depend on
+how many replicas there are, which replica serves a request, or the order in which requests arrive. (verl's agent
+loop passes no group index to the server; its ``request_id`` is a fresh uuid, or ``det-<priority>`` with priority 0
+for every request of the v1 trainer under ``rollout.full_determinism``, so neither can tell the n samples apart.)
+``rollout.full_determinism`` additionally turns on ``torch.use_deterministic_algorithms`` in the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -33,6 +43,42 @@ logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf"
 SERVER_PREFIX = f"{ROLLOUT_NAME}_server_"
+COUNTER_NAME = f"{ROLLOUT_NAME}_rollout_request_counter"
+# HF generate samples from torch's process-wide generator: one seeded generate at a time per process
+_RNG_LOCK = threading.Lock()
+_KEPT_VERSIONS = 4  # occurrence counts kept per (kind, global_steps, weight version); older ones are dropped
+
+
+def prompt_digest(prompt_ids: list[int]) -> str:
+    return hashlib.sha256(",".join(str(int(t)) for t in prompt_ids).encode()).hexdigest()
+
+
+def request_seed(base_seed: int, global_steps: Optional[int], prompt_ids: list[int], occurrence: int) -> int:
+    """The sampling seed of one request: a hash of the run's seed, the step, the prompt ids and the occurrence."""
+    text = f"{int(base_seed)}|{global_steps}|{occurrence}|{prompt_digest(prompt_ids)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+class RequestCounter:
+    """Counts requests per (weight version, prompt ids): the k-th identical prompt gets occurrence k.
+
+    One instance (a named Ray actor) serves every replica of a run, so that the n rollouts of a group get n
+    distinct occurrences wherever they are served.
+    """
+
+    def __init__(self):
+        self._counts: dict[tuple, dict[str, int]] = {}
+
+    def next(self, version: tuple, digest: str) -> int:
+        version = tuple(version)
+        counts = self._counts.get(version)
+        if counts is None:
+            counts = self._counts[version] = {}
+            while len(self._counts) > _KEPT_VERSIONS:
+                self._counts.pop(next(iter(self._counts)))
+        occurrence = counts.get(digest, 0)
+        counts[digest] = occurrence + 1
+        return occurrence
 
 
 def _model_path(model_config) -> str:
@@ -46,7 +92,9 @@ def _model_path(model_config) -> str:
 class HFRolloutServer:
     """Token-in/token-out generation server (one per replica), the CPU stand-in for ``vLLMHttpServer``."""
 
-    def __init__(self, config, model_config, replica_rank: int = 0, node_rank: int = 0):
+    def __init__(
+        self, config, model_config, replica_rank: int = 0, node_rank: int = 0, counter=None, kind: str = "rollout"
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from verl.utils.config import omega_conf_to_dataclass
@@ -64,6 +112,12 @@ class HFRolloutServer:
         self.weight_version = 0
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
+        # the run's RequestCounter: a Ray actor handle (HFReplica), or an in-process instance (None: a private one)
+        self._counter = RequestCounter() if counter is None else counter
+        self.kind = kind
+        self.base_seed = int(getattr(self.config, "seed", 0) or 0)
+        if getattr(self.config, "full_determinism", False):
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
     def _eos_ids(self, tokenizer) -> list[int]:
         ids = []
@@ -87,7 +141,14 @@ class HFRolloutServer:
         max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
         return max(1, min(int(limit), max_model_len - prompt_len))
 
-    def _generate_sync(self, prompt_ids: list[int], sampling_params: dict) -> TokenOutput:
+    async def _occurrence(self, prompt_ids: list[int]) -> int:
+        version = (self.kind, self.global_steps, self.weight_version)
+        digest = prompt_digest(prompt_ids)
+        if isinstance(self._counter, RequestCounter):
+            return self._counter.next(version, digest)
+        return await self._counter.next.remote(version, digest)
+
+    def _generate_sync(self, prompt_ids: list[int], sampling_params: dict, seed: int) -> TokenOutput:
         sampling_params = dict(sampling_params)
         want_logprobs = bool(sampling_params.pop("logprobs", False))
         max_new_tokens = self._max_new_tokens(len(prompt_ids), sampling_params)
@@ -112,7 +173,8 @@ class HFRolloutServer:
         if repetition_penalty and float(repetition_penalty) != 1.0:
             kwargs["repetition_penalty"] = float(repetition_penalty)
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        with self._thread_lock, torch.no_grad():
+        with self._thread_lock, _RNG_LOCK, torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the request's own stream; fork_rng restores the process's generator after
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         tokens = out.sequences[0, input_ids.shape[1] :].tolist()
         log_probs = None
@@ -145,8 +207,15 @@ class HFRolloutServer:
     ) -> TokenOutput:
         if image_data or video_data or kwargs.get("audio_data"):
             raise NotImplementedError("the CPU hf rollout is text-only")
+        prompt_ids, sampling_params = list(prompt_ids), dict(sampling_params)
+        # a caller's explicit seed (vLLM's per-request ``seed``) replaces rollout.seed as the base
+        base_seed = sampling_params.pop("seed", None)
+        base_seed = self.base_seed if base_seed is None else int(base_seed)
+        # counted on arrival, before the lock: the counts depend only on which requests arrive, not on their order
+        occurrence = await self._occurrence(prompt_ids)
+        seed = request_seed(base_seed, self.global_steps, prompt_ids, occurrence)
         async with self._lock:
-            return await asyncio.to_thread(self._generate_sync, list(prompt_ids), dict(sampling_params))
+            return await asyncio.to_thread(self._generate_sync, prompt_ids, sampling_params, seed)
 
     # ---- weights ------------------------------------------------------------------------------------------
     def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
@@ -288,8 +357,15 @@ class HFReplica(RolloutReplica):
             name = f"{SERVER_PREFIX}teacher_{self.replica_rank}_0{self.name_suffix}"
         else:
             name = f"{SERVER_PREFIX}{self.replica_rank}_0{self.name_suffix}"
+        counter = ray.remote(RequestCounter).options(name=COUNTER_NAME, get_if_exists=True, num_cpus=0).remote()
+        kind = "reward" if self.is_reward_model else ("teacher" if self.is_teacher_model else "rollout")
         server = self.server_class.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
-            config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, node_rank=0
+            config=self.config,
+            model_config=self.model_config,
+            replica_rank=self.replica_rank,
+            node_rank=0,
+            counter=counter,
+            kind=kind,
         )
         self.servers = [server]
         address, _ = await server.get_server_address.remote()

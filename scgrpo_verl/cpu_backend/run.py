@@ -359,6 +359,19 @@ def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
+def write_metrics_json(metrics: dict[int, dict[str, float]], path: str) -> str:
+    """``{step: {key: value}}`` -> JSON at ``path`` (steps as strings; non-finite values as null)."""
+    import json
+
+    data = {str(step): {k: (v if math.isfinite(v) else None) for k, v in sorted(m.items())} for step, m in sorted(
+        metrics.items())}
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    return path
+
+
 STEP_SUMMARY_KEYS = ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean")
 
 
@@ -383,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a random model gets non-zero advantages)")
     parser.add_argument("--ray-stop", action="store_true", help="also run `ray stop --force` after a failure")
     parser.add_argument("--debug", action="store_true", help="print the log's tail on failure, and tracebacks")
+    parser.add_argument("--metrics-json", default=None, metavar="PATH",
+                        help="also write every step's metrics (full precision) to PATH as JSON: "
+                             "{\"1\": {\"actor/pg_loss\": ...}, ...} (default: none)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides after the CPU ones (later win), e.g. self_teacher.sc_grpo.seed=3")
     return parser
@@ -400,6 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_freq=args.save_freq,
         ray_stop=args.ray_stop,
     )
+    if args.metrics_json:
+        write_metrics_json(result.metrics, args.metrics_json)
     status = "ok" if result.ok else ("timed out" if result.timed_out else f"failed (rc={result.returncode})")
     print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.metrics)} step(s); log: {result.log_path}")
     for step in sorted(result.metrics):
