@@ -73,6 +73,7 @@ import math
 import os
 import resource
 import secrets
+import select
 import shutil
 import signal
 import stat
@@ -898,7 +899,8 @@ def _bwrap_filter() -> bytes:
     return prog
 
 
-def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[int, str]], seccomp_fd: int) -> list:
+def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[int, str]], seccomp_fd: int,
+                info_fd: int) -> list:
     """The bwrap command line of one run (module docstring)."""
     view = _view()
     argv = [shutil.which("bwrap") or "bwrap"]
@@ -909,7 +911,7 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
                  "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-all", "--unshare-user", "--disable-userns"]
-    argv += ["--die-with-parent", "--hostname", "sandbox", "--clearenv"]
+    argv += ["--die-with-parent", "--info-fd", str(info_fd), "--hostname", "sandbox", "--clearenv"]
     for key, value in _ENV.items():
         argv += ["--setenv", key, value]
     for d in view["dirs"]:
@@ -941,6 +943,26 @@ def _wait(proc: subprocess.Popen, limits: SandboxLimits) -> tuple[bool, float]:
     return timed_out, time.monotonic() - t0
 
 
+def _wait_for_teardown(info_fd: int, timeout_s: float = 10.0) -> None:
+    """Wait until bwrap's PID 1 (pid from ``--info-fd``) has exited: the kernel lets the init of a PID namespace
+    finish exiting only after every other process of the namespace is gone. bwrap's outer process may report the
+    program's exit status before that, so its exit alone does not mean the run is over."""
+    try:
+        info = json.loads(os.read(info_fd, 4096) or b"{}")
+        pid = int(info["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # bwrap did not get as far as starting the sandbox
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already exited and reaped
+    try:
+        if not select.select([pidfd], [], [], timeout_s)[0]:
+            logger.warning("sandbox: bwrap's init (pid %d) still runs %.0f s after the program ended", pid, timeout_s)
+    finally:
+        os.close(pidfd)
+
+
 def _result(mode: str, uid: int | None, rc: int | None, timed_out: bool, wall: float, out_fd: int, err_fd: int,
             limits: SandboxLimits) -> SandboxResult:
     stdout_b, stdout_size = _read_fd(out_fd, limits.max_output_bytes)
@@ -965,8 +987,9 @@ def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[st
             fds.append(_memfd(name, text.encode("utf-8", errors="surrogateescape")))
             file_fds.append((fds[-1], name))
         seccomp_fd = _memfd("seccomp", _bwrap_filter())
-        fds.append(seccomp_fd)
-        argv = _bwrap_argv(limits, uid, file_fds, seccomp_fd)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        fds += [seccomp_fd, info_r, info_w]
+        argv = _bwrap_argv(limits, uid, file_fds, seccomp_fd, info_w)
         in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
             _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
@@ -978,12 +1001,15 @@ def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[st
         try:
             proc = subprocess.Popen(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd="/", env={},
                                     start_new_session=True, preexec_fn=preexec, close_fds=True,
-                                    pass_fds=[fd for fd, _ in file_fds] + [seccomp_fd])
+                                    pass_fds=[fd for fd, _ in file_fds] + [seccomp_fd, info_w])
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start bwrap: {exc!r}") from exc
+        fds.remove(info_w)
+        os.close(info_w)
         timed_out, wall = _wait(proc, limits)
+        _wait_for_teardown(info_r)
         if uid is not None and timed_out:
-            _kill_uid(uid)  # the PID namespace is being torn down after its init was killed: wait for it
+            _kill_uid(uid)
         return _result("bwrap", uid, proc.returncode, timed_out, wall, out_fd, err_fd, limits)
     finally:
         for fd in fds:
