@@ -704,6 +704,10 @@ if _AUDIT:
 
 def _boot():
     import os
+    if _LIMITS:
+        import resource
+        for _res, _soft, _hard in _LIMITS:
+            resource.setrlimit(_res, (_soft, _hard))
     if _UID is not None:
         if _EXPOSE:
             # Interpreter folders below a folder the sandbox uid cannot traverse: keep them importable through
@@ -761,9 +765,11 @@ except BaseException as _e:
 '''
 
 
-def _boot_source(audit: bool, uid: int | None, expose: Sequence[str]) -> str:
-    """The ``python -c`` boot code: optional audit hook, uid drop, then ``main.py`` as ``__main__``."""
-    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n" + _BOOT
+def _boot_source(audit: bool, uid: int | None, expose: Sequence[str],
+                 limits: Sequence[tuple[int, tuple[int, int]]] = ()) -> str:
+    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, then ``main.py`` as ``__main__``."""
+    lim = [(int(res), int(soft), int(hard)) for res, (soft, hard) in limits]
+    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n" + _BOOT
 
 
 _ENV = {
@@ -901,7 +907,12 @@ def _bwrap_filter() -> bytes:
 
 def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[int, str]], seccomp_fd: int,
                 info_fd: int) -> list:
-    """The bwrap command line of one run (module docstring)."""
+    """The bwrap command line of one run (module docstring). The rlimits are set by the boot code inside the
+    sandbox, before the uid drop and before any program code, so the parent needs no ``preexec_fn`` and
+    ``subprocess`` can spawn bwrap with ``vfork`` (a trainer process with a large address space forks slowly).
+    ``RLIMIT_NPROC`` then counts the per-run uid (root host) or the processes of the run's user namespace
+    (including bwrap's PID 1)."""
+    nproc = limits.max_processes if uid is not None else limits.max_processes + 1
     view = _view()
     argv = [shutil.which("bwrap") or "bwrap"]
     if os.geteuid() == 0:
@@ -926,7 +937,7 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
     for fd, name in files:
         argv += ["--perms", "0644", "--file", str(fd), f"/tmp/{name}"]
     argv += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
-             "--", view["exe"], "-I", "-B", "-c", _boot_source(False, uid, ())]
+             "--", view["exe"], "-I", "-B", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
     return argv
 
 
@@ -977,9 +988,6 @@ def _result(mode: str, uid: int | None, rc: int | None, timed_out: bool, wall: f
 
 def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[str, str]) -> SandboxResult:
     uid = UID_BASE + secrets.randbelow(UID_SPAN) if os.geteuid() == 0 else None
-    # processes of the per-run uid only; without root: the user's current count + bwrap's two processes
-    nproc = limits.max_processes if uid is not None else _user_process_count(os.getuid()) + limits.max_processes + 2
-    rl = _rlimits(limits, nproc)
     fds: list[int] = []
     try:
         file_fds = []
@@ -993,14 +1001,9 @@ def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[st
         in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
             _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
-
-        def preexec() -> None:
-            for res, value in rl:
-                resource.setrlimit(res, value)
-
         try:
             proc = subprocess.Popen(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd="/", env={},
-                                    start_new_session=True, preexec_fn=preexec, close_fds=True,
+                                    start_new_session=True, close_fds=True,
                                     pass_fds=[fd for fd, _ in file_fds] + [seccomp_fd, info_w])
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start bwrap: {exc!r}") from exc
