@@ -204,7 +204,6 @@ def test_diagnose_reports_every_mode(monkeypatch):
     if sys.platform.startswith("linux"):
         assert info["euid"] == os.geteuid() and info["kernel"] == os.uname().release
         assert info["landlock_abi"] is not None or info["landlock_error"]
-        assert "no_new_privs" in info or "feature_check_error" in info
         assert info["limits_via"].startswith("rlimits") or info["limits_via"].startswith("cgroup")
 
 

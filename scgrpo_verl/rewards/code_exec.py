@@ -306,13 +306,13 @@ def grade_code(solution_str: str, ground_truth, truncated: bool = False,
         sandbox.SandboxError: the sandbox cannot run on this host (code rewards fail closed; one-line message).
     """
     suite = parse_tests(ground_truth)
+    sandbox.select_mode(sandbox_mode)  # fail closed (one-line SandboxError) before grading anything
     limits = limits or DEFAULT_LIMITS
     code = extract_code(solution_str)
     if code is None:
         msg = (TRUNCATED_FEEDBACK + " before a complete ```python code block was written.") if truncated \
             else NO_CODE_FEEDBACK
         return result(False, msg, pass_rate=0.0, max_feedback_chars=max_feedback_chars)
-    sandbox.select_mode(sandbox_mode)  # fail closed before running anything
     try:
         passed, failures, skipped = judge(code, suite, limits, sandbox_mode)
     except sandbox.SandboxError:

@@ -1,63 +1,48 @@
 """Process sandbox for model-written Python programs, built on bubblewrap.
 
-A code reward runs untrusted programs that a policy writes while it is optimised against the grader, so every
-weakness becomes a strategy. The primary isolation is **bubblewrap** (Debian's ``bubblewrap`` package, the tool
-Flatpak is built on; ``apt-get install -y bubblewrap``). Each program gets, in mode ``"bwrap"``:
+A policy trained on code rewards optimises against the grader, so every sandbox weakness becomes a strategy.
+The isolation is **bubblewrap** (Debian's ``bubblewrap``, the tool Flatpak is built on). Each program gets, in
+mode ``"bwrap"``:
 
-* fresh **PID, IPC, network, UTS, mount** (and cgroup, where possible) namespaces; a **user namespace** too when
-  the host does not run as root. As root the program instead runs as a random **per-run host uid** in
-  ``[UID_BASE, UID_BASE + UID_SPAN)`` (dropped to by the boot code before the program is read), because
-  ``RLIMIT_NPROC`` never applies to uid 0, and a user namespace would map the program back to uid 0;
-* a **minimal read-only view**: the interpreter binary, its standard library and ``lib-dynload`` (found by asking
-  the isolated interpreter for its ``sys.path``; ``site-packages`` are left out), libraries ``ldd`` lists outside
-  the system library folders, the system library folders (``/usr/lib*``, ``/lib*``) and ``/etc/ld.so.cache``.
-  Each path is mapped on its own, so an interpreter under ``~/.pyenv`` and a virtualenv under ``~/.cache`` or
-  ``/tmp`` do not hide each other, and nothing else from home folders, dataset caches or the project exists;
-* a private **tmpfs of ``disk_mb`` MiB as ``/tmp``**, which is also the working folder (``main.py`` and the extra
-  files are copied in by bwrap from memory), and a second one of ``shm_mb`` MiB on ``/dev/shm``; ``/`` and
-  ``/dev`` are read-only. That is the run's whole disk quota; it vanishes with the mount namespace;
-* stdin, stdout and stderr are anonymous memory files of the parent (nothing on the host disk for other runs to
-  read) and no other file descriptor is inherited (bwrap closes the ones it reads its set-up from);
-* ``--die-with-parent``, and the whole PID namespace is torn down when the program's main process exits (bwrap's
-  PID 1 exits, the kernel kills every other process of the namespace) or when the run is killed at its timeout;
-* the **seccomp filter** below (loaded by bwrap just before ``exec``);
-* **limits**: ``RLIMIT_CPU``, ``RLIMIT_AS`` (per process), ``RLIMIT_NPROC`` (processes + threads of the per-run
-  uid), ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps, a wall-clock timeout and an output cap. Memory that
-  ``RLIMIT_AS`` does not see is bounded separately: SysV shared memory, message queues and semaphores and
-  ``memfd_create`` are refused by the seccomp filter (bound 0), POSIX shared memory lives in the ``/dev/shm``
-  tmpfs (bound ``shm_mb``) and files in the ``/tmp`` tmpfs (bound ``disk_mb``). The total memory of one run is
-  therefore at most ``max_processes * memory_mb + disk_mb + shm_mb`` MiB. (Where a delegated cgroup v2 is
-  available the same bounds could come from ``memory.max``/``pids.max``; on the hosts this was built on
-  (cgroup v1 memory/pids controllers, unified hierarchy without controllers) it is not, so rlimits are used:
-  :func:`diagnose` says which.)
+* fresh **PID, IPC, network, UTS, mount** (and cgroup, where possible) namespaces, plus a **user namespace**
+  when the host is not root. As root the program instead runs as a random **per-run host uid** in
+  ``[UID_BASE, UID_BASE + UID_SPAN)`` (the boot code drops to it before reading the program): ``RLIMIT_NPROC``
+  never applies to uid 0, and a user namespace would map the program back to uid 0;
+* a **minimal read-only view** (:func:`_view`): the interpreter binary, its standard library and
+  ``lib-dynload`` (no ``site-packages``), libraries outside the system folders, the system library folders and
+  ``/etc/ld.so.cache``, each mapped on its own: nothing of home folders, dataset caches or the project;
+* a private **tmpfs of ``disk_mb``** as ``/tmp`` and working folder (the run's disk quota; ``main.py`` is copied
+  in from memory), one of ``shm_mb`` on ``/dev/shm``; ``/`` and ``/dev`` read-only;
+* stdin/stdout/stderr in anonymous memory files of the parent (no host file for other runs to read), and no
+  other inherited descriptor (bwrap closes those it reads its set-up from);
+* ``--die-with-parent``, and teardown of the whole PID namespace when the program ends or is killed (the
+  parent waits for bwrap's PID 1 to be gone, which the kernel allows only after every other process is);
+* the **seccomp filter** below, and the limits: ``RLIMIT_CPU``, ``RLIMIT_AS`` (per process), ``RLIMIT_NPROC``,
+  ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps, wall-clock timeout, output cap.
 
-Weaker modes, used **only when the user opts in** (``SCGRPO_SANDBOX_MODE=<mode>`` or the reward kwarg
-``sandbox_mode``), each logged at WARNING whenever a process selects it:
+**Memory bound.** cgroup v2 ``memory.max``/``pids.max`` need a delegated cgroup v2 subtree with the memory and
+pids controllers; the hosts this was built and tested on have none writable (cgroup v1 controllers, an empty
+unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits. What ``RLIMIT_AS`` does
+not see is bounded separately: SysV shared memory, message queues and semaphores and ``memfd_create`` are
+refused (bound 0), POSIX shared memory lives in the ``/dev/shm`` tmpfs and files in the ``/tmp`` tmpfs. One run
+holds at most ``max_processes * memory_mb + disk_mb + shm_mb`` MiB.
 
-``"landlock"``
-    no namespaces; Landlock (Linux >= 5.13) lets the program read only the interpreter view above plus its own
-    working folder (a fresh 0700 folder under the host's temp folder, owned by the per-run uid when the host is
-    root), write only that folder, and (ABI >= 4) refuses TCP; the seccomp filter refuses every ``socket()`` but
-    ``socketpair``. Not bounded: the disk quota (only ``RLIMIT_FSIZE`` per file).
-``"seccomp"``
-    no namespaces and no Landlock: the seccomp filter also refuses every file creation or modification and every
-    socket. The program can read whatever the host's permissions let its uid read.
-``"audit"``
-    no kernel isolation: an in-interpreter audit hook refuses sockets, ctypes, subprocesses and signals. Not a
-    security boundary.
+**Weaker modes** (hosts where bwrap cannot create namespaces), used only when the user opts in with
+``SCGRPO_SANDBOX_MODE=<mode>`` or the reward kwarg ``sandbox_mode``, logged at WARNING whenever a process selects
+one; :data:`INVARIANTS` says what each holds. ``"landlock"``: Landlock lets the program read only the
+interpreter view and its own fresh 0700 folder (owned by the per-run uid as root), write only that folder, and
+the seccomp filter refuses every ``socket()``; no disk quota. ``"seccomp"``: the filter also refuses every file
+creation or change; reads are limited only by the uid. ``"audit"``: an in-interpreter audit hook, no security
+boundary. Without bwrap and without an opt-in, :func:`select_mode` raises :class:`SandboxError` with
+:data:`REFUSAL`: code rewards fail closed.
 
-Without bwrap and without an opt-in, :func:`select_mode` raises :class:`SandboxError` with :data:`REFUSAL`
-(one line naming the fix): code rewards fail closed.
+The **seccomp filter** (every kernel mode; checks the arch, denies x32) refuses ``ptrace``, ``process_vm_*``,
+``kcmp``, mount and namespace calls (``clone``/``clone3`` with namespace flags included), ``bpf``,
+``perf_event_open``, keyrings, ``io_uring``, ``userfaultfd``, ``pidfd_*``, module loading, ``kexec``,
+``personality``, privileged clock/host calls, SysV IPC ``*get`` and ``memfd_create``; without a PID namespace
+(``landlock``/``seccomp``) also ``setsid``/``setpgid`` and signals outside the program's process group.
 
-The **seccomp filter** (every kernel mode; checks ``seccomp_data.arch`` and denies the x32 ABI) refuses with
-``EPERM``: ``ptrace``, ``process_vm_*``, ``kcmp``, mount/namespace calls (``mount``, ``unshare``, ``setns``, the new
-mount API, ``clone``/``clone3`` with namespace flags), ``bpf``, ``perf_event_open``, keyrings, ``io_uring``,
-``userfaultfd``, ``pidfd_*``, module loading, ``kexec``, ``personality`` and privileged clock/host calls; SysV IPC
-(``shmget``, ``msgget``, ``semget``) and ``memfd_create``. In the ``landlock``/``seccomp`` modes it also keeps the
-program in its process group (``setsid``/``setpgid``) and stops signals to other processes.
-
-Tested on Linux only. ``python -m scgrpo_verl.rewards.sandbox`` and ``scgrpo-verl sandbox`` print
-:func:`diagnose` as JSON.
+Linux only. ``python -m scgrpo_verl.rewards.sandbox`` and ``scgrpo-verl sandbox`` print :func:`diagnose`.
 """
 
 from __future__ import annotations
@@ -83,7 +68,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +125,6 @@ CLONE_NEWNET = 0x40000000
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
-SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
@@ -896,7 +880,8 @@ def _rlimits(limits: SandboxLimits, nproc: int) -> list[tuple[int, tuple[int, in
     cpu = limits.cpu_seconds
     return [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
             (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NOFILE, (limits.max_open_files,) * 2),
-            (resource.RLIMIT_CORE, (0, 0)), (resource.RLIMIT_NPROC, (nproc, nproc))]
+            (resource.RLIMIT_CORE, (0, 0)), (resource.RLIMIT_NPROC, (nproc, nproc)),
+            (resource.RLIMIT_MSGQUEUE, (0, 0)), (resource.RLIMIT_MEMLOCK, (0, 0))]  # no POSIX mqueue, no mlock
 
 
 @functools.lru_cache(maxsize=1)
@@ -1240,23 +1225,6 @@ INVARIANTS = {
 every ``True`` entry."""
 
 
-_FEATURE_CHECK = r'''
-import ctypes, json, os, struct
-libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-def err():
-    e = ctypes.get_errno()
-    return "errno %d (%s)" % (e, os.strerror(e))
-out = {"no_new_privs": True if libc.prctl(38, 1, 0, 0, 0) == 0 else err()}
-allow = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000), 8)
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-prog = Prog(1, ctypes.addressof(allow))
-out["seccomp_filter"] = True if libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0 else err()
-print(json.dumps(out))
-'''
-
-
 def _cgroup_status() -> str:
     """Whether per-run cgroup v2 limits could be used here, and why not (limits then come from rlimits)."""
     try:
@@ -1320,13 +1288,6 @@ def diagnose() -> dict:
         info["landlock_abi"] = abi if abi >= 1 else None
         if abi < 1:
             info["landlock_error"] = _errno_text(-abi)
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-c", _FEATURE_CHECK], capture_output=True, text=True,
-                                  timeout=30, env=dict(_ENV))
-            info.update(json.loads(proc.stdout) if proc.returncode == 0 else
-                        {"feature_check_error": last_lines(proc.stderr, 4) or f"exit code {proc.returncode}"})
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            info["feature_check_error"] = repr(exc)
         arch = _seccomp_arch()
         info["seccomp_arch"] = None if arch is None else hex(arch[0])
         info["limits_via"] = _cgroup_status()
