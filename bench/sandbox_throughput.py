@@ -50,13 +50,14 @@ def load_old(rev: str):
                               capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         return None, f"git show {rev} failed: {exc}"
-    path = os.path.join(tempfile.mkdtemp(prefix="scgrpo-bench-"), "sandbox_before.py")
-    with open(path, "w") as f:
-        f.write(text)
-    spec = importlib.util.spec_from_file_location("sandbox_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sandbox_before"] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="scgrpo-bench-") as tmp:
+        path = os.path.join(tmp, "sandbox_before.py")
+        with open(path, "w") as f:
+            f.write(text)
+        spec = importlib.util.spec_from_file_location("sandbox_before", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sandbox_before"] = module
+        spec.loader.exec_module(module)
     return module, None
 
 

@@ -72,19 +72,24 @@ def _host_secret_file(folder: str, mode: int = 0o644) -> tuple[str, str]:
 # --------------------------------------------------------------------------- attacks
 
 HARVEST = r'''
-import os, re, sys
+import os, re, stat
 found = set()
-pat = re.compile(r"tok_[0-9a-f]{16}")
+pat = re.compile(rb"tok_[0-9a-f]{16}")
 def scan(path):
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return  # FIFOs, sockets, devices would block
         with open(path, "rb") as f:
             found.update(m.decode() for m in pat.findall(f.read(1 << 16)))
-    except (OSError, ValueError):
+    except Exception:
         pass
-for root in ("/tmp", "/var/tmp", "/dev/shm", "/run", os.path.expanduser("~"), "/root", "/home"):
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in filenames:
-            scan(os.path.join(dirpath, n))
+def walk(root):
+    try:
+        for dirpath, _, filenames in os.walk(root):
+            for n in filenames:
+                scan(os.path.join(dirpath, n))
+    except Exception:
+        pass
 for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
     if pid.isdigit() and int(pid) != os.getpid():
         for n in ("cmdline", "environ"):
@@ -95,11 +100,12 @@ for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         except OSError:
             pass
         try:
-            for dirpath, _, filenames in os.walk(f"/proc/{pid}/cwd"):
-                for n in filenames:
-                    scan(os.path.join(dirpath, n))
+            for n in os.listdir(f"/proc/{pid}/cwd"):
+                scan(f"/proc/{pid}/cwd/{n}")
         except OSError:
             pass
+for root in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
+    walk(root)
 print(sorted(found)[0] if found else "nothing")
 '''
 
@@ -631,6 +637,65 @@ def test_attack(attack: Attack, mode: str):
     contained, detail = attack.fn(mode)
     if claimed(attack, mode):
         assert contained, f"{attack.name} escaped in {mode} mode, which claims {attack.invariant}: {detail}"
+
+
+def _bare_run(source, stdin="", limits=None, *, files=None, mode=None):
+    """A deliberately unsandboxed ``run_program`` (positive control): same interface, plain subprocess in a
+    temporary folder, the host's environment, and an inherited directory handle on ``~/.cache`` (the old bug)."""
+    limits = limits or sb.SandboxLimits()
+    d = tempfile.mkdtemp(prefix="scgrpo-bare-")
+    for name, text in {**(files or {}), "main.py": source}.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    leak = os.open(HOME_CACHE, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        proc = subprocess.run([sys.executable, "-I", "main.py"], input=stdin.encode(), capture_output=True, cwd=d,
+                              timeout=limits.wall_time_s + 5, pass_fds=[leak])
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, out, err = None, exc.stdout or b"", exc.stderr or b""
+    finally:
+        os.close(leak)
+    status = sb.classify(rc, rc is None, len(out), err.decode(errors="replace"), limits)
+    return sb.SandboxResult(status, out[:limits.max_output_bytes].decode(errors="replace"),
+                            err.decode(errors="replace")[-4096:], rc, 0.0, mode, None)
+
+
+BARE_ESCAPES = [attack_other_run_files, attack_proc_cmdline, attack_inherited_dir_fds, attack_dataset_files,
+                attack_writable_mounts, attack_fallocate_disk_fill, attack_sysv_ipc, attack_memfd, attack_dev_shm,
+                attack_unix_sockets, attack_tcp_udp, attack_env_and_shadow]
+
+
+@pytest.mark.parametrize("attack", BARE_ESCAPES, ids=lambda f: f.__name__.removeprefix("attack_"))
+def test_attack_escapes_without_a_sandbox(attack, monkeypatch):
+    """Positive control: with ``run_program`` replaced by an unsandboxed runner every one of these attacks gets
+    out, so the attack programs and their host-side checks are real and 'contained' means the sandbox stopped
+    it. (Signals to host processes, fork bombs and memory floods are not run unsandboxed.)"""
+    if attack is attack_env_and_shadow and os.geteuid() != 0:
+        pytest.skip("/etc/shadow is readable only as root")
+    monkeypatch.setattr(sb, "run_program", _bare_run)
+    monkeypatch.setattr(sb, "select_mode", lambda requested=None: requested)
+    monkeypatch.setattr(sb, "_live_pids_of_uid", lambda uid: [])
+    contained, detail = attack("bare")
+    assert not contained, detail
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo-bare-*")):
+        sb._remove_tree(d)
+
+
+def test_deep_tree_breaks_a_recursive_cleanup_but_not_ours():
+    """The deep-tree attack's premise (a recursive rmtree raises RecursionError) and the sandbox's cleanup."""
+    base = tempfile.mkdtemp(prefix="scgrpo_deep_")
+    fd = os.open(base, os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        new = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = new
+    os.close(fd)
+    with pytest.raises(RecursionError):
+        shutil.rmtree(base)
+    sb._remove_tree(base)
+    assert not os.path.exists(base)
 
 
 def test_bwrap_claims_every_invariant():
