@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -303,12 +302,12 @@ def attack_memfd(mode: str) -> tuple[bool, str]:
 
 
 def attack_dev_shm(mode: str) -> tuple[bool, str]:
-    """POSIX shared memory: fill /dev/shm (bounded by the private tmpfs), nothing left on the host's."""
-    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    res = run("""
+    """POSIX shared memory: fill /dev/shm (bounded by the private tmpfs), nothing left in the host's."""
+    name = "scgrpo-redteam-" + secrets.token_hex(6)
+    res = run(f"""
         total = 0
         try:
-            with open("/dev/shm/fill", "wb") as f:
+            with open("/dev/shm/{name}", "wb") as f:
                 while total < (96 << 20):
                     f.write(b"x" * (1 << 20))
                     f.flush()
@@ -317,13 +316,13 @@ def attack_dev_shm(mode: str) -> tuple[bool, str]:
             print("stopped:", e.errno)
         print(total >> 20)
     """, mode)
-    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    host = os.path.join("/dev/shm", name)
+    left = os.path.exists(host)
+    if left:
+        os.remove(host)
     lines = res.stdout.split()
     got = int(lines[-1]) if lines and lines[-1].isdigit() else 0
-    for n in after - before:
-        os.remove(os.path.join("/dev/shm", n))
-    return got <= max(FAST.shm_mb, FAST.max_file_size_mb) and not (after - before), \
-        f"{got} MiB written, host leftovers {sorted(after - before)}"
+    return got <= max(FAST.shm_mb, FAST.max_file_size_mb) and not left, f"{got} MiB written, host file left: {left}"
 
 
 def attack_thread_survivor(mode: str) -> tuple[bool, str]:
@@ -441,16 +440,15 @@ def attack_tcp_udp(mode: str) -> tuple[bool, str]:
 
 
 def attack_deep_tree(mode: str) -> tuple[bool, str]:
-    """A 1500-deep folder tree (RecursionError in a recursive cleanup): compute_score must return a score and
-    leave no folder behind."""
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo_sbx_*")))
-    src = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nprint(1)\n"
+    """A 1200-deep folder tree (RecursionError in a recursive cleanup): compute_score must return a score and
+    leave the run's folder (its host path is printed first and comes back in the feedback) deleted."""
+    src = "import os\nprint(os.getcwd())\nfor _ in range(1200):\n    os.mkdir('d')\n    os.chdir('d')\nprint(1)\n"
     try:
         out = compute_score("codeforces", py(src), [{"input": "", "output": "2"}], sandbox_mode=mode)
     except Exception as exc:  # noqa: BLE001 - the point of the attack
         return False, f"compute_score raised {type(exc).__name__}"
-    left = set(glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo_sbx_*"))) - before
-    return out["score"] == 0.0 and not left, f"score {out['score']}, folders left {len(left)}"
+    left = [p for p in re.findall(r"/\S*scgrpo_sbx_\w+", out["feedback"]) if os.path.exists(p)]
+    return out["score"] == 0.0 and not left, f"score {out['score']}, folders left {left}"
 
 
 def attack_float_tolerance(mode: str) -> tuple[bool, str]:
@@ -686,7 +684,7 @@ def test_deep_tree_breaks_a_recursive_cleanup_but_not_ours():
     """The deep-tree attack's premise (a recursive rmtree raises RecursionError) and the sandbox's cleanup."""
     base = tempfile.mkdtemp(prefix="scgrpo_deep_")
     fd = os.open(base, os.O_RDONLY)
-    for _ in range(1500):
+    for _ in range(1200):
         os.mkdir("d", dir_fd=fd)
         new = os.open("d", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
@@ -771,6 +769,52 @@ def test_audit_fallback_blocks_sockets_and_kill():
     assert res.status == "runtime_error" and "is not allowed" in res.stderr, res
     res = sb.run_program("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", limits=FAST, mode="audit")
     assert res.status == "runtime_error" and "os.kill is not allowed" in res.stderr
+
+
+@pytest.mark.parametrize("where, copies", [("tmp", False), ("home_cache", False), ("home_cache", True)])
+def test_mode_selection_venv_in_home_cache_python_in_pyenv(where, copies):
+    """Mode selection (issue 9): A virtualenv under /tmp (CI's ``mktemp -d``, mode 0700) or under ``~/.cache`` with Python itself under
+    ``~/.pyenv`` (symlinked or ``--copies``): every mode must start programs from it -- each interpreter path is
+    mapped on its own, so none hides another -- and a world-readable file next to the venv stays invisible in
+    the modes that claim ``only_mapped_host_paths``."""
+    available = [m for m in sb.KERNEL_MODES if sb.probe_mode(m) is None]
+    if not available:
+        pytest.skip("no kernel isolation mode on this host")
+    parent = tempfile.gettempdir() if where == "tmp" else os.path.expanduser("~/.cache")
+    os.makedirs(parent, exist_ok=True)
+    base = tempfile.mkdtemp(dir=parent, prefix="scgrpo-venv-test-")  # 0700, like mktemp -d
+    try:
+        venv = os.path.join(base, "venv")
+        cmd = [os.path.realpath(sys.base_prefix + "/bin/python3"), "-m", "venv", "--without-pip", venv]
+        subprocess.run(cmd + (["--copies"] if copies else []), check=True, timeout=120)
+        secret = os.path.join(base, "ground_truth.json")
+        with open(secret, "w") as f:
+            f.write('{"answer": 42}')
+        os.chmod(secret, 0o644)
+        program = (f"import json, sys\nprint(json.dumps(sys.prefix))\ntry:\n    print(open({secret!r}).read())\n"
+                   "except OSError:\n    print('refused')\n")
+        script = (
+            "import importlib.util, json, sys\n"
+            f"spec = importlib.util.spec_from_file_location('sbx', {sb.__file__!r})\n"
+            "sb = importlib.util.module_from_spec(spec); sys.modules['sbx'] = sb; spec.loader.exec_module(sb)\n"
+            f"for mode in {available!r}:\n"
+            f"    r = sb.run_program({program!r}, mode=mode)\n"
+            "    print(json.dumps([mode, r.status, r.stdout.splitlines(), r.stderr[-300:]]))\n"
+        )
+        out = subprocess.run([os.path.join(venv, "bin", "python"), "-c", script], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert [r[0] for r in rows] == available
+        for mode, status, lines, err in rows:
+            assert status == "ok", (mode, err)
+            prefix = json.loads(lines[0])
+            # symlinked venv: the real interpreter runs (the venv is not needed); --copies: the venv's own binary
+            assert prefix == (venv if copies else os.path.realpath(sys.base_prefix)), (mode, prefix)
+            if sb.INVARIANTS[mode]["only_mapped_host_paths"]:
+                assert lines[1] == "refused", (mode, lines)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def table() -> str:
