@@ -9,7 +9,12 @@ imported from there (nothing is committed). Runs alternate old/new for ``--round
 processes on a shared machine hits both alike; the best round of each is printed. The programs are small
 stdin/stdout solutions (sums, sorting, a short loop); every result is checked, so a broken sandbox cannot look
 fast. The start-up cost is the mean time of an empty program in the sandbox minus that of the same interpreter
-started bare (``python -I -B -c pass``), both serial.
+started bare (``python -I -B -S -c pass``), both serial.
+
+Wall-clock programs/s depend on what else runs on the machine. Where this process can move itself into a fresh
+cgroup (v2 ``cpu.stat`` or v1 ``cpuacct``), the bench also prints the CPU time per program of the whole process
+tree (sandbox processes, bwrap and this process), which other load does not change, and the programs/s it
+implies on idle cores (``cores / CPU per program``).
 """
 
 from __future__ import annotations
@@ -61,6 +66,63 @@ def load_old(rev: str):
     return module, None
 
 
+class CpuMeter:
+    """CPU seconds used by this process and every descendant, read from a cgroup this process moves into."""
+
+    def __init__(self) -> None:
+        self.dir = self.home = self.file = None
+        try:
+            with open("/proc/self/cgroup") as f:
+                own = dict(line.rstrip("\n").split(":", 2)[1:] for line in f)
+            with open("/proc/mounts") as f:
+                mounts = [line.split()[1:4] for line in f]
+        except OSError:
+            return
+        for mnt, fstype, opts in mounts:
+            if fstype == "cgroup2" and "" in own:
+                rel, stat = own[""], "cpu.stat"
+            elif fstype == "cgroup" and "cpuacct" in opts.split(","):
+                rel = next((v for k, v in own.items() if "cpuacct" in k.split(",")), None)
+                stat = "cpuacct.usage"
+            else:
+                continue
+            if rel is None:
+                continue
+            home = mnt + rel.rstrip("/")
+            new = f"{home}/scgrpo-bench-{os.getpid()}"
+            try:
+                os.mkdir(new)
+                with open(f"{new}/cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
+                self.dir, self.home, self.file = new, home, f"{new}/{stat}"
+                self.read()
+                return
+            except OSError:
+                self.close()
+                try:
+                    os.rmdir(new)
+                except OSError:
+                    pass
+
+    def read(self) -> float:
+        with open(self.file) as f:
+            text = f.read()
+        if self.file.endswith("cpu.stat"):
+            return int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
+        return int(text) / 1e9
+
+    def close(self) -> None:
+        if self.dir is None:
+            return
+        try:
+            with open(f"{self.home}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+            os.rmdir(self.dir)
+        except OSError:
+            pass
+        self.dir = None
+
+
 def timed(module, jobs, workers: int, **kwargs) -> float:
     """Seconds to run ``jobs`` with ``workers`` threads; raises if any program fails or answers wrong."""
     t0 = time.perf_counter()
@@ -73,18 +135,20 @@ def timed(module, jobs, workers: int, **kwargs) -> float:
     return dt
 
 
-def startup_cost(n: int) -> tuple[float, float]:
-    """(mean seconds of an empty program in bwrap, mean seconds of the bare interpreter), serial."""
+def startup_cost(n: int, meter: CpuMeter) -> dict:
+    """Serial means over ``n`` runs of an empty program in bwrap and of the bare interpreter: wall seconds, and
+    CPU seconds where ``meter`` works."""
     exe = os.path.realpath(sys.executable)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        res = sandbox.run_program("pass", mode="bwrap")
-        assert res.ok, res
-    boxed = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    for _ in range(n):
-        subprocess.run([exe, "-I", "-B", "-c", "pass"], check=True)
-    return boxed, (time.perf_counter() - t0) / n
+    out = {}
+    for name, run in (("bwrap", lambda: sandbox.run_program("pass", mode="bwrap")),
+                      ("bare", lambda: subprocess.run([exe, "-I", "-B", "-S", "-c", "pass"], check=True))):
+        run()
+        cpu0 = meter.read() if meter.dir else 0.0
+        t0 = time.perf_counter()
+        for _ in range(n):
+            run()
+        out[name] = ((time.perf_counter() - t0) / n, (meter.read() - cpu0) / n if meter.dir else None)
+    return out
 
 
 def main() -> None:
@@ -102,25 +166,45 @@ def main() -> None:
         sides["before"] = (old, {})
     for module, kw in sides.values():
         timed(module, jobs[:4], 1, **kw)  # warm-up (page cache, probe)
+    meter = CpuMeter()
     best: dict[tuple[str, str], float] = {}
-    for _ in range(args.rounds):
-        for name, (module, kw) in sides.items():
-            for label, workers in (("serial", 1), ("parallel", args.workers)):
-                dt = timed(module, jobs, workers, **kw)
-                best[name, label] = min(best.get((name, label), float("inf")), dt)
+    cpu: dict[str, float] = {}
+    try:
+        for _ in range(args.rounds):
+            for name, (module, kw) in sides.items():
+                for label, workers in (("serial", 1), ("parallel", args.workers)):
+                    c0 = meter.read() if meter.dir else 0.0
+                    dt = timed(module, jobs, workers, **kw)
+                    if meter.dir:
+                        cpu[name] = min(cpu.get(name, float("inf")), (meter.read() - c0) / args.n)
+                    best[name, label] = min(best.get((name, label), float("inf")), dt)
+        startup = startup_cost(20, meter)
+    finally:
+        meter.close()
     print(f"programs: {args.n}; workers: {args.workers}; cores: {os.cpu_count()}; load average: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     old_mode = old.isolation_mode() if old is not None else None
     print(f"before: {args.before} ({old_mode} mode)" if old is not None else f"before: not measured ({why})")
     print(f"after:  working tree ({mode} mode)")
-    print(f"{'':10}{'before':>12}{'after':>12}{'after/before':>14}  (programs/s, best of {args.rounds})")
+    print(f"{'':28}{'before':>10}{'after':>10}{'after/before':>14}")
     for label in ("serial", "parallel"):
         after = args.n / best["after", label]
         before = args.n / best["before", label] if old is not None else float("nan")
-        print(f"{label:10}{before:12.1f}{after:12.1f}{after / before:14.2f}")
-    boxed, bare = startup_cost(20)
-    print(f"bwrap start-up per program: {1e3 * (boxed - bare):.1f} ms (empty program {1e3 * boxed:.1f} ms in bwrap, "
-          f"{1e3 * bare:.1f} ms bare interpreter)")
+        print(f"{label + ' programs/s':28}{before:10.1f}{after:10.1f}{after / before:14.2f}   (wall clock, best of "
+              f"{args.rounds})")
+    if cpu:
+        b, a = cpu.get("before", float("nan")), cpu["after"]
+        print(f"{'CPU ms per program':28}{1e3 * b:10.1f}{1e3 * a:10.1f}{b / a:14.2f}   (whole process tree)")
+        cores = args.workers
+        print(f"{'=> programs/s on ' + str(cores) + ' idle cores':28}{cores / b:10.1f}{cores / a:10.1f}")
+    else:
+        print("CPU per program: not measured (this process cannot move into a cgroup of its own)")
+    (bw_wall, bw_cpu), (bare_wall, bare_cpu) = startup["bwrap"], startup["bare"]
+    line = (f"bwrap start-up per program: {1e3 * (bw_wall - bare_wall):.1f} ms wall (empty program "
+            f"{1e3 * bw_wall:.1f} ms in bwrap, {1e3 * bare_wall:.1f} ms bare interpreter)")
+    if bw_cpu is not None:
+        line += f"; {1e3 * (bw_cpu - bare_cpu):.1f} ms CPU ({1e3 * bw_cpu:.1f} vs {1e3 * bare_cpu:.1f})"
+    print(line)
 
 
 if __name__ == "__main__":

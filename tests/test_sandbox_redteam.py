@@ -809,8 +809,9 @@ def test_mode_selection_venv_in_home_cache_python_in_pyenv(where, copies):
         for mode, status, lines, err in rows:
             assert status == "ok", (mode, err)
             prefix = json.loads(lines[0])
-            # symlinked venv: the real interpreter runs (the venv is not needed); --copies: the venv's own binary
-            assert prefix == (venv if copies else os.path.realpath(sys.base_prefix)), (mode, prefix)
+            # the real interpreter binary runs (--copies: the venv's own copy, found through its pyvenv.cfg) with
+            # -S, so sys.prefix is the base installation's and no site-packages exist in the sandbox
+            assert prefix == os.path.realpath(sys.base_prefix), (mode, prefix)
             if sb.INVARIANTS[mode]["only_mapped_host_paths"]:
                 assert lines[1] == "refused", (mode, lines)
     finally:

@@ -687,7 +687,20 @@ if _AUDIT:
 
 
 def _boot():
+    import builtins
     import os
+
+    class Quitter:  # what `site` (skipped with -S: it costs more than the rest of start-up) would install
+        def __init__(self, name):
+            self.name = name
+
+        def __repr__(self):
+            return "Use %s() or Ctrl-D (i.e. EOF) to exit" % self.name
+
+        def __call__(self, code=None):
+            raise SystemExit(code)
+
+    builtins.exit, builtins.quit = Quitter("exit"), Quitter("quit")
     if _LIMITS:
         import resource
         for _res, _soft, _hard in _LIMITS:
@@ -922,7 +935,7 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
     for fd, name in files:
         argv += ["--perms", "0644", "--file", str(fd), f"/tmp/{name}"]
     argv += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
-             "--", view["exe"], "-I", "-B", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
+             "--", view["exe"], "-I", "-B", "-S", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
     return argv
 
 
@@ -1028,7 +1041,7 @@ def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
         if mode != "audit":
             layers = _KernelLayers.build(mode, workdir)
         boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [])
-        args = [os.path.realpath(sys.executable) if mode != "audit" else sys.executable, "-I", "-B", "-c", boot]
+        args = [os.path.realpath(sys.executable) if mode != "audit" else sys.executable, "-I", "-B", "-S", "-c", boot]
         in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
             _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
