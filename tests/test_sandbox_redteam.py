@@ -73,7 +73,7 @@ def _host_secret_file(folder: str, mode: int = 0o644) -> tuple[str, str]:
 HARVEST = r'''
 import os, re, stat
 found = set()
-pat = re.compile(rb"tok_[0-9a-f]{16}")
+pat = re.compile(rb"tok_PREFIX[0-9a-f]{12}")
 def scan(path):
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -109,6 +109,11 @@ print(sorted(found)[0] if found else "nothing")
 '''
 
 
+def harvest(token: str) -> str:
+    """The harvest program, looking for tokens of ``token``'s format (a policy knows what an answer looks like)."""
+    return HARVEST.replace("PREFIX", token[4:8])
+
+
 def attack_other_run_files(mode: str) -> tuple[bool, str]:
     """A concurrent run holds the answer (in its stdin, stdout, a file in its folder); the attacker searches
     every file, /proc/<pid>/fd and cwd it can reach and prints what it finds, graded by compute_score."""
@@ -126,7 +131,7 @@ def attack_other_run_files(mode: str) -> tuple[bool, str]:
     t = threading.Thread(target=victim_run)
     t.start()
     time.sleep(1.0)
-    out = compute_score("codeforces", py(HARVEST), [{"input": "", "output": token}], code_time_limit_s=3,
+    out = compute_score("codeforces", py(harvest(token)), [{"input": "", "output": token}], code_time_limit_s=3,
                         sandbox_mode=mode)
     t.join()
     return out["score"] == 0.0, f"score {out['score']}"
@@ -138,7 +143,7 @@ def attack_proc_cmdline(mode: str) -> tuple[bool, str]:
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", token],
                               env={**os.environ, "SCGRPO_TOKEN": token})
     try:
-        res = run(HARVEST, mode, limits=dataclasses.replace(FAST, wall_time_s=4, cpu_time_s=4))
+        res = run(harvest(token), mode, limits=dataclasses.replace(FAST, wall_time_s=4, cpu_time_s=4))
         return token not in res.stdout + res.stderr, res.stdout.strip()[:80] or res.status
     finally:
         victim.kill()
@@ -624,7 +629,12 @@ def claimed(attack: Attack, mode: str) -> bool:
     return attack.invariant is None or sb.INVARIANTS[mode][attack.invariant]
 
 
-@pytest.mark.parametrize("mode", sb.MODES)
+# bwrap (the mode code rewards use unless a weaker one is opted into) in the fast suite; the opt-in modes with the
+# slow tests (CI runs both)
+MODE_PARAMS = [m if m == "bwrap" else pytest.param(m, marks=pytest.mark.slow) for m in sb.MODES]
+
+
+@pytest.mark.parametrize("mode", MODE_PARAMS)
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
 def test_attack(attack: Attack, mode: str):
     reason = sb.probe_mode(mode)
@@ -674,10 +684,12 @@ def test_attack_escapes_without_a_sandbox(attack, monkeypatch):
     monkeypatch.setattr(sb, "run_program", _bare_run)
     monkeypatch.setattr(sb, "select_mode", lambda requested=None: requested)
     monkeypatch.setattr(sb, "_live_pids_of_uid", lambda uid: [])
-    contained, detail = attack("bare")
+    try:
+        contained, detail = attack("bare")
+    finally:
+        for d in glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo-bare-*")):
+            sb._remove_tree(d)
     assert not contained, detail
-    for d in glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo-bare-*")):
-        sb._remove_tree(d)
 
 
 def test_deep_tree_breaks_a_recursive_cleanup_but_not_ours():
