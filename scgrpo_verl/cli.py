@@ -168,11 +168,22 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    """Diagnostics as JSON on stdout; a summary on stderr; exit 1 when code rewards would refuse to run."""
     import json
 
     from scgrpo_verl.rewards.sandbox import diagnose
 
-    print(json.dumps(diagnose(), indent=2, default=str))
+    info = diagnose()
+    print(json.dumps(info, indent=2, default=str))
+    mode = info["selected"]
+    if mode is None:
+        print(f"code sandbox: none -- {info['refusal']}", file=sys.stderr)
+        return 1
+    held = [k for k, v in info["invariants"].items() if v]
+    print(f"code sandbox: {mode}; invariants held: {', '.join(held) or 'none'}"
+          + (f"; NOT held: {'; '.join(info['not_held'])}" if info["not_held"] else "")
+          + (f"; bwrap not used: {info['why_not_stronger']['bwrap']}" if "why_not_stronger" in info else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -275,6 +275,87 @@ def test_feedback_length_cap():
         common.cap("x", 0)
 
 
+def _reference_token_match(expected: str, got: str) -> bool:
+    """Independent statement of the judging rule: equal strings; otherwise only when ``expected`` is a decimal
+    literal with a fractional part or exponent: plain-decimal ``got`` within 1e-6 (absolute or relative) if the
+    value is non-integral, exactly equal if it is integral."""
+    import decimal
+    import re
+
+    if expected == got:
+        return True
+    num = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
+    if re.fullmatch(r"[+-]?\d+", expected) or not re.fullmatch(num, expected) or not re.fullmatch(num, got):
+        return False
+    e, g = decimal.Decimal(expected), decimal.Decimal(got)
+    if e == e.to_integral_value():
+        return float(e) == float(g)
+    return abs(e - g) <= max(decimal.Decimal("1e-6"), decimal.Decimal("1e-6") * max(abs(e), abs(g)))
+
+
+@pytest.mark.parametrize("expected, got", [
+    ("123456789012", "1.23456789e11"), ("123456789012", "123456789012.0"), ("3", "3.0000001"), ("7", "7.0"),
+    ("100", "1e2"), ("abc", "ABC"), ("-0", "0"), ("5", "5_0"), ("0.333333", "0.3333331"), ("0.333333", "0.34"),
+    ("0.5", "5e-1"), ("0.5", "nan"), ("0.5", "inf"), ("2.0", "2"), ("2.0", "2.0000001"), ("1e-9", "0"),
+    ("2.5", "0x2.5"), ("YES", "yes"), ("1.5", "1.5000009"), ("1.5", "1.500002"),
+])
+def test_token_comparison_matches_reference(expected, got):
+    assert code_exec._tokens_equal(expected, got) == _reference_token_match(expected, got)
+
+
+def test_integer_answer_gets_no_float_tolerance():
+    gt = [{"input": "", "output": "123456789012"}]
+    assert compute_score("codeforces", py("print(1.23456789e11)"), gt)["score"] == 0.0
+    assert compute_score("codeforces", py("print(123456789012)"), gt)["score"] == 1.0
+
+
+def test_functional_comparison_types_and_depth():
+    assert code_exec._json_equal([1, 2], [1, 2]) and not code_exec._json_equal(1, 1.0)
+    assert not code_exec._json_equal(1, True) and not code_exec._json_equal(True, 1)
+    assert code_exec._json_equal(0.5, 0.5000001) and not code_exec._json_equal(2.0, 2.0000001)
+    assert code_exec._json_equal(2.0, 2) and not code_exec._json_equal({"a": 1}, {"a": 1, "b": 2})
+    deep = []
+    for _ in range(100_000):  # deeper than any recursion limit: the comparison is iterative
+        deep = [deep]
+    assert code_exec._json_equal(deep, deep)
+
+
+def test_program_output_never_crashes_the_grader():
+    """Deeply nested JSON after the result marker, invalid UTF-8 and a huge stderr: score 0 with feedback."""
+    gt = {"fn_name": "f", "tests": [{"input": "1", "output": "1"}]}
+    deep = py("import sys, os\nclass Solution:\n    def f(self, x):\n"
+              f"        sys.stdout.write('{code_exec.RESULT_MARKER}' + '[' * 200000 + ']' * 200000 + '\\n')\n"
+              "        sys.stdout.flush(); os._exit(0)\n")
+    junk = py("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\x00' * 1000)\n"
+              "sys.stderr.buffer.write(b'\\x1b[31m\\xc3' * 100000)\nraise SystemExit(1)\n")
+    for text, truth in ((deep, gt), (junk, [{"input": "", "output": "1"}])):
+        out = compute_score("livecodebench", text, truth)
+        assert out["score"] == 0.0 and out["feedback"] and set(out) == KEYS
+        out["feedback"].encode("utf-8")
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("a\x1b[31mred\x1b[0m", "ared"), ("bell\x07nul\x00", "bellnul"), ("x\r\ny\rz", "x\ny\nz"),
+    ("evil\u202etxt", "eviltxt"), ("t\x1b]0;title\x07e", "te"), ("lone\ud800", "lone"), ("c1\x9b2J", "c1"),
+    ("zero\u200bwidth\ufeff", "zerowidth"), ("tab\tnl\n", "tab\tnl\n"), ("ünï ✓ 数", "ünï ✓ 数"),
+])
+def test_sanitize(raw, clean):
+    assert common.sanitize(raw) == clean
+    assert common.sanitize(common.sanitize(raw)) == clean
+    common.sanitize(raw).encode("utf-8")
+
+
+def test_every_grader_sanitises_feedback():
+    evil = "\x1b[2J\x07\u202e\x00"
+    outs = [compute_score("gsm8k", f"\\boxed{{5{evil}}}", "3"),
+            compute_score("sciknoweval", f"The answer is B{evil}", "A"),
+            compute_score("tooluse", f'Action: search{evil}\nAction Input: {{"q": "{evil}"}}',
+                          {"name": "lookup", "arguments": {"q": "x"}}),
+            compute_score("codeforces", py(f"print({evil!r})"), [{"input": "", "output": "1"}])]
+    for out in outs:
+        assert out["feedback"] and out["feedback"] == common.sanitize(out["feedback"]), out
+
+
 # ----------------------------------------------------------------------------- verl 0.9.1 call path
 
 

@@ -6,7 +6,7 @@ verl 0.9.1 wiring (``reward.custom_reward_function`` in the trainer config)::
       custom_reward_function:
         path: pkg://scgrpo_verl.rewards   # verl.utils.import_utils.load_module accepts pkg:// paths
         name: compute_score
-        reward_kwargs: {}          # optional: max_feedback_chars, code_time_limit_s, code_memory_limit_mb
+        reward_kwargs: {}          # optional: max_feedback_chars, code_time_limit_s, code_memory_limit_mb, sandbox_mode
 
 verl's reward managers (e.g. ``NaiveRewardManager.run_single``) call
 ``compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=..., **reward_kwargs)``
@@ -146,7 +146,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         extra_info: per-sample dict from the dataset (``truncated`` / ``response_length`` +
             ``max_response_length`` are read; verl also adds ``num_turns`` etc., ignored here).
         **kwargs: ``truncated`` (bool), ``max_feedback_chars`` (int, default 2000), ``code_time_limit_s`` (float),
-            ``code_memory_limit_mb`` (int); unknown keys (e.g. verl's ``reward_router_address``) are ignored.
+            ``code_memory_limit_mb`` (int), ``sandbox_mode`` (str: an opt-in weaker code sandbox, see
+            :func:`scgrpo_verl.rewards.sandbox.select_mode`); unknown keys (e.g. verl's ``reward_router_address``)
+            are ignored.
 
     Returns:
         ``{"score": float, "acc": float, "feedback": str, "pass_rate": float}``.
@@ -155,6 +157,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         ValueError: unknown ``data_source`` or malformed ``ground_truth``; the message names the row
             (``extra_info.index`` / ``split``).
         TypeError: ``solution_str`` is not a str.
+        scgrpo_verl.rewards.sandbox.SandboxError: code data and no working sandbox (one line naming the fix).
     """
     try:
         return _compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
@@ -180,7 +183,8 @@ def _compute_score(data_source: str, solution_str: str, ground_truth: Any, extra
             limits = replace(DEFAULT_LIMITS,
                              wall_time_s=float(kwargs.get("code_time_limit_s", DEFAULT_LIMITS.wall_time_s)),
                              memory_mb=int(kwargs.get("code_memory_limit_mb", DEFAULT_LIMITS.memory_mb)))
-        return grade_code(solution_str, ground_truth, truncated=truncated, limits=limits, max_feedback_chars=max_chars)
+        return grade_code(solution_str, ground_truth, truncated=truncated, limits=limits, max_feedback_chars=max_chars,
+                          sandbox_mode=kwargs.get("sandbox_mode"))
     if task == "math":
         out = grade_math(solution_str, ground_truth, max_feedback_chars=max_chars)
     elif task == "choice":

@@ -9,18 +9,26 @@ Ground truth (a dict or its JSON string), one of:
 Functional tests call ``Solution().<fn_name>(*args)``; ``args`` are the JSON-decoded non-empty lines of the test
 ``input`` (LiveCodeBench layout: one JSON value per argument and line) and the return value is compared with
 the JSON-decoded ``output``.
+
+Grading is done here, outside the sandboxed process, from its raw stdout only: nothing a program prints about
+itself (pass markers, "All tests passed", exit codes it fakes) counts, and a program that exits early or patches
+builtins still has to produce the expected output. Integer and string tokens are compared exactly; the float
+tolerance :data:`FLOAT_TOLERANCE` applies only where the expected token is a non-integral number.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from typing import Any
 
 from . import sandbox
 from .common import MAX_FEEDBACK_CHARS, result, snippet
+
+logger = logging.getLogger(__name__)
 
 MAX_REPORTED_FAILURES = 2
 """Wrong-answer details (input / expected / got) are shown for at most this many tests."""
@@ -130,35 +138,59 @@ def parse_tests(ground_truth) -> TestSuite:
     return TestSuite(tuple(tests), fn_name)
 
 
-def _tokens_equal(a: str, b: str) -> bool:
-    if a == b:
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _tokens_equal(expected: str, got: str) -> bool:
+    """One output token: exact, except that an expected non-integral number (e.g. ``0.333333``) accepts a
+    plain decimal number within :data:`FLOAT_TOLERANCE`, and an expected float-formatted integral value (``2.0``)
+    accepts the same value exactly. Integers and strings never get a tolerance (``1.23456789e11`` is not
+    ``123456789012``)."""
+    if expected == got:
         return True
-    if not any(c in a + b for c in ".eE"):
+    if _INTEGER.fullmatch(expected) or not _NUMBER.fullmatch(expected) or not _NUMBER.fullmatch(got):
         return False
-    try:
-        x, y = float(a), float(b)
-    except ValueError:
+    x, y = float(expected), float(got)
+    if not (math.isfinite(x) and math.isfinite(y)):
         return False
+    if x == int(x):
+        return x == y
     return math.isclose(x, y, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
 
 
 def outputs_match(expected: str, got: str) -> bool:
-    """Judge comparison for stdout: whitespace-separated tokens equal (floats within ``FLOAT_TOLERANCE``)."""
+    """Judge comparison for stdout: whitespace-separated tokens equal (:func:`_tokens_equal`)."""
     exp, out = expected.split(), got.split()
     return len(exp) == len(out) and all(_tokens_equal(e, o) for e, o in zip(exp, out))
 
 
-def _json_equal(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
-                and not isinstance(b, bool):
-            return math.isclose(a, b, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
-        return False
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
+def _json_equal(expected, got) -> bool:
+    """Functional-test comparison of decoded JSON values: ints, strings, bools and null exactly (``True`` is not
+    ``1``), a non-integral expected float within :data:`FLOAT_TOLERANCE`, an integral expected float exactly;
+    lists and dicts element-wise. Iterative, so deeply nested values cannot exhaust the stack."""
+    stack = [(expected, got)]
+    while stack:
+        a, b = stack.pop()
+        if isinstance(a, float):
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(a):
+                return False
+            if a == int(a):
+                if a != b:
+                    return False
+            elif not math.isclose(a, b, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE):
+                return False
+        elif isinstance(a, list):
+            if not isinstance(b, list) or len(a) != len(b):
+                return False
+            stack.extend(zip(a, b))
+        elif isinstance(a, dict):
+            if not isinstance(b, dict) or a.keys() != b.keys():
+                return False
+            stack.extend((a[k], b[k]) for k in a)
+        elif type(a) is not type(b) or a != b:
+            return False
+    return True
 
 
 def functional_result(stdout: str) -> tuple[bool, Any, str]:
@@ -168,7 +200,7 @@ def functional_result(stdout: str) -> tuple[bool, Any, str]:
         return False, None, stdout
     try:
         return True, json.loads(tail.strip()), head
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the decoder's recursion limit
         return False, None, stdout
 
 
@@ -182,17 +214,26 @@ class TestOutcome:
     run: sandbox.SandboxResult
 
 
-def run_test(code: str, suite: TestSuite, index: int, limits: sandbox.SandboxLimits) -> TestOutcome:
-    """Run ``code`` on test ``index`` of ``suite`` in the sandbox and judge it."""
+def _dumps(value) -> str:
+    try:
+        return json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        return repr(type(value))
+
+
+def run_test(code: str, suite: TestSuite, index: int, limits: sandbox.SandboxLimits,
+             mode: str | None = None) -> TestOutcome:
+    """Run ``code`` on test ``index`` of ``suite`` in the sandbox (``mode``: see :func:`sandbox.select_mode`)
+    and judge its raw stdout here."""
     test = suite.tests[index]
     if suite.fn_name is None:
-        res = sandbox.run_program(code, test.input, limits)
+        res = sandbox.run_program(code, test.input, limits, mode=mode)
         if not res.ok:
             return TestOutcome(index, res.status, res.stdout, res)
         return TestOutcome(index, "passed" if outputs_match(test.output, res.stdout) else "wrong_answer",
                            res.stdout, res)
     harness = _FUNCTIONAL_HARNESS.replace("FN_NAME", repr(suite.fn_name)).replace("MARKER", repr(RESULT_MARKER))
-    res = sandbox.run_program(harness, test.input, limits, files={"solution.py": code})
+    res = sandbox.run_program(harness, test.input, limits, files={"solution.py": code}, mode=mode)
     if not res.ok:
         return TestOutcome(index, res.status, res.stdout, res)
     found, value, _printed = functional_result(res.stdout)
@@ -200,9 +241,9 @@ def run_test(code: str, suite: TestSuite, index: int, limits: sandbox.SandboxLim
         return TestOutcome(index, "wrong_answer", res.stdout, res)
     try:
         expected = json.loads(test.output)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         expected = test.output
-    return TestOutcome(index, "passed" if _json_equal(expected, value) else "wrong_answer", json.dumps(value), res)
+    return TestOutcome(index, "passed" if _json_equal(expected, value) else "wrong_answer", _dumps(value), res)
 
 
 def _failure_detail(outcome: TestOutcome, test: TestCase, limits: sandbox.SandboxLimits) -> str:
@@ -225,7 +266,8 @@ def _failure_detail(outcome: TestOutcome, test: TestCase, limits: sandbox.Sandbo
     return f"Runtime error on test {n} ({how}):\n{tail or '(no error output)'}\nInput:\n{snippet(test.input)}"
 
 
-def judge(code: str, suite: TestSuite, limits: sandbox.SandboxLimits = DEFAULT_LIMITS) -> tuple[int, list, int]:
+def judge(code: str, suite: TestSuite, limits: sandbox.SandboxLimits = DEFAULT_LIMITS,
+          mode: str | None = None) -> tuple[int, list, int]:
     """Run the tests in order. A compile error stops at once; a time limit skips the remaining tests (they count
     as failed and are reported as skipped).
 
@@ -234,7 +276,7 @@ def judge(code: str, suite: TestSuite, limits: sandbox.SandboxLimits = DEFAULT_L
     """
     passed, failures = 0, []
     for i in range(len(suite.tests)):
-        outcome = run_test(code, suite, i, limits)
+        outcome = run_test(code, suite, i, limits, mode)
         if outcome.verdict == "passed":
             passed += 1
             continue
@@ -245,26 +287,40 @@ def judge(code: str, suite: TestSuite, limits: sandbox.SandboxLimits = DEFAULT_L
 
 
 def grade_code(solution_str: str, ground_truth, truncated: bool = False,
-               limits: sandbox.SandboxLimits | None = None, max_feedback_chars: int = MAX_FEEDBACK_CHARS) -> dict:
+               limits: sandbox.SandboxLimits | None = None, max_feedback_chars: int = MAX_FEEDBACK_CHARS,
+               sandbox_mode: str | None = None) -> dict:
     """Grade a code response: score 1.0 iff every test passes; ``pass_rate`` = passed / total tests.
+
+    Never raises because of what the program does or prints: any failure is score 0 with a feedback string
+    (sanitised and capped by :func:`common.result`).
 
     Args:
         solution_str: the decoded response.
         ground_truth: tests in a layout accepted by :func:`parse_tests`.
         truncated: the response hit the generation length limit (mentioned in the feedback).
         limits: per-test sandbox limits (default :data:`DEFAULT_LIMITS`).
+        sandbox_mode: isolation mode (``None``: ``SCGRPO_SANDBOX_MODE`` or bwrap; see :func:`sandbox.select_mode`).
 
     Raises:
         ValueError: malformed ground truth.
+        sandbox.SandboxError: the sandbox cannot run on this host (code rewards fail closed; one-line message).
     """
     suite = parse_tests(ground_truth)
+    sandbox.select_mode(sandbox_mode)  # fail closed (one-line SandboxError) before grading anything
     limits = limits or DEFAULT_LIMITS
     code = extract_code(solution_str)
     if code is None:
         msg = (TRUNCATED_FEEDBACK + " before a complete ```python code block was written.") if truncated \
             else NO_CODE_FEEDBACK
         return result(False, msg, pass_rate=0.0, max_feedback_chars=max_feedback_chars)
-    passed, failures, skipped = judge(code, suite, limits)
+    try:
+        passed, failures, skipped = judge(code, suite, limits, sandbox_mode)
+    except sandbox.SandboxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a program must never crash the reward
+        logger.warning("code grading failed on a program's output: %r", exc, exc_info=True)
+        return result(False, f"Grading failed on your program's output ({type(exc).__name__}).", pass_rate=0.0,
+                      max_feedback_chars=max_feedback_chars)
     total = len(suite.tests)
     if passed == total:
         return result(True, pass_rate=1.0, max_feedback_chars=max_feedback_chars)

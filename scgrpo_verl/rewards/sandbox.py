@@ -1,94 +1,48 @@
-"""Process sandbox for model-written Python programs.
+"""Process sandbox for model-written Python programs, built on bubblewrap.
 
-Each program runs in its own process (own session / process group) with:
+A policy trained on code rewards optimises against the grader, so every sandbox weakness becomes a strategy.
+The isolation is **bubblewrap** (Debian's ``bubblewrap``, the tool Flatpak is built on). Each program gets, in
+mode ``"bwrap"``:
 
-* **resource limits** set with :func:`resource.setrlimit` in ``preexec_fn``: CPU seconds
-  (``RLIMIT_CPU``), address space (``RLIMIT_AS``), processes (``RLIMIT_NPROC``), file size
-  (``RLIMIT_FSIZE``), open files (``RLIMIT_NOFILE``), no core dumps (``RLIMIT_CORE``);
-* a **wall-clock timeout**, after which the whole process group *and* every other process of the
-  sandbox uid are SIGKILLed (so children that called ``setsid()`` do not escape);
-* an **unprivileged, per-run uid** whenever the host runs as root (every mode but ``audit``).
-  ``RLIMIT_NPROC`` is not enforced for uid 0, so the child drops to a random uid in
-  ``[UID_BASE, UID_BASE + UID_SPAN)``; the per-uid process count then contains fork bombs, the child cannot
-  signal host processes or read ``/proc/<host pid>/environ``, and it cannot write root-owned files;
-* a **private working directory** (the only writable place, deleted afterwards);
-* a **stripped environment** (``PATH``, ``LANG``/``LC_ALL``, ``HOME`` and thread-count caps only)
-  and ``python -I -B`` (isolated mode: no ``PYTHON*`` variables, no user site, no cwd on
-  ``sys.path``; no bytecode written).
+* fresh **PID, IPC, network, UTS, mount** (and cgroup, where possible) namespaces, plus a **user namespace**
+  when the host is not root. As root the program instead runs as a random **per-run host uid** in
+  ``[UID_BASE, UID_BASE + UID_SPAN)`` (the boot code drops to it before reading the program): ``RLIMIT_NPROC``
+  never applies to uid 0, and a user namespace would map the program back to uid 0;
+* a **minimal read-only view** (:func:`_view`): the interpreter binary, its standard library and
+  ``lib-dynload`` (no ``site-packages``), libraries outside the system folders, the system library folders and
+  ``/etc/ld.so.cache``, each mapped on its own: nothing of home folders, dataset caches or the project;
+* a private **tmpfs of ``disk_mb``** as ``/tmp`` and working folder (the run's disk quota; ``main.py`` is copied
+  in from memory), one of ``shm_mb`` on ``/dev/shm``; ``/`` and ``/dev`` read-only;
+* stdin/stdout/stderr in anonymous memory files of the parent (no host file for other runs to read), and no
+  other inherited descriptor (bwrap closes those it reads its set-up from);
+* ``--die-with-parent``, and teardown of the whole PID namespace when the program ends or is killed (the
+  parent waits for bwrap's PID 1 to be gone, which the kernel allows only after every other process is);
+* the **seccomp filter** below, and the limits: ``RLIMIT_CPU``, ``RLIMIT_AS`` (per process), ``RLIMIT_NPROC``,
+  ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps, wall-clock timeout, output cap.
 
-Isolation modes, strongest first; :func:`isolation_mode` probes them in this order (each by running a
-trivial program) and picks the first that works, :func:`diagnose` says why the others did not:
+**Memory bound.** cgroup v2 ``memory.max``/``pids.max`` need a delegated cgroup v2 subtree with the memory and
+pids controllers; the hosts this was built and tested on have none writable (cgroup v1 controllers, an empty
+unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits. What ``RLIMIT_AS`` does
+not see is bounded separately: SysV shared memory, message queues and semaphores and ``memfd_create`` are
+refused (bound 0), POSIX shared memory lives in the ``/dev/shm`` tmpfs and files in the ``/tmp`` tmpfs. One run
+holds at most ``max_processes * memory_mb + disk_mb + shm_mb`` MiB.
 
-``"root"``
-    euid 0 and ``unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)`` works (needs ``CAP_SYS_ADMIN``):
-    a fresh **network namespace** that only has a downed loopback (neither ``127.0.0.1`` listeners of the
-    host nor external addresses are reachable); a **private mount namespace** where ``/`` is re-mounted
-    read-only, fresh small tmpfs are mounted on the world-writable directories (``/tmp``, ``/var/tmp``,
-    ``/dev/shm``, ``/run/lock``) and on non-traversable ancestors of the interpreter (e.g. ``/root`` for a
-    pyenv Python under ``/root/.pyenv``, which re-exposes only the interpreter and hides the rest of
-    ``/root``); the random-uid drop.
-``"userns"``
-    ``unshare(CLONE_NEWUSER)`` works where ``"root"`` does not: network + mount namespaces as above inside
-    a user namespace, plus the seccomp hardening filter below (where it has a syscall table). On a root host the namespace maps root
-    (for the mount set-up; the maps are written by a helper forked beforehand) and the random sandbox uid,
-    which the child drops to. Otherwise the child keeps the host's uid (``RLIMIT_NPROC`` is set relative to
-    the user's current process count; the filter keeps it from signalling same-uid host processes).
-``"landlock"``
-    no namespaces (typically a container without ``CAP_SYS_ADMIN`` and/or with a seccomp profile that
-    blocks ``unshare``/``mount``), but the **Landlock** LSM works (Linux >= 5.13; needs no privilege, only
-    ``PR_SET_NO_NEW_PRIVS``). The child restricts itself before ``exec``: every file-system access right
-    the kernel's Landlock ABI knows is handled, ``/`` keeps only execute / read-file / read-dir, the
-    working directory keeps everything and ``/dev/null`` read + write; with ABI >= 4 every TCP bind and
-    connect is denied; with ABI >= 6 the child can neither signal processes outside its Landlock domain
-    nor connect to abstract Unix sockets outside it. On top comes the **seccomp hardening filter**
-    described below, and the random-uid drop when the host runs as root (which, with the process's
-    ownership, is what keeps ``/proc/<host pid>/environ`` unreadable: Landlock's ptrace hook stops
-    ``/proc/<pid>/mem`` but, on the 6.18 kernel this was tested on, not ``environ``). Without root there is no
-    uid drop, so ``/proc`` is left out of the readable tree instead.
-``"seccomp"``
-    Landlock is unavailable but ``seccomp`` filters work (x86_64 and aarch64 only). A classic-BPF filter
-    (the hardening filter below) plus, since seccomp cannot see paths, **no file creation or modification
-    at all**: ``open``/``openat`` with ``O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND``, ``creat``,
-    ``unlink*``, ``rename*``, ``rmdir``, ``mkdir*``, ``link*``, ``symlink*``, ``mknod*``, ``truncate``,
-    ``ftruncate``, ``chmod*``, ``chown*``, ``utime*`` and the ``setxattr`` family fail with
-    ``EACCES``/``EPERM`` (``openat2`` with ``ENOSYS``, so libc falls back to ``openat``); every
-    ``socket()`` fails (the host's abstract Unix sockets are not scoped without Landlock). Programs can
-    still read files, print and pipe, but cannot write a file even in their own directory. Without root
-    (no uid drop) a program could still read ``/proc/<pid>/environ`` of same-uid host processes: only
-    run the trainer that way when nothing better is available.
-``"audit"``
-    no kernel isolation at all: a fallback that installs a :func:`sys.addaudithook` hook in the child
-    refusing ``socket.*`` connect/bind/sendto, ``ctypes`` loading, subprocess creation and signals to
-    other processes. This is a best-effort in-interpreter guard, *not* a security boundary (documented,
-    tested, and logged with a warning). Pass ``require_namespaces=True`` to :func:`run_program` to refuse it.
+**Weaker modes** (hosts where bwrap cannot create namespaces), used only when the user opts in with
+``SCGRPO_SANDBOX_MODE=<mode>`` or the reward kwarg ``sandbox_mode``, logged at WARNING whenever a process selects
+one; :data:`INVARIANTS` says what each holds. ``"landlock"``: Landlock lets the program read only the
+interpreter view and its own fresh 0700 folder (owned by the per-run uid as root), write only that folder, and
+the seccomp filter refuses every ``socket()``; no disk quota. ``"seccomp"``: the filter also refuses every file
+creation or change; reads are limited only by the uid. ``"audit"``: an in-interpreter audit hook, no security
+boundary. Without bwrap and without an opt-in, :func:`select_mode` raises :class:`SandboxError` with
+:data:`REFUSAL`: code rewards fail closed.
 
-The **seccomp hardening filter** (``userns``, ``landlock`` and ``seccomp`` modes; checks
-``seccomp_data.arch`` and denies the x32 ABI) refuses:
+The **seccomp filter** (every kernel mode; checks the arch, denies x32) refuses ``ptrace``, ``process_vm_*``,
+``kcmp``, mount and namespace calls (``clone``/``clone3`` with namespace flags included), ``bpf``,
+``perf_event_open``, keyrings, ``io_uring``, ``userfaultfd``, ``pidfd_*``, module loading, ``kexec``,
+``personality``, privileged clock/host calls, SysV IPC ``*get`` and ``memfd_create``; without a PID namespace
+(``landlock``/``seccomp``) also ``setsid``/``setpgid`` and signals outside the program's process group.
 
-* ``socket()`` of any family but ``AF_UNIX`` (``EACCES``; Landlock only covers TCP, so UDP and raw sockets
-  are stopped here), and ``AF_UNIX`` too in ``seccomp`` mode and with Landlock ABI < 6, where nothing
-  confines abstract Unix sockets;
-* ``setsid``/``setpgid`` (the program starts as the leader of its own session, so killing that process
-  group reaps every descendant);
-* ``kill``/``rt_sigqueueinfo`` to anything but the program's own pid or process group,
-  ``tgkill``/``tkill``/``rt_tgsigqueueinfo`` outside its own pid, ``fcntl(F_SETOWN*)`` and
-  ``ioctl(FIOSETOWN/SIOCSPGRP)`` (signal redirection), ``prlimit64`` on other processes;
-* ``clone`` with namespace flags, and ``clone3`` (``ENOSYS``: libc falls back to ``clone``);
-* ``ptrace``, ``process_vm_readv/writev``, ``kcmp``, ``process_madvise``, ``move_pages``/``migrate_pages``,
-  ``mount``/``umount2``/``unshare``/``setns``/``pivot_root``/``chroot`` and the new mount API
-  (``open_tree``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``, ``fspick``, ``mount_setattr``),
-  ``bpf``, ``perf_event_open``, ``keyctl``/``add_key``/``request_key``, ``io_uring_*``, ``userfaultfd``,
-  ``pidfd_open``/``pidfd_send_signal``/``pidfd_getfd``, ``kexec_*``, module loading, ``open_by_handle_at``,
-  ``personality`` and a few privileged clock/host/swap/reboot calls (``EPERM``).
-
-In ``landlock``/``seccomp`` mode the interpreter runs ``<base>/_boot.py`` (outside the working directory),
-which, when the host is root, drops to the sandbox uid *before* it reads ``main.py``; interpreter directories
-below a directory that other users cannot traverse (the pyenv-under-``/root`` case) stay importable through
-``/proc/self/fd/<n>`` paths of directory handles opened before the drop. ``main.py`` then runs as
-``__main__`` (tracebacks show ``main.py`` frames only).
-
-Tested on Linux only; other platforms are not supported. ``python -m scgrpo_verl.rewards.sandbox`` prints
-:func:`diagnose` as JSON.
+Linux only. ``python -m scgrpo_verl.rewards.sandbox`` and ``scgrpo-verl sandbox`` print :func:`diagnose`.
 """
 
 from __future__ import annotations
@@ -104,6 +58,7 @@ import math
 import os
 import resource
 import secrets
+import select
 import shutil
 import signal
 import stat
@@ -113,13 +68,15 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENV_MODE",
     "KERNEL_MODES",
     "MODES",
+    "REFUSAL",
     "SandboxError",
     "SandboxLimits",
     "SandboxResult",
@@ -130,23 +87,31 @@ __all__ = [
     "probe_mode",
     "run_program",
     "run_batch",
+    "select_mode",
 ]
 
-MODES = ("root", "userns", "landlock", "seccomp", "audit")
-"""Isolation modes, strongest first (the order :func:`isolation_mode` probes them in)."""
+MODES = ("bwrap", "landlock", "seccomp", "audit")
+"""Isolation modes, strongest first."""
 KERNEL_MODES = MODES[:-1]
 """The modes whose containment the kernel enforces (all but ``audit``)."""
+WEAK_MODES = MODES[1:]
+"""Modes used only after an explicit opt-in."""
+ENV_MODE = "SCGRPO_SANDBOX_MODE"
+"""Environment variable that selects a mode (``bwrap``, ``auto`` or an opt-in weaker mode)."""
+REFUSAL = ("code rewards need the bubblewrap sandbox, which does not work here ({reason}); fix: "
+           "`apt-get install -y bubblewrap` (run as root or allow unprivileged user namespaces), or opt into "
+           "weaker isolation with " + ENV_MODE + "=landlock|seccomp|audit or reward_kwargs.sandbox_mode")
+"""The one-line error of :func:`select_mode` when bwrap cannot run and no weaker mode was chosen."""
 
 STATUSES = ("ok", "runtime_error", "compile_error", "timeout", "memory", "output_limit")
 
 UID_BASE = 2_000_000
 UID_SPAN = 1 << 20
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-PRIVATE_TMPFS_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-TMPFS_SIZE = "16m"
+SYSTEM_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32")
 _KERNEL_MODES_DROP_UID = True  # tests turn this off to check the Landlock/seccomp layers without the uid drop
 
-# Linux constants (<sched.h>, <sys/mount.h>)
+# <sched.h>
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -154,20 +119,12 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
+
 
 # <linux/prctl.h>, <linux/seccomp.h>, <linux/filter.h>, <linux/audit.h>
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
-SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
@@ -204,9 +161,6 @@ LL_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 LL_SCOPE_SIGNAL = 1 << 1  # ABI 6
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.prctl.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
@@ -234,6 +188,8 @@ class SandboxLimits:
         max_open_files: ``RLIMIT_NOFILE``.
         max_output_bytes: captured stdout cap; more output -> status ``output_limit``.
         stderr_tail_bytes: how many trailing bytes of stderr are kept.
+        disk_mb: size of the private ``/tmp`` tmpfs (working folder) in bwrap mode: the run's disk quota.
+        shm_mb: size of the private ``/dev/shm`` tmpfs in bwrap mode (POSIX shared memory).
     """
 
     wall_time_s: float = 5.0
@@ -244,10 +200,12 @@ class SandboxLimits:
     max_open_files: int = 64
     max_output_bytes: int = 1 << 20
     stderr_tail_bytes: int = 4096
+    disk_mb: int = 64
+    shm_mb: int = 16
 
     def __post_init__(self) -> None:
         for name in ("wall_time_s", "memory_mb", "max_processes", "max_file_size_mb", "max_open_files",
-                     "max_output_bytes", "stderr_tail_bytes"):
+                     "max_output_bytes", "stderr_tail_bytes", "disk_mb", "shm_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
         if self.cpu_time_s is not None and self.cpu_time_s <= 0:
@@ -269,7 +227,7 @@ class SandboxResult:
         returncode: exit status (negative = killed by that signal; ``None`` if killed on timeout).
         wall_time_s: seconds from spawn to exit/kill.
         isolation: the isolation mode used (one of :data:`MODES`).
-        uid: the random unprivileged uid the program ran as (host running as root, any mode but ``audit``),
+        uid: the random unprivileged host uid the program ran as (host running as root, any mode but ``audit``),
             else ``None``.
     """
 
@@ -318,78 +276,6 @@ def describe_failure(result: SandboxResult, max_lines: int = 6) -> str:
         return f"Runtime error (killed by {sig})." + ("\n" + tail if tail else "")
     return f"Runtime error (exit code {result.returncode}):\n" + tail if tail else \
         f"Runtime error (exit code {result.returncode})."
-
-
-# --------------------------------------------------------------------------- isolation probing
-
-
-def _hidden_ancestors(path: str) -> list[tuple[str, str]]:
-    """For each ancestor of ``path`` that 'others' cannot traverse, (ancestor, child component).
-
-    E.g. ``/root/.pyenv/versions/3.11.7`` with ``/root`` mode 0700 -> ``[("/root", ".pyenv")]``.
-    """
-    out = []
-    parts = os.path.realpath(path).strip("/").split("/")
-    for i in range(1, len(parts)):
-        anc = "/" + "/".join(parts[:i])
-        if not os.stat(anc).st_mode & 0o001:
-            out.append((anc, parts[i]))
-    return out
-
-
-def _interpreter_roots() -> list[str]:
-    """Directories the child interpreter must be able to reach (executable, stdlib, venv)."""
-    roots = {os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
-    return sorted(roots)
-
-
-def _under_private_tmpfs(path: str) -> bool:
-    return any(path == d or path.startswith(d + "/") for d in PRIVATE_TMPFS_DIRS)
-
-
-def _masked_interpreter_dirs() -> list[str]:
-    """Interpreter directories that the private tmpfs mounts would hide, e.g. a virtualenv made under ``/tmp``
-    (CI's ``mktemp -d``): the venv as ``sys.executable`` names it, and any interpreter root below such a directory.
-    They are bind-mounted back, read-only, after the tmpfs mounts."""
-    candidates = {sys.prefix, os.path.dirname(sys.executable), *_interpreter_roots()}
-    dirs = sorted(p if os.path.isdir(p) else os.path.dirname(p) for p in candidates if _under_private_tmpfs(p))
-    return [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
-
-
-def _reexpose_plan() -> list[tuple[str, str]]:
-    """Unique (non-traversable ancestor, child component) pairs to re-expose in the mount namespace.
-
-    Ancestors below a private tmpfs directory are left out: :func:`_masked_interpreter_dirs` brings those back."""
-    plan: list[tuple[str, str]] = []
-    for root in _interpreter_roots():
-        for item in _hidden_ancestors(root):
-            if item not in plan and not _under_private_tmpfs(item[0]):
-                plan.append(item)
-    ancestors = [a for a, _ in plan]
-    for a in ancestors:
-        if any(b != a and a.startswith(b + "/") for b in ancestors):
-            raise SandboxError(f"interpreter path has nested non-traversable directories {ancestors}; unsupported")
-    return plan
-
-
-def _expose_dirs() -> list[str]:
-    """Directories to keep importable after a uid drop without a mount namespace.
-
-    For each interpreter root below a directory that other users cannot traverse, the child of the deepest such
-    directory (e.g. ``/root/.pyenv`` for ``/root/.pyenv/versions/3.11.7``); the boot script reaches them through
-    ``/proc/self/fd/<n>`` handles opened before the drop.
-    """
-    out: list[str] = []
-    for root in _interpreter_roots():
-        hidden = _hidden_ancestors(root)
-        if hidden:
-            anc, child = hidden[-1]
-            d = os.path.join(anc, child)
-            if d not in out:
-                out.append(d)
-    return out
-
-
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
@@ -424,21 +310,13 @@ def _landlock_fs_rights(abi: int) -> int:
     return rights
 
 
-def _read_only_roots(hide_proc: bool) -> list[str]:
-    """Where a Landlock-confined program may read and execute: ``/``, or with ``hide_proc`` every entry of ``/``
-    but ``/proc`` (Landlock's ptrace hook does not stop same-uid reads of ``/proc/<pid>/environ``)."""
-    if not hide_proc:
-        return ["/"]
-    return sorted(os.path.join("/", name) for name in os.listdir("/") if name != "proc")
+def _landlock_ruleset(workdir: str) -> int:
+    """A Landlock ruleset fd for a program whose private folder is ``workdir`` (built in the parent).
 
-
-def _landlock_ruleset(workdir: str, hide_proc: bool = False) -> int:
-    """A Landlock ruleset fd for a program whose private directory is ``workdir`` (built in the parent).
-
-    ``/`` (without ``/proc`` when ``hide_proc``): execute, read files, list directories; ``workdir``: everything;
-    ``/dev/null``: read + write; TCP bind/connect denied (ABI >= 4); signals and abstract Unix sockets scoped
-    to the domain (ABI >= 6). The fd is close-on-exec: the child calls ``landlock_restrict_self`` on it in
-    ``preexec_fn``.
+    The interpreter view (:func:`_view_paths`): execute, read files, list folders; ``workdir``: everything;
+    ``/dev/null``: read + write, ``/dev/urandom``: read; nothing else (no ``/proc``, no home folders, no other run's
+    folder). TCP bind/connect denied (ABI >= 4); signals and abstract Unix sockets scoped to the domain (ABI >= 6).
+    The fd is close-on-exec: the child calls ``landlock_restrict_self`` on it in ``preexec_fn``.
     """
     abi = landlock_abi()
     if abi < 1:
@@ -458,8 +336,8 @@ def _landlock_ruleset(workdir: str, hide_proc: bool = False) -> int:
         raise SandboxError(f"landlock_create_ruleset: {_errno_text(err)}")
     file_rw = LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if abi >= 3 else 0)
     read_dir = LL_FS_EXECUTE | LL_FS_READ_FILE | LL_FS_READ_DIR
-    rules = [(path, read_dir, True) for path in _read_only_roots(hide_proc)]
-    rules += [(workdir, fs, False), ("/dev/null", file_rw, False)]
+    rules = [(path, read_dir, True) for path in _view_paths()]
+    rules += [(workdir, fs, False), ("/dev/null", file_rw, False), ("/dev/urandom", LL_FS_READ_FILE, True)]
     try:
         for path, rights, optional in rules:
             try:
@@ -503,7 +381,7 @@ _X86_64 = {
     "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "fanotify_init": 300, "prlimit64": 302,
     "open_by_handle_at": 304, "clock_adjtime": 305, "setns": 308, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "renameat2": 316, "kexec_file_load": 320,
-    "bpf": 321, "userfaultfd": 323,
+    "bpf": 321, "userfaultfd": 323, "shmget": 29, "semget": 64, "msgget": 68, "memfd_create": 319,
 }
 _AARCH64 = {
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16,
@@ -519,12 +397,13 @@ _AARCH64 = {
     "perf_event_open": 241, "prlimit64": 261, "fanotify_init": 262, "open_by_handle_at": 265,
     "clock_adjtime": 266, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
     "finit_module": 273, "renameat2": 276, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
+    "msgget": 186, "semget": 190, "shmget": 194, "memfd_create": 279,
 }
 _COMMON_NEW = {  # unified numbering (>= 424) on both architectures
     "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
     "pidfd_open": 434, "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "process_madvise": 440,
-    "mount_setattr": 442, "quotactl_fd": 443, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
+    "mount_setattr": 442, "quotactl_fd": 443, "memfd_secret": 447, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
     "open_tree_attr": 467,
 }
 _SECCOMP_ARCHES = {  # uname machine -> (AUDIT_ARCH_*, syscall table, has the x32 ABI)
@@ -534,7 +413,7 @@ _SECCOMP_ARCHES = {  # uname machine -> (AUDIT_ARCH_*, syscall table, has the x3
 }
 
 _DENY_EPERM = (
-    "setsid", "setpgid", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "process_madvise",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "process_madvise",
     "migrate_pages", "move_pages", "mount", "umount2", "unshare", "setns", "pivot_root", "chroot", "bpf",
     "perf_event_open", "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "userfaultfd", "pidfd_send_signal", "pidfd_getfd", "pidfd_open", "kexec_load", "kexec_file_load",
@@ -542,7 +421,7 @@ _DENY_EPERM = (
     "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "personality", "acct", "swapon",
     "swapoff", "reboot", "sethostname", "setdomainname", "settimeofday", "clock_settime", "clock_adjtime",
     "adjtimex", "syslog", "quotactl", "quotactl_fd", "vhangup", "iopl", "ioperm", "uselib", "lookup_dcookie",
-    "fanotify_init",
+    "fanotify_init", "shmget", "msgget", "semget", "memfd_create", "memfd_secret",
 )
 # seccomp mode only: no file may be created, removed, renamed, truncated or have its metadata changed
 _DENY_WRITES_EACCES = (
@@ -572,12 +451,14 @@ def _arg_lo(i: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
+def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool,
+                     confine_signals: bool = True) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
     """The hardening filter as ``struct sock_filter`` bytes, plus the byte offsets of the ``k`` fields to patch
     with the child's pid and with ``-pid`` (32-bit two's complement).
 
     ``deny_writes`` adds the seccomp-mode file-modification denials; ``allow_unix_sockets`` lets ``socket()``
-    create ``AF_UNIX`` sockets (otherwise every ``socket()`` fails).
+    create ``AF_UNIX`` sockets (otherwise every ``socket()`` fails); ``confine_signals`` (the modes without a PID
+    namespace) refuses ``setsid``/``setpgid`` and signals to anything but the program's own process group.
     """
     arch = _seccomp_arch()
     if arch is None:
@@ -646,6 +527,11 @@ def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool) -> tuple[bytes
     else:
         deny("socket", e.EACCES)
     block("clone", deny_bits(0, _CLONE_NS_FLAGS, e.EPERM))
+    if not confine_signals:
+        ret(SECCOMP_RET_ALLOW)
+        return _assemble(ins)
+    deny("setsid", e.EPERM)
+    deny("setpgid", e.EPERM)
     block("kill", allow_values(0, [0, _PID, _NEG_PID], e.EPERM))
     block("rt_sigqueueinfo", allow_values(0, [_PID, _NEG_PID], e.EPERM))
     block("tkill", allow_values(0, [_PID], e.EPERM))
@@ -655,7 +541,11 @@ def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool) -> tuple[bytes
     block("fcntl", deny_values(1, [F_SETOWN, F_SETOWN_EX], e.EPERM))
     block("ioctl", deny_values(1, [FIOSETOWN, SIOCSPGRP], e.EPERM))
     ret(SECCOMP_RET_ALLOW)
+    return _assemble(ins)
 
+
+def _assemble(ins: list) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
+    """``struct sock_filter`` bytes of ``ins`` and the offsets of the pid / -pid placeholders."""
     out, pid_offs, neg_offs = bytearray(), [], []
     for i, (code, jt, jf, k) in enumerate(ins):
         assert 0 <= jt < 256 and 0 <= jf < 256
@@ -677,7 +567,7 @@ class _SockFprog(ctypes.Structure):
 
 @dataclasses.dataclass
 class _KernelLayers:
-    """What the child of a ``userns``/``landlock``/``seccomp`` run installs on itself (prepared in the parent):
+    """What the child of a ``landlock``/``seccomp`` run installs on itself (prepared in the parent):
     the seccomp hardening filter and, in ``landlock`` mode, a Landlock ruleset."""
 
     ruleset_fd: int | None
@@ -687,15 +577,14 @@ class _KernelLayers:
     neg_pid_offsets: tuple[int, ...]
 
     @classmethod
-    def build(cls, mode: str, workdir: str, drops_uid: bool) -> "_KernelLayers":
+    def build(cls, mode: str, workdir: str) -> "_KernelLayers":
         landlock = mode == "landlock"
-        # AF_UNIX sockets only where abstract ones are confined: a network namespace (userns) or Landlock ABI >= 6
-        unix = mode == "userns" or landlock and landlock_abi() >= 6
-        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=unix)
+        # No socket() at all without a network namespace: Landlock does not confine connecting to host Unix
+        # sockets by path (socketpair() stays available)
+        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=False)
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-        # Without the uid drop the program shares the host's uid: hide /proc (other processes' environ files)
-        ruleset_fd = _landlock_ruleset(workdir, hide_proc=not drops_uid) if landlock else None
+        ruleset_fd = _landlock_ruleset(workdir) if landlock else None
         return cls(ruleset_fd, buf, fprog, pid_offs, neg_offs)
 
     def close(self) -> None:
@@ -704,263 +593,81 @@ class _KernelLayers:
             self.ruleset_fd = None
 
 
-def _make_preexec(mode: str, uid: int | None, limits: SandboxLimits, workdir: str, stage_dir: str,
-                  plan: Sequence[tuple[str, str]], nproc_base: int,
-                  layers: _KernelLayers | None = None, keep: Sequence[str] = ()) -> Callable[[], None]:
-    """Build the ``preexec_fn`` run in the forked child before ``exec`` (no imports inside).
 
-    ``keep``: interpreter directories below a private tmpfs directory (:func:`_masked_interpreter_dirs`), staged
-    in ``<stage_dir>/keep<i>`` and bind-mounted back read-only after the tmpfs mounts."""
-    workdir_b = workdir.encode()
-    keep_b = [(path.encode(), os.path.join(stage_dir, f"keep{i}").encode()) for i, path in enumerate(keep)]
-    work_stage_b = os.path.join(stage_dir, "work").encode()
-    mem = limits.memory_mb << 20
-    fsize = max(limits.max_file_size_mb << 20, limits.max_output_bytes + 1)
-    cpu = limits.cpu_seconds
-    nproc = nproc_base + limits.max_processes
-    nofile = limits.max_open_files
-    plan_b = [(a.encode(), c.encode(), os.path.join(stage_dir, str(i)).encode()) for i, (a, c) in enumerate(plan)]
-    tmpfs_dirs = [d.encode() for d in PRIVATE_TMPFS_DIRS if os.path.isdir(d)]
-    tmpfs_opts = f"size={TMPFS_SIZE},mode=1777".encode()
-    host_uid, host_gid = os.getuid(), os.getgid()
-    byteorder = sys.byteorder
-    if mode in ("landlock", "seccomp") and layers is None:
-        raise SandboxError(f"mode {mode} needs its seccomp filter")
-
-    def preexec() -> None:
-        try:
-            _setup()
-        except BaseException as exc:  # report on the (already redirected) stderr, then fail the spawn
-            os.write(2, f"sandbox preexec failed: {exc!r}\n".encode())
-            raise
-
-    def _restrict_self() -> None:
-        # The child already leads its own session (subprocess's start_new_session runs setsid() before this
-        # function); the filter then keeps every descendant in that process group.
-        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if layers.ruleset_fd is not None:
-            _check(_syscall(NR_LANDLOCK_RESTRICT_SELF, layers.ruleset_fd, 0), "landlock_restrict_self")
-            os.close(layers.ruleset_fd)
-        pid = os.getpid()  # unchanged by exec
-        buf = layers.filter_buf
-        for off in layers.pid_offsets:
-            buf[off:off + 4] = pid.to_bytes(4, byteorder)
-        for off in layers.neg_pid_offsets:
-            buf[off:off + 4] = ((-pid) & 0xFFFFFFFF).to_bytes(4, byteorder)
-        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(layers.fprog), 0, 0),
-               "prctl(PR_SET_SECCOMP)")
-
-    id_maps = f"0 0 1\n{uid} {uid} 1\n".encode() if uid is not None else b""
-
-    def _unshare_userns_as_root(flags: int) -> None:
-        """Root host, userns mode: a user namespace that maps root (for the mount set-up, which has to traverse
-        the directories holding the interpreter) and the sandbox uid (dropped to at the end). Maps with more than
-        the caller's own id must be written by a process that keeps CAP_SETUID in the parent namespace: a
-        short-lived helper forked before the ``unshare``."""
-        r, w = os.pipe()
-        helper = os.fork()
-        if helper == 0:
-            code = 1
-            try:
-                os.close(w)
-                if os.read(r, 1) == b"u":
-                    parent = os.getppid()
-                    for name in ("uid_map", "gid_map"):
-                        fd = os.open(f"/proc/{parent}/{name}", os.O_WRONLY)
-                        os.write(fd, id_maps)
-                        os.close(fd)
-                    code = 0
-            finally:
-                os._exit(code)
-        os.close(r)
-        try:
-            _check(_libc.unshare(flags), "unshare")
-            os.write(w, b"u")
-        finally:
-            os.close(w)
-            _, status = os.waitpid(helper, 0)
-        if status != 0:
-            raise OSError(f"could not write the user namespace id maps (helper status {status})")
-
-    def _setup() -> None:
-        if mode in ("root", "userns"):
-            flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC
-            if mode == "root":
-                _check(_libc.unshare(flags), "unshare")
-            elif uid is None:
-                _check(_libc.unshare(flags | CLONE_NEWUSER), "unshare")
-                with open("/proc/self/setgroups", "w") as f:
-                    f.write("deny")
-                with open("/proc/self/uid_map", "w") as f:
-                    f.write(f"{host_uid} {host_uid} 1")
-                with open("/proc/self/gid_map", "w") as f:
-                    f.write(f"{host_gid} {host_gid} 1")
-            else:
-                _unshare_userns_as_root(flags | CLONE_NEWUSER)
-            _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount rprivate /")
-            # Stage the working directory and the interpreter directories hidden below non-traversable
-            # ancestors, so they survive the read-only remount and the tmpfs mounts below.
-            _check(_libc.mount(workdir_b, work_stage_b, None, MS_BIND, None), "stage workdir")
-            work_fd = os.open(work_stage_b, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            keep_fds = []
-            for path, stage in keep_b:
-                _check(_libc.mount(path, stage, None, MS_BIND | MS_REC, None), "stage interpreter dir")
-                keep_fds.append(os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            for anc, child, stage in plan_b:
-                _check(_libc.mount(anc + b"/" + child, stage, None, MS_BIND | MS_REC, None), "stage bind")
-            _check(_libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None), "remount / ro")
-            for anc, child, stage in plan_b:
-                _check(_libc.mount(b"tmpfs", anc, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755"),
-                       "tmpfs over hidden dir")
-                os.mkdir(anc + b"/" + child, 0o755)
-                _check(_libc.mount(stage, anc + b"/" + child, None, MS_BIND | MS_REC, None), "re-expose")
-                _check(_libc.umount2(stage, MNT_DETACH), "unstage")
-            for d in tmpfs_dirs:
-                _check(_libc.mount(b"tmpfs", d, b"tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts), "private tmpfs")
-            # Bring back, read-only, the interpreter directories the private tmpfs just hid (a venv under /tmp).
-            for (path, _), fd in zip(keep_b, keep_fds):
-                os.makedirs(path, 0o755, exist_ok=True)
-                _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path, None, MS_BIND | MS_REC, None),
-                       "re-expose interpreter dir")
-                _check(_libc.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
-                       "interpreter dir read-only")
-                os.close(fd)
-            # Re-create the working directory at its original path (it may now lie inside a fresh tmpfs)
-            # as the only writable mount.
-            os.makedirs(workdir_b, 0o755, exist_ok=True)
-            _check(_libc.mount(f"/proc/self/fd/{work_fd}".encode(), workdir_b, None, MS_BIND, None), "mount workdir")
-            os.close(work_fd)
-            os.chdir(workdir_b)
-        if layers is not None:
-            # userns / landlock / seccomp (before RLIMIT_AS: installing the layers allocates a little)
-            _restrict_self()
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        if mode in ("root", "userns") and uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        # landlock / seccomp on a root host: the uid drop happens in the boot script, after the interpreter has
-        # started from directories the sandbox uid may not traverse.
-
-    return preexec
+# --------------------------------------------------------------------------- the interpreter view
 
 
-_PROBE_SOURCE = "import json, math, collections, fractions\nprint({mode!r})\n"
+def _hidden_ancestors(path: str) -> list[str]:
+    """Ancestors of ``path`` that other users cannot traverse (e.g. ``/root`` of a pyenv under ``/root``)."""
+    parts = os.path.realpath(path).strip("/").split("/")
+    return [a for a in ("/" + "/".join(parts[:i]) for i in range(1, len(parts))) if not os.stat(a).st_mode & 0o001]
 
 
-@functools.lru_cache(maxsize=None)
-def probe_mode(mode: str) -> str | None:
-    """``None`` if a trivial program (stdlib imports + print) runs under ``mode`` on this host, else the reason
-    it does not (an exception or the failed program's status and stderr tail). Cached per mode."""
-    if mode not in MODES:
-        raise ValueError(f"unknown sandbox mode {mode!r}")
-    if not sys.platform.startswith("linux"):
-        return f"the sandbox supports Linux only, not {sys.platform}"
-    if mode == "root" and os.geteuid() != 0:
-        return f"needs euid 0 (euid is {os.geteuid()})"
-    if mode in ("landlock", "seccomp") and _seccomp_arch() is None:
-        return f"no seccomp syscall table for machine {os.uname().machine!r}"
-    if mode == "landlock" and landlock_abi() < 1:
-        return f"Landlock unavailable: landlock_create_ruleset(VERSION) failed with {_errno_text(-landlock_abi())}"
-    try:
-        res = _run(_PROBE_SOURCE.format(mode=mode), "", SandboxLimits(wall_time_s=20), mode)
-    except (OSError, subprocess.SubprocessError, SandboxError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    if res.status != "ok" or res.stdout.strip() != mode:
-        return (f"probe program failed: status={res.status} returncode={res.returncode} "
-                f"stdout={res.stdout[-200:]!r} stderr tail={last_lines(res.stderr, 6)!r}")
-    return None
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 @functools.lru_cache(maxsize=1)
-def isolation_mode() -> str:
-    """Strongest isolation mode that works on this host, in the order of :data:`MODES` (cached).
+def _view() -> dict:
+    """What a sandboxed interpreter needs, mapped read-only at the same paths (cached):
 
-    Falling back below ``root``/``userns`` is logged at WARNING with the reason each stronger mode failed.
+    ``exe`` (the real interpreter binary), ``binds`` (host paths: the binary, a ``pyvenv.cfg`` next to a copied
+    venv binary, the isolated interpreter's ``sys.path`` entries but ``site-``/``dist-packages``, libraries ``ldd``
+    lists outside the system library folders, the system library folders, ``/etc/ld.so.cache``), ``symlinks``
+    (``(target, path)`` for system library folders that are symlinks, e.g. Debian's ``/lib -> usr/lib``) and
+    ``dirs`` (every ancestor folder to create with mode 0755 first: bwrap would create them 0700, which a per-run
+    uid cannot traverse). Every path is mapped on its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide
+    each other and nothing else of the home folder exists in the sandbox.
     """
-    if not sys.platform.startswith("linux"):
-        raise SandboxError(f"the sandbox supports Linux only, not {sys.platform}")
-    failed: dict[str, str] = {}
-    for mode in KERNEL_MODES:
-        reason = probe_mode(mode)
-        if reason is None:
-            if mode in ("landlock", "seccomp"):
-                logger.warning("scgrpo_verl sandbox: no namespace isolation (euid=%d); using %s isolation. "
-                               "Why the stronger modes failed: %s", os.geteuid(), mode, failed)
-            return mode
-        failed[mode] = reason
-    logger.warning(
-        "scgrpo_verl sandbox: no kernel isolation available (euid=%d); falling back to the in-process "
-        "audit-hook guard, which is NOT a security boundary. Why each mode failed: %s", os.geteuid(), failed)
-    return "audit"
+    exe = os.path.realpath(sys.executable)
+    probe = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
+                           text=True, timeout=60, env={"PATH": SANDBOX_PATH, "LC_ALL": "C.UTF-8"})
+    if probe.returncode != 0:
+        raise SandboxError(f"could not ask {exe} for its sys.path: {last_lines(probe.stderr, 2) or probe.returncode}")
+    entries = [p for p in json.loads(probe.stdout) if p and os.path.exists(p)
+               and not any(part in ("site-packages", "dist-packages") for part in p.split("/"))]
+    binds = [exe] + [c for c in (os.path.join(os.path.dirname(exe), "pyvenv.cfg"),
+                                 os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")) if os.path.isfile(c)]
+    binds += [os.path.realpath(p) for p in entries]
+    symlinks = []
+    system = []
+    for d in SYSTEM_LIB_DIRS:
+        if os.path.islink(d):
+            symlinks.append((os.readlink(d), d))
+        elif os.path.isdir(d):
+            system.append(d)
+    ldd = shutil.which("ldd")
+    if ldd:
+        try:
+            out = subprocess.run([ldd, exe], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for line in out.splitlines():
+            path = line.split("=>")[-1].strip().split(" (")[0].strip()
+            if path.startswith("/") and os.path.exists(path):
+                real = os.path.realpath(path)
+                if not any(_under(real, os.path.realpath(s)) for s in SYSTEM_LIB_DIRS if os.path.exists(s)):
+                    binds.append(real)
+    binds += system + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
+    binds = sorted(set(binds), key=lambda p: (p.count("/"), p))
+    binds = [p for p in binds if not any(q != p and _under(p, q) for q in binds)]
+    leaves = binds + [link for _, link in symlinks]
+    dirs = sorted({a for p in leaves for a in ("/" + "/".join(p.strip("/").split("/")[:i])
+                                                for i in range(1, p.count("/")))
+                   if not any(_under(a, q) for q in leaves)}, key=lambda p: (p.count("/"), p))
+    return {"exe": exe, "binds": binds, "symlinks": symlinks, "dirs": dirs}
 
 
-_FEATURE_CHECK = r'''
-import ctypes, json, os, struct
-libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-def err():
-    e = ctypes.get_errno()
-    return "errno %d (%s)" % (e, os.strerror(e))
-out = {"no_new_privs": True if libc.prctl(38, 1, 0, 0, 0) == 0 else err()}
-allow = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000), 8)
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-prog = Prog(1, ctypes.addressof(allow))
-out["seccomp_filter"] = True if libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0 else err()
-print(json.dumps(out))
-'''
+def _view_paths() -> list[str]:
+    """Host paths a Landlock-confined program may read (the interpreter view)."""
+    return list(_view()["binds"])
 
 
-def _host_status() -> dict:
-    """Seccomp / NoNewPrivs / capability lines of this process's ``/proc/self/status``."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "CapBnd"):
-                    out[key] = value.strip()
-    except OSError as exc:
-        out["error"] = repr(exc)
-    return out
-
-
-def diagnose() -> dict:
-    """Why this host gets the isolation mode it gets (for CI logs; runs every probe, cached).
-
-    Returns a JSON-serialisable dict: ``euid``, ``kernel``, ``machine``, ``python``, this process's seccomp /
-    no-new-privs / capability status, ``landlock_abi`` (or ``landlock_error``), whether a child can set
-    ``PR_SET_NO_NEW_PRIVS`` and install a seccomp filter (``True`` or the errno), ``modes`` (``"ok"`` or the
-    reason each probe failed) and ``selected`` (:func:`isolation_mode`).
-    """
-    info: dict = {"platform": sys.platform, "euid": os.geteuid(), "python": sys.executable}
-    if not sys.platform.startswith("linux"):
-        info["modes"] = {m: probe_mode(m) or "ok" for m in MODES}
-        return info
-    uname = os.uname()
-    info.update(kernel=uname.release, machine=uname.machine, host_status=_host_status())
-    abi = landlock_abi()
-    info["landlock_abi"] = abi if abi >= 1 else None
-    if abi < 1:
-        info["landlock_error"] = _errno_text(-abi)
-    try:
-        proc = subprocess.run([sys.executable, "-I", "-c", _FEATURE_CHECK], capture_output=True, text=True,
-                              timeout=30, env=dict(_ENV))
-        info.update(json.loads(proc.stdout) if proc.returncode == 0 else
-                    {"feature_check_error": last_lines(proc.stderr, 4) or f"exit code {proc.returncode}"})
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        info["feature_check_error"] = repr(exc)
-    arch = _seccomp_arch()
-    info["seccomp_arch"] = None if arch is None else hex(arch[0])
-    info["modes"] = {m: probe_mode(m) or "ok" for m in MODES}
-    info["selected"] = isolation_mode()
-    return info
+def _expose_dirs() -> list[str]:
+    """Interpreter folders below a folder other users cannot traverse: the ``landlock``/``seccomp`` boot code keeps
+    them importable after the uid drop through ``/proc/self/fd/<n>`` handles opened before it (exactly these
+    folders: a handle on an ancestor would expose its other children, e.g. a dataset cache)."""
+    return [p for p in _view()["binds"] if os.path.isdir(p) and _hidden_ancestors(p)]
 
 
 # --------------------------------------------------------------------------- running
@@ -980,11 +687,28 @@ if _AUDIT:
 
 
 def _boot():
+    import builtins
     import os
+
+    class Quitter:  # what `site` (skipped with -S: it costs more than the rest of start-up) would install
+        def __init__(self, name):
+            self.name = name
+
+        def __repr__(self):
+            return "Use %s() or Ctrl-D (i.e. EOF) to exit" % self.name
+
+        def __call__(self, code=None):
+            raise SystemExit(code)
+
+    builtins.exit, builtins.quit = Quitter("exit"), Quitter("quit")
+    if _LIMITS:
+        import resource
+        for _res, _soft, _hard in _LIMITS:
+            resource.setrlimit(_res, (_soft, _hard))
     if _UID is not None:
         if _EXPOSE:
-            # Interpreter directories below a directory the sandbox uid cannot traverse: keep them importable
-            # through /proc/self/fd/<n> (a handle opened now, while still root, needs no traversal later).
+            # Interpreter folders below a folder the sandbox uid cannot traverse: keep them importable through
+            # /proc/self/fd/<n> (a handle opened now, while still root, needs no traversal later).
             links = [(d, "/proc/self/fd/%d" % os.open(d, os.O_PATH | os.O_DIRECTORY)) for d in _EXPOSE]
 
             def fix(p):
@@ -1031,16 +755,19 @@ except SystemExit:
     raise
 except BaseException as _e:
     _tb = _e.__traceback__
-    while _tb is not None and _tb.tb_frame.f_code.co_filename == __file__:
-        _tb = _tb.tb_next  # hide this script's frame: the traceback starts in main.py, as with `python main.py`
+    while _tb is not None and _tb.tb_frame.f_code.co_filename == "<string>":
+        _tb = _tb.tb_next  # hide the boot frames: the traceback starts in main.py, as with `python main.py`
     sys.excepthook(type(_e), _e.with_traceback(_tb), _tb)
     raise SystemExit(1)
 '''
 
 
-def _boot_script(audit: bool, uid: int | None, expose: Sequence[str]) -> str:
-    """``_boot.py`` for the ``landlock``/``seccomp``/``audit`` modes (written outside the working directory)."""
-    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n" + _BOOT
+def _boot_source(audit: bool, uid: int | None, expose: Sequence[str],
+                 limits: Sequence[tuple[int, tuple[int, int]]] = ()) -> str:
+    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, then ``main.py`` as ``__main__``."""
+    lim = [(int(res), int(soft), int(hard)) for res, (soft, hard) in limits]
+    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n" + _BOOT
+
 
 _ENV = {
     "PATH": SANDBOX_PATH,
@@ -1086,15 +813,16 @@ def _live_pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
-def _kill_uid(uid: int, attempts: int = 50) -> None:
+def _kill_uid(uid: int, attempts: int = 200) -> None:
     """SIGKILL every process of ``uid`` (from a helper that runs as ``uid``, so ``kill(-1)`` is scoped)."""
-    for _ in range(attempts):
+    for i in range(attempts):
         if not _live_pids_of_uid(uid):
             return
-        subprocess.run(["kill", "-KILL", "-1"], preexec_fn=lambda: (os.setgroups([]), os.setresgid(uid, uid, uid),
-                                                                    os.setresuid(uid, uid, uid)),
-                       env={"PATH": SANDBOX_PATH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
+        if i % 10 == 0:
+            subprocess.run(["kill", "-KILL", "-1"], preexec_fn=lambda: (os.setgroups([]), os.setresgid(uid, uid, uid),
+                                                                        os.setresuid(uid, uid, uid)),
+                           env={"PATH": SANDBOX_PATH}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
         time.sleep(0.005)
     raise SandboxError(f"could not kill the processes of sandbox uid {uid}")
 
@@ -1106,17 +834,34 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-def _read_head(path: str, n: int) -> tuple[bytes, int]:
-    """First ``n`` bytes of ``path`` and the file's total size."""
-    with open(path, "rb") as f:
-        return f.read(n), os.fstat(f.fileno()).st_size
+def _memfd(name: str, data: bytes = b"") -> int:
+    """An anonymous memory file (close-on-exec) holding ``data``, positioned at 0."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def _read_tail(path: str, n: int) -> bytes:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        f.seek(max(0, size - n))
-        return f.read()
+def _read_fd(fd: int, n: int, tail: bool = False) -> tuple[bytes, int]:
+    """The first (or last) ``n`` bytes of the file ``fd`` and its total size."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - n) if tail else 0
+    return os.pread(fd, min(n, size), start), size
+
+
+def _remove_tree(path: str) -> None:
+    """Delete ``path`` whatever a program left in it (deep trees, odd modes); never raises."""
+    try:
+        shutil.rmtree(path)
+    except (OSError, RecursionError):
+        pass
+    if os.path.lexists(path):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+    if os.path.lexists(path):
+        logger.warning("sandbox: could not delete %s", path)
 
 
 _COMPILE_ERRORS = ("SyntaxError", "IndentationError", "TabError")
@@ -1142,115 +887,237 @@ def classify(returncode: int | None, timed_out: bool, stdout_size: int, stderr: 
     return "runtime_error"
 
 
-def _run(source: str, stdin: str, limits: SandboxLimits, mode: str,
-         files: Mapping[str, str] | None = None) -> SandboxResult:
-    """Run ``source`` once under ``mode`` (no probing)."""
+def _rlimits(limits: SandboxLimits, nproc: int) -> list[tuple[int, tuple[int, int]]]:
+    mem = limits.memory_mb << 20
+    fsize = max(limits.max_file_size_mb << 20, limits.max_output_bytes + 1)
+    cpu = limits.cpu_seconds
+    return [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
+            (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NOFILE, (limits.max_open_files,) * 2),
+            (resource.RLIMIT_CORE, (0, 0)), (resource.RLIMIT_NPROC, (nproc, nproc)),
+            (resource.RLIMIT_MSGQUEUE, (0, 0)), (resource.RLIMIT_MEMLOCK, (0, 0))]  # no POSIX mqueue, no mlock
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_filter() -> bytes:
+    prog, _, _ = _seccomp_program(deny_writes=False, allow_unix_sockets=True, confine_signals=False)
+    return prog
+
+
+def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[int, str]], seccomp_fd: int,
+                info_fd: int) -> list:
+    """The bwrap command line of one run (module docstring). The rlimits are set by the boot code inside the
+    sandbox, before the uid drop and before any program code, so the parent needs no ``preexec_fn`` and
+    ``subprocess`` can spawn bwrap with ``vfork`` (a trainer process with a large address space forks slowly).
+    ``RLIMIT_NPROC`` then counts the per-run uid (root host) or the processes of the run's user namespace
+    (including bwrap's PID 1)."""
+    nproc = limits.max_processes if uid is not None else limits.max_processes + 1
+    view = _view()
+    argv = [shutil.which("bwrap") or "bwrap"]
+    if os.geteuid() == 0:
+        # privileged bwrap: no user namespace (it would map the program back to host uid 0, which RLIMIT_NPROC
+        # exempts); the boot code drops to the per-run uid with the two capabilities kept for that
+        argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-all", "--unshare-user", "--disable-userns"]
+    argv += ["--die-with-parent", "--info-fd", str(info_fd), "--hostname", "sandbox", "--clearenv"]
+    for key, value in _ENV.items():
+        argv += ["--setenv", key, value]
+    for d in view["dirs"]:
+        argv += ["--perms", "0755", "--dir", d]
+    for target, link in view["symlinks"]:
+        argv += ["--symlink", target, link]
+    for path in view["binds"]:
+        argv += ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(limits.shm_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+             "--perms", "1777", "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp"]
+    for fd, name in files:
+        argv += ["--perms", "0644", "--file", str(fd), f"/tmp/{name}"]
+    argv += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
+             "--", view["exe"], "-I", "-B", "-S", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
+    return argv
+
+
+def _wait(proc: subprocess.Popen, limits: SandboxLimits) -> tuple[bool, float]:
+    """Wait for ``proc`` up to the wall-clock limit, then kill its process group; (timed out, seconds)."""
+    t0 = time.monotonic()
+    timed_out = False
+    try:
+        proc.wait(timeout=limits.wall_time_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    _killpg(proc.pid)  # the session leader's pid is the process-group id
+    proc.wait()
+    return timed_out, time.monotonic() - t0
+
+
+def _wait_for_teardown(info_fd: int, timeout_s: float = 10.0) -> None:
+    """Wait until bwrap's PID 1 (pid from ``--info-fd``) has exited: the kernel lets the init of a PID namespace
+    finish exiting only after every other process of the namespace is gone. bwrap's outer process may report the
+    program's exit status before that, so its exit alone does not mean the run is over."""
+    try:
+        info = json.loads(os.read(info_fd, 4096) or b"{}")
+        pid = int(info["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # bwrap did not get as far as starting the sandbox
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already exited and reaped
+    try:
+        if not select.select([pidfd], [], [], timeout_s)[0]:
+            logger.warning("sandbox: bwrap's init (pid %d) still runs %.0f s after the program ended", pid, timeout_s)
+    finally:
+        os.close(pidfd)
+
+
+def _result(mode: str, uid: int | None, rc: int | None, timed_out: bool, wall: float, out_fd: int, err_fd: int,
+            limits: SandboxLimits) -> SandboxResult:
+    stdout_b, stdout_size = _read_fd(out_fd, limits.max_output_bytes)
+    stderr_b, _ = _read_fd(err_fd, limits.stderr_tail_bytes, tail=True)
+    stderr_s = stderr_b.decode("utf-8", errors="replace")
+    if mode == "bwrap" and rc is not None and rc > 128 and rc - 128 in signal.valid_signals():
+        rc = -(rc - 128)  # bwrap reports a child killed by signal N as exit status 128 + N
+    status = classify(None if timed_out else rc, timed_out, stdout_size, stderr_s, limits)
+    return SandboxResult(status=status, stdout=stdout_b.decode("utf-8", errors="replace"), stderr=stderr_s,
+                         returncode=None if timed_out else rc, wall_time_s=wall, isolation=mode, uid=uid)
+
+
+def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[str, str]) -> SandboxResult:
+    uid = UID_BASE + secrets.randbelow(UID_SPAN) if os.geteuid() == 0 else None
+    fds: list[int] = []
+    try:
+        file_fds = []
+        for name, text in {**files, "main.py": source}.items():
+            fds.append(_memfd(name, text.encode("utf-8", errors="surrogateescape")))
+            file_fds.append((fds[-1], name))
+        seccomp_fd = _memfd("seccomp", _bwrap_filter())
+        info_r, info_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        fds += [seccomp_fd, info_r, info_w]
+        argv = _bwrap_argv(limits, uid, file_fds, seccomp_fd, info_w)
+        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
+            _memfd("stdout"), _memfd("stderr")
+        fds += [in_fd, out_fd, err_fd]
+        try:
+            proc = subprocess.Popen(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd="/", env={},
+                                    start_new_session=True, close_fds=True,
+                                    pass_fds=[fd for fd, _ in file_fds] + [seccomp_fd, info_w])
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"could not start bwrap: {exc!r}") from exc
+        fds.remove(info_w)
+        os.close(info_w)
+        timed_out, wall = _wait(proc, limits)
+        _wait_for_teardown(info_r)
+        if uid is not None and timed_out:
+            _kill_uid(uid)
+        return _result("bwrap", uid, proc.returncode, timed_out, wall, out_fd, err_fd, limits)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
+                  files: Mapping[str, str]) -> SandboxResult:
+    """``landlock`` / ``seccomp`` / ``audit``: a private host folder, kernel layers, the uid drop as root."""
     base = tempfile.mkdtemp(prefix="scgrpo_sbx_")
     uid = None
     layers: _KernelLayers | None = None
+    fds: list[int] = []
     try:
-        os.chmod(base, 0o711)
-        workdir = os.path.join(base, "work")
-        stage = os.path.join(base, "stage")
+        workdir = os.path.join(base, "w")
         os.mkdir(workdir, 0o700)
-        os.mkdir(stage, 0o700)
-        drop = mode in ("root", "userns") or mode in ("landlock", "seccomp") and _KERNEL_MODES_DROP_UID
-        if os.geteuid() == 0 and drop:
+        if os.geteuid() == 0 and mode != "audit" and _KERNEL_MODES_DROP_UID:
             uid = UID_BASE + secrets.randbelow(UID_SPAN)
-        plan = _reexpose_plan() if mode == "root" or mode == "userns" and uid is not None else []
-        keep = _masked_interpreter_dirs() if mode in ("root", "userns") else []
-        for name in ["work"] + [str(i) for i in range(len(plan))] + [f"keep{i}" for i in range(len(keep))]:
-            os.mkdir(os.path.join(stage, name), 0o700)
-        for name, text in {**(files or {}), "main.py": source}.items():
-            with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+        for name, text in {**files, "main.py": source}.items():
+            with open(os.path.join(workdir, name), "w", encoding="utf-8", errors="surrogateescape") as f:
                 f.write(text)
-        nproc_base = 0
         if uid is not None:
-            for name in [".", "main.py", *(files or {})]:
+            for name in [".", "main.py", *files]:
                 os.chown(os.path.join(workdir, name), uid, uid)
-        else:
-            nproc_base = _user_process_count(os.getuid())
-        args = [sys.executable, "-I", "-B", "main.py"]
-        if mode in ("landlock", "seccomp", "audit"):
-            boot = os.path.join(base, "_boot.py")  # outside the working directory; cwd stays there
-            with open(boot, "w", encoding="utf-8") as f:
-                f.write(_boot_script(mode == "audit", uid, _expose_dirs() if uid is not None else []))
-            os.chmod(boot, 0o644)
-            args = [sys.executable, "-I", "-B", boot]
-        if mode in ("landlock", "seccomp") or mode == "userns" and _seccomp_arch() is not None:
-            layers = _KernelLayers.build(mode, workdir, drops_uid=uid is not None)
-        preexec = _make_preexec(mode, uid, limits, workdir, stage, plan, nproc_base, layers, keep)
-        in_path, out_path, err_path = (os.path.join(base, n) for n in ("stdin", "stdout", "stderr"))
-        with open(in_path, "w", encoding="utf-8") as f:
-            f.write(stdin)
-        with open(in_path, "rb") as fin, open(out_path, "wb") as fout, open(err_path, "wb") as ferr:
-            t0 = time.monotonic()
-            try:
-                proc = subprocess.Popen(args, stdin=fin, stdout=fout, stderr=ferr, cwd=workdir, env=dict(_ENV),
-                                        start_new_session=True, preexec_fn=preexec, close_fds=True)
-            except (OSError, subprocess.SubprocessError) as exc:
-                detail = _read_tail(err_path, 2000).decode("utf-8", errors="replace").strip()
-                raise SandboxError(f"could not start a sandboxed process (mode={mode}): {exc!r} {detail}") from exc
-            finally:
-                if layers is not None:
-                    layers.close()
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.wall_time_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _killpg(proc.pid)  # the session leader's pid is the process-group id
-            if timed_out:
-                proc.wait()
-            wall = time.monotonic() - t0
+            os.chmod(base, 0o711)
+        nproc = limits.max_processes if uid is not None else _user_process_count(os.getuid()) + limits.max_processes
+        rl = _rlimits(limits, nproc)
+        if mode != "audit":
+            layers = _KernelLayers.build(mode, workdir)
+        boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [])
+        args = [os.path.realpath(sys.executable) if mode != "audit" else sys.executable, "-I", "-B", "-S", "-c", boot]
+        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
+            _memfd("stdout"), _memfd("stderr")
+        fds += [in_fd, out_fd, err_fd]
+        byteorder = sys.byteorder
+
+        def preexec() -> None:
+            if layers is not None:  # before RLIMIT_AS: installing the layers allocates a little
+                _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+                if layers.ruleset_fd is not None:
+                    _check(_syscall(NR_LANDLOCK_RESTRICT_SELF, layers.ruleset_fd, 0), "landlock_restrict_self")
+                pid = os.getpid()  # unchanged by exec; the child leads its own session and process group
+                buf = layers.filter_buf
+                for off in layers.pid_offsets:
+                    buf[off:off + 4] = pid.to_bytes(4, byteorder)
+                for off in layers.neg_pid_offsets:
+                    buf[off:off + 4] = ((-pid) & 0xFFFFFFFF).to_bytes(4, byteorder)
+                _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(layers.fprog), 0, 0),
+                       "prctl(PR_SET_SECCOMP)")
+            for res, value in rl:
+                resource.setrlimit(res, value)
+
+        try:
+            proc = subprocess.Popen(args, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd=workdir, env=dict(_ENV),
+                                    start_new_session=True, preexec_fn=preexec, close_fds=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"could not start a sandboxed process (mode={mode}): {exc!r}") from exc
+        finally:
+            if layers is not None:
+                layers.close()
+        timed_out, wall = _wait(proc, limits)
         if uid is not None:
             _kill_uid(uid)
-        stdout_b, stdout_size = _read_head(out_path, limits.max_output_bytes)
-        stderr_s = _read_tail(err_path, limits.stderr_tail_bytes).decode("utf-8", errors="replace")
-        rc = None if timed_out else proc.returncode
-        status = classify(rc, timed_out, stdout_size, stderr_s, limits)
-        return SandboxResult(status=status, stdout=stdout_b.decode("utf-8", errors="replace"), stderr=stderr_s,
-                             returncode=rc, wall_time_s=wall, isolation=mode, uid=uid)
+        return _result(mode, uid, proc.returncode, timed_out, wall, out_fd, err_fd, limits)
     finally:
+        for fd in fds:
+            os.close(fd)
         if layers is not None:
             layers.close()
-        shutil.rmtree(base, ignore_errors=True)
-        if os.path.exists(base):
-            logger.warning("sandbox: could not delete %s", base)
+        _remove_tree(base)
+
+
+def _run(source: str, stdin: str, limits: SandboxLimits, mode: str,
+         files: Mapping[str, str] | None = None) -> SandboxResult:
+    """Run ``source`` once under ``mode`` (no selection)."""
+    if mode == "bwrap":
+        return _run_bwrap(source, stdin, limits, files or {})
+    return _run_unshared(source, stdin, limits, mode, files or {})
 
 
 def run_program(source: str, stdin: str = "", limits: SandboxLimits | None = None, *,
-                files: Mapping[str, str] | None = None, require_namespaces: bool = False,
-                mode: str | None = None) -> SandboxResult:
+                files: Mapping[str, str] | None = None, mode: str | None = None) -> SandboxResult:
     """Run Python ``source`` with ``stdin`` in the sandbox.
 
     Args:
-        source: the program text (written to ``main.py`` in a private directory).
+        source: the program text (``main.py`` in the run's private working folder).
         stdin: text fed on standard input.
         limits: resource limits (defaults: :class:`SandboxLimits`).
         files: extra ``{basename: text}`` files placed next to ``main.py`` (e.g. a solution a harness imports).
-        require_namespaces: raise :class:`SandboxError` instead of using the ``audit`` fallback (the
-            kernel-enforced ``landlock`` and ``seccomp`` modes are accepted).
-        mode: force an isolation mode in :data:`MODES` (tests); default :func:`isolation_mode`.
+        mode: an isolation mode in :data:`MODES`, or ``None``/``"auto"``: :func:`select_mode` (bwrap, or the
+            mode opted into with ``SCGRPO_SANDBOX_MODE``). Forcing a mode skips the opt-in (tests, benchmarks).
 
     Returns:
         A :class:`SandboxResult`. Program failures are statuses, never exceptions.
 
     Raises:
         TypeError: ``source``/``stdin`` not ``str``.
-        SandboxError: the sandbox cannot run at all.
+        SandboxError: the sandbox cannot run at all (:data:`REFUSAL` when bwrap does not work and nothing weaker
+            was opted into).
     """
     if not isinstance(source, str) or not isinstance(stdin, str):
         raise TypeError(f"source and stdin must be str, got {type(source).__name__}, {type(stdin).__name__}")
     for name in files or {}:
-        if not isinstance(name, str) or name in ("main.py", "_boot.py", "", ".", "..") or "/" in name or "\0" in name:
+        if not isinstance(name, str) or name in ("main.py", "", ".", "..") or "/" in name or "\0" in name:
             raise ValueError(f"invalid sandbox file name {name!r}")
     limits = limits or SandboxLimits()
-    mode = mode or isolation_mode()
-    if mode not in MODES:
-        raise ValueError(f"unknown sandbox mode {mode!r}")
-    if require_namespaces and mode == "audit":
-        raise SandboxError("kernel isolation is unavailable on this host and require_namespaces=True")
+    mode = select_mode(mode)
     return _run(source, stdin, limits, mode, files)
 
 
@@ -1273,6 +1140,186 @@ def run_batch(jobs: Iterable[tuple[str, str]], limits: SandboxLimits | None = No
     workers = max_workers or default_workers()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda job: run_program(job[0], job[1], limits, **kwargs), jobs))
+
+
+# --------------------------------------------------------------------------- mode selection and diagnostics
+
+_PROBE_SOURCE = "import json, math, collections, fractions\nprint({mode!r})\n"
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+@functools.lru_cache(maxsize=None)
+def probe_mode(mode: str) -> str | None:
+    """``None`` if a trivial program (stdlib imports + print) runs under ``mode`` on this host, else the reason
+    it does not, on one line. Cached per mode."""
+    if mode not in MODES:
+        raise ValueError(f"unknown sandbox mode {mode!r}")
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox supports Linux only, not {sys.platform}"
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        return "bwrap is not installed (no `bwrap` on PATH)"
+    if mode in KERNEL_MODES and _seccomp_arch() is None:
+        return f"no seccomp syscall table for machine {os.uname().machine!r}"
+    if mode == "landlock" and landlock_abi() < 1:
+        return f"Landlock unavailable: landlock_create_ruleset(VERSION) failed with {_errno_text(-landlock_abi())}"
+    try:
+        res = _run(_PROBE_SOURCE.format(mode=mode), "", SandboxLimits(wall_time_s=20), mode)
+    except (OSError, subprocess.SubprocessError, SandboxError) as exc:
+        return _one_line(f"{type(exc).__name__}: {exc}")
+    if res.status != "ok" or res.stdout.strip() != mode:
+        return _one_line(f"probe program failed: status={res.status} returncode={res.returncode} "
+                         f"stderr: {last_lines(res.stderr, 4)}")
+    return None
+
+
+def select_mode(requested: str | None = None) -> str:
+    """The isolation mode for code rewards: ``requested`` (a mode, ``"auto"`` or ``None``), else the
+    ``SCGRPO_SANDBOX_MODE`` environment variable, else ``"auto"``.
+
+    ``auto``/``bwrap`` need bwrap to work (else :class:`SandboxError` with :data:`REFUSAL`: code rewards fail
+    closed). A weaker mode is used only when named explicitly, and is logged at WARNING (once per process) with
+    the invariants it does not hold and why bwrap was not used.
+    """
+    req = requested if requested is not None else os.environ.get(ENV_MODE, "") or "auto"
+    req = str(req).strip().lower()
+    if req not in ("auto",) + MODES:
+        raise SandboxError(f"sandbox mode {req!r} (from {ENV_MODE} or sandbox_mode) is not one of "
+                           f"{('auto',) + MODES}")
+    return _select(req)
+
+
+@functools.lru_cache(maxsize=None)
+def _select(req: str) -> str:
+    if req in ("auto", "bwrap"):
+        reason = probe_mode("bwrap")
+        if reason is not None:
+            raise SandboxError(REFUSAL.format(reason=reason))
+        return "bwrap"
+    reason = probe_mode(req)
+    if reason is not None:
+        raise SandboxError(f"sandbox mode {req!r} (chosen with {ENV_MODE} or sandbox_mode) does not work here: "
+                           f"{reason}")
+    broken = [name for name, held in INVARIANTS[req].items() if not held]
+    logger.warning("scgrpo_verl sandbox: code rewards run in the weaker %r mode you opted into; invariants it does "
+                   "NOT hold here: %s; bwrap: %s", req, ", ".join(broken) or "none",
+                   probe_mode("bwrap") or "works on this host (unset the opt-in for full isolation)")
+    return req
+
+
+def isolation_mode() -> str:
+    """The mode :func:`run_program` uses by default (:func:`select_mode` with no argument)."""
+    return select_mode()
+
+
+INVARIANT_DOCS = {
+    "other_runs_invisible": "no run can read or touch another run's files or processes",
+    "host_processes_invisible": "host processes' command lines and environment cannot be read or signalled",
+    "only_mapped_host_paths": "no host path outside the interpreter view is readable (datasets, home, project)",
+    "nothing_survives": "files, processes, IPC objects and memory a run creates are gone when it ends",
+    "disk_bounded": "total disk a run can fill is bounded",
+    "memory_bounded": "memory (shm and memfd included) is bounded",
+    "processes_bounded": "processes and threads are bounded per run",
+    "no_network": "no network at all, Unix sockets to host services included",
+}
+_ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+INVARIANTS = {
+    "bwrap": dict.fromkeys(INVARIANT_DOCS, True),
+    "landlock": {**dict.fromkeys(INVARIANT_DOCS, True), "disk_bounded": False, "processes_bounded": _ROOT,
+                 "nothing_survives": _ROOT},
+    "seccomp": {"other_runs_invisible": _ROOT, "host_processes_invisible": False, "only_mapped_host_paths": False,
+                "nothing_survives": _ROOT, "disk_bounded": True, "memory_bounded": True, "processes_bounded": _ROOT,
+                "no_network": True},
+    "audit": dict.fromkeys(INVARIANT_DOCS, False),
+}
+"""Which invariants each mode holds on this host (as root the per-run uid adds some); the red-team suite checks
+every ``True`` entry."""
+
+
+def _cgroup_status() -> str:
+    """Whether per-run cgroup v2 limits could be used here, and why not (limits then come from rlimits)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = [line.split(":", 2)[2].strip() for line in f if line.startswith("0::")]
+    except OSError as exc:
+        return f"rlimits: /proc/self/cgroup unreadable ({exc.strerror})"
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        path = root + (own[0] if own else "")
+        try:
+            with open(os.path.join(path, "cgroup.controllers")) as f:
+                controllers = f.read().split()
+        except OSError:
+            continue
+        missing = [c for c in ("memory", "pids") if c not in controllers]
+        if missing:
+            return f"rlimits: the cgroup v2 hierarchy at {path} has no {'/'.join(missing)} controller " \
+                   f"(they are on cgroup v1 here); memfd/SysV IPC refused, shm/disk in size-limited tmpfs"
+        return f"rlimits: cgroup v2 {path} has memory+pids but per-run cgroups are not delegated to this process"
+    return "rlimits: no cgroup v2 hierarchy mounted"
+
+
+def _host_status() -> dict:
+    """Seccomp / NoNewPrivs / capability lines of this process's ``/proc/self/status``."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "CapBnd"):
+                    out[key] = value.strip()
+    except OSError as exc:
+        out["error"] = repr(exc)
+    return out
+
+
+def diagnose() -> dict:
+    """What isolation code rewards get on this host, which invariants hold, and why (for CI logs and
+    ``scgrpo-verl sandbox``; runs every probe, cached).
+
+    Returns a JSON-serialisable dict: host facts (``euid``, ``kernel``, ``bwrap`` path and version, Landlock ABI,
+    seccomp support, ``limits_via``), ``modes`` (``"ok"`` or the reason each probe failed), ``selected`` (the mode
+    :func:`select_mode` picks, or ``None`` with ``refusal``: the one-line error code rewards raise),
+    ``invariants`` (each invariant -> held in the selected mode), ``not_held`` and ``why_not_stronger`` (why
+    bwrap is not the selected mode, if it is not).
+    """
+    info: dict = {"platform": sys.platform, "euid": os.geteuid(), "python": sys.executable,
+                  "requested": os.environ.get(ENV_MODE) or "auto"}
+    if sys.platform.startswith("linux"):
+        uname = os.uname()
+        info.update(kernel=uname.release, machine=uname.machine, host_status=_host_status())
+        bwrap = shutil.which("bwrap")
+        info["bwrap"] = bwrap
+        if bwrap:
+            try:
+                info["bwrap_version"] = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
+                                                       timeout=10).stdout.strip()
+            except (OSError, subprocess.SubprocessError) as exc:
+                info["bwrap_version"] = repr(exc)
+        abi = landlock_abi()
+        info["landlock_abi"] = abi if abi >= 1 else None
+        if abi < 1:
+            info["landlock_error"] = _errno_text(-abi)
+        arch = _seccomp_arch()
+        info["seccomp_arch"] = None if arch is None else hex(arch[0])
+        info["limits_via"] = _cgroup_status()
+        try:
+            info["interpreter_view"] = _view()
+        except (OSError, subprocess.SubprocessError, SandboxError) as exc:
+            info["interpreter_view"] = repr(exc)
+    info["modes"] = {m: probe_mode(m) or "ok" for m in MODES}
+    try:
+        info["selected"] = select_mode()
+    except SandboxError as exc:
+        info["selected"], info["refusal"] = None, str(exc)
+    selected = info["selected"]
+    info["invariants"] = {k: INVARIANTS[selected][k] if selected else False for k in INVARIANT_DOCS}
+    info["not_held"] = [INVARIANT_DOCS[k] for k, held in info["invariants"].items() if not held]
+    if selected != "bwrap":
+        info["why_not_stronger"] = {"bwrap": info["modes"]["bwrap"] if info["modes"]["bwrap"] != "ok" else
+                                    f"bwrap works, but {ENV_MODE}={info['requested']} selects a weaker mode"}
+    return info
 
 
 if __name__ == "__main__":  # python -m scgrpo_verl.rewards.sandbox: why this host gets its isolation mode
