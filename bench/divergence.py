@@ -11,7 +11,7 @@ For each anchor T x V x H and divergence kind it runs, forward + backward of sum
   actor update runs on the engine's student logits) against the same plain autograd on logits.
 
 Peak memory is each variant's peak resident-set growth above its inputs, measured in a fresh child process
-(CPU: torch's allocator is invisible to tracemalloc) whose large allocations are all mmapped
+(peak reset after the inputs exist; CPU: torch's allocator is invisible to tracemalloc) whose large allocations are all mmapped
 (``MALLOC_MMAP_THRESHOLD_``), so that freed buffers leave the resident set; time is the best of ``--repeats``
 runs in that child, in CPU seconds of the process (``--clock cpu``, robust to a loaded machine) or wall seconds.
 The gradients of the kernels are compared with the plain-autograd ones on the same inputs. Goal (issue 7):
@@ -36,7 +36,17 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak() -> None:
+    """Reset the kernel's peak resident set (VmHWM) to the current one (Linux: /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
 def _peak_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -71,6 +81,7 @@ def run_variant(variant: str, kind: str, tokens: int, vocab: int, hidden: int, c
             student_logits = (student @ weight.T).requires_grad_(True)
             teacher_logits = teacher @ weight.T
     base = _rss_bytes()
+    _reset_peak()  # the inputs' own creation is not this variant's peak
     torch.manual_seed(0)
     clock = time.process_time if os.environ.get("BENCH_CLOCK", "cpu") == "cpu" else time.perf_counter
     start = clock()

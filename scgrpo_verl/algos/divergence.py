@@ -29,9 +29,9 @@ DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 # Chunks of the full-vocabulary kernels are sized in bytes: about this many fp32 (rows x V) buffers are
-# alive per chunk (both sides' log-probs, probabilities, the log-ratio and the gradient).
-_CHUNK_BUFFERS = 8
-DEFAULT_CHUNK_BYTES = 64 << 20
+# alive per chunk (both sides' log-probs, a probability, the log-ratio that becomes the gradient).
+_CHUNK_BUFFERS = 4
+DEFAULT_CHUNK_BYTES = 128 << 20
 
 
 def chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -106,6 +106,15 @@ def _apply_mask(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return values * mask.to(values.dtype)
 
 
+def _log_softmax(logits: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
+    """fp32 log softmax(logits / T); ``inplace`` reuses an fp32 ``logits`` buffer the caller no longer needs."""
+    if not inplace or logits.dtype != torch.float32:
+        return log_softmax_fp32(logits, temperature)
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+
+
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v a[n, v] * b[n, v] per row, (n, V) x (n, V) -> (n,), without an (n, V) product buffer."""
     return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(-1)
@@ -118,6 +127,7 @@ def _value_and_grad(
     alpha: float,
     temperature: float,
     with_grad: bool,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One chunk: divergence per row (n,) and its closed-form gradient w.r.t. the student logits (n, V).
 
@@ -127,8 +137,8 @@ def _value_and_grad(
     - JSD_alpha, M = (1 - alpha) p + alpha q:  d/du_j = (1 - alpha) p_j (log p_j - log M_j - KL(p || M))
     Zero-mass terms are exactly 0 (never 0 * inf). Everything is fp32; the gradient includes the 1/T.
     """
-    log_p = log_softmax_fp32(student_logits, temperature)
-    log_q = log_softmax_fp32(teacher_logits, temperature)
+    log_p = _log_softmax(student_logits, temperature, inplace)
+    log_q = _log_softmax(teacher_logits, temperature, inplace)
     p = log_p.exp()
     grad = None
     # in-place where possible: a chunk holds about _CHUNK_BUFFERS fp32 (rows x V) buffers at its peak
@@ -255,7 +265,9 @@ class _FusedLinearDivergence(torch.autograd.Function):
             with torch.no_grad():
                 student_logits = F.linear(hidden, weight, bias)
                 teacher_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias)
-            chunk_values, grad = _value_and_grad(student_logits, teacher_logits, kind, alpha, temperature, with_grad)
+            chunk_values, grad = _value_and_grad(
+                student_logits.float(), teacher_logits.float(), kind, alpha, temperature, with_grad, inplace=True
+            )
             del student_logits, teacher_logits
             values[rows] = chunk_values
             if with_grad:
