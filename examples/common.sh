@@ -33,7 +33,9 @@ prep() {  # prep BENCHMARK OUT_DIR [data_prep args...]: one data_prep script, --
   local bench=$1 out=$2; shift 2
   local var="SOURCE_${bench^^}"
   local src=${!var:-}
-  (cd "$REPO" && python -m "data_prep.$bench" --out "$out" ${src:+--source "$src"} "$@")
+  # PREP_ARGS: extra data_prep options for every benchmark, e.g. PREP_ARGS="--max-invalid 0.5"
+  # shellcheck disable=SC2086
+  (cd "$REPO" && python -m "data_prep.$bench" --out "$out" ${src:+--source "$src"} "$@" ${PREP_ARGS:-})
 }
 
 join_list() { local IFS=,; echo "[$*]"; }  # Hydra list of paths

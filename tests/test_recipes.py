@@ -141,11 +141,14 @@ def test_sdpo_recipes_use_the_authors_normalisation():
         assert composed(name)[1].policy_loss.self_teacher.sdpo.normalize == "teacher_tokens"
 
 
-def test_check_command_accepts_a_recipe(capsys):
+def test_check_command_names_what_a_recipe_lacks_here(capsys, tmp_path, monkeypatch):
+    """Without the data the recipe reads (a fresh HOME), check fails in one line per missing file."""
     from scgrpo_verl.cli import main
 
-    assert main(["check", "--config-name", "recipes/sdpg_math_urkl"]) == 0
-    assert "recipes/sdpg_math_urkl" in capsys.readouterr().out
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["check", "--skip", "gpus", "--config-name", "recipes/sdpg_math_urkl"]) == 2
+    err = capsys.readouterr().err
+    assert "data.train_files" in err and "does not exist" in err
 
 
 @pytest.mark.slow  # a verl subprocess: ~15 s alone, over a minute on a busy machine
@@ -176,6 +179,8 @@ SOURCES = {f"SOURCE_{d.upper()}": str(FIXTURES / d) for d in
 def start_script(script: str, home: Path, stages: str, dry: bool) -> subprocess.Popen:
     env = {**os.environ, **SOURCES, "HOME": str(home), "DATA": str(home / "data"), "RUNS": str(home / "runs"),
            "STAGES": stages, "DRY_RUN": "1" if dry else "0", "DOMAINS": "chemistry physics",
+           # the fixtures hold deliberately invalid upstream rows (data_prep's own tests); allow them here
+           "PREP_ARGS": "--max-invalid 0.9",
            "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(["bash", str(ROOT / "examples" / script)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -235,6 +240,11 @@ def test_example_script_writes_and_trains_on_the_recipes_data(script, prepared_h
             # ... and are the paths its training command passes (the first domain is the recipe's default)
             assert command["data.train_files"] == train
             assert command["data.val_files"] == "[" + ",".join(vals) + "]"
+            # as shipped, with the data its script wrote, the recipe passes scgrpo-verl check (start-up checks
+            # included: files, data_source vs reward function, rollout name); GPUs are skipped on this CPU machine
+            from scgrpo_verl.cli import main
+
+            assert main(["check", "--skip", "gpus", "--config-name", f"recipes/{recipe}"]) == 0, recipe
     assert "scgrpo-verl report" in result.stdout and "scgrpo-verl eval" in result.stdout
 
 
