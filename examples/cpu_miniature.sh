@@ -25,7 +25,7 @@ start=$(date +%s)
 
 echo "== data -> $OUT"
 python -m scgrpo_verl.cpu_backend.assets --task parity --out "$OUT/assets" --n-train 16 --n-val 8
-python -m data_prep.gsm8k --source tests/fixtures/data_prep/gsm8k --out "$OUT/data/gsm8k"
+python -m data_prep.gsm8k --source tests/fixtures/data_prep/gsm8k --out "$OUT/data/gsm8k" --max-invalid 0.5  # invalid rows on purpose
 MODEL="$OUT/assets/tiny_qwen2"
 
 train() {  # train METHOD: STEPS real main_ppo steps; verl's console output goes to <run>.out
