@@ -135,7 +135,12 @@ def test_zero_mass_terms_are_zero_not_floored():
     other = torch.tensor([[1.0, float("-inf"), 0.0]])
     for kind, alpha in KINDS:
         value = full_vocab_divergence(masked, other, kind, alpha)
-        assert torch.isfinite(value).all()
+        # equal to the divergence over the two entries that carry mass (naive loop without the -inf column)
+        expected = naive_divergence(masked[:, [0, 2]], other[:, [0, 2]], kind, alpha)
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+        logits = masked.clone().requires_grad_(True)
+        full_vocab_divergence(logits, other, kind, alpha).sum().backward()
+        assert torch.isfinite(logits.grad).all() and logits.grad[0, 1] == 0
 
 
 @pytest.mark.parametrize("kind,alpha", [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.3)])

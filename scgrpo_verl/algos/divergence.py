@@ -128,6 +128,7 @@ def _value_and_grad(
     temperature: float,
     with_grad: bool,
     inplace: bool = False,
+    zero_mass: bool = True,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One chunk: divergence per row (n,) and its closed-form gradient w.r.t. the student logits (n, V).
 
@@ -135,8 +136,14 @@ def _value_and_grad(
     - forward KL(q || p):   d/du_j = p_j - q_j
     - reverse KL(p || q):   d/du_j = p_j (log p_j - log q_j - KL(p || q))
     - JSD_alpha, M = (1 - alpha) p + alpha q:  d/du_j = (1 - alpha) p_j (log p_j - log M_j - KL(p || M))
-    Zero-mass terms are exactly 0 (never 0 * inf). Everything is fp32; the gradient includes the 1/T.
+    Zero-mass terms are exactly 0 (never 0 * inf) with ``zero_mass``; without it (two passes fewer) they are
+    only right where no log-probability is -inf, which :func:`_chunk` checks on the values. Everything is
+    fp32; the gradient includes the 1/T.
     """
+
+    def masked(log_ratio: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return log_ratio.masked_fill_(weight == 0, 0.0) if zero_mass else log_ratio
+
     log_p = _log_softmax(student_logits, temperature, inplace)
     log_q = _log_softmax(teacher_logits, temperature, inplace)
     p = log_p.exp()
@@ -144,21 +151,21 @@ def _value_and_grad(
     # in-place where possible: a chunk holds about _CHUNK_BUFFERS fp32 (rows x V) buffers at its peak
     if kind == "forward_kl":
         q = log_q.exp()
-        diff = log_q.sub_(log_p).masked_fill_(q == 0, 0.0)  # log q - log p where q has mass
+        diff = masked(log_q.sub_(log_p), q)  # log q - log p where q has mass
         values = _row_dot(q, diff)
         if with_grad:
             grad = p.sub_(q)
     elif kind == "reverse_kl":
-        ratio = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)  # log p - log q where p has mass
+        ratio = masked(log_p.sub_(log_q), p)  # log p - log q where p has mass
         values = _row_dot(p, ratio)
         if with_grad:
             grad = ratio.sub_(values.unsqueeze(-1)).mul_(p)
     else:
         q = log_q.exp()
         log_m = torch.logaddexp(log_p + math.log1p(-alpha), log_q + math.log(alpha))
-        ratio_p = log_p.sub_(log_m).masked_fill_(p == 0, 0.0)
+        ratio_p = masked(log_p.sub_(log_m), p)
         kl_pm = _row_dot(p, ratio_p)
-        kl_qm = _row_dot(q, log_q.sub_(log_m).masked_fill_(q == 0, 0.0))
+        kl_qm = _row_dot(q, masked(log_q.sub_(log_m), q))
         del log_m
         values = (1.0 - alpha) * kl_pm + alpha * kl_qm
         if with_grad:
@@ -166,6 +173,16 @@ def _value_and_grad(
     if grad is not None and temperature != 1.0:
         grad = grad.div_(temperature)
     return values, grad
+
+
+def _chunk(make_logits, kind, alpha, temperature, with_grad, inplace):
+    """:func:`_value_and_grad` on ``make_logits()`` (student, teacher) without the zero-mass masks (finite logits:
+    the common case), redone with them for a chunk whose values come out non-finite (a -inf logit somewhere)."""
+    values, grad = _value_and_grad(*make_logits(), kind, alpha, temperature, with_grad, inplace, zero_mass=False)
+    if bool(torch.isfinite(values).all()):
+        return values, grad
+    del grad
+    return _value_and_grad(*make_logits(), kind, alpha, temperature, with_grad, inplace, zero_mass=True)
 
 
 class _LogitsDivergence(torch.autograd.Function):
@@ -183,8 +200,8 @@ class _LogitsDivergence(torch.autograd.Function):
         grad = torch.empty_like(student_logits) if with_grad else None
         for start in range(0, num_rows, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            chunk_values, chunk_grad = _value_and_grad(
-                student_logits[rows], teacher_logits[rows], kind, alpha, temperature, with_grad
+            chunk_values, chunk_grad = _chunk(
+                lambda: (student_logits[rows], teacher_logits[rows]), kind, alpha, temperature, with_grad, False
             )
             values[rows] = chunk_values
             if with_grad:
@@ -262,13 +279,13 @@ class _FusedLinearDivergence(torch.autograd.Function):
         for start in range(0, active.numel(), rows_per_chunk):
             rows = active[start : start + rows_per_chunk]
             hidden = student_hidden[rows]
-            with torch.no_grad():
-                student_logits = F.linear(hidden, weight, bias)
-                teacher_logits = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias)
-            chunk_values, grad = _value_and_grad(
-                student_logits.float(), teacher_logits.float(), kind, alpha, temperature, with_grad, inplace=True
-            )
-            del student_logits, teacher_logits
+
+            def make_logits():
+                with torch.no_grad():  # this chunk's own fp32 buffers: log-softmaxed in place
+                    return (F.linear(hidden, weight, bias).float(),
+                            F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float())
+
+            chunk_values, grad = _chunk(make_logits, kind, alpha, temperature, with_grad, True)
             values[rows] = chunk_values
             if with_grad:
                 grad = grad.mul_(token_weights[rows].float().unsqueeze(-1))
