@@ -16,6 +16,7 @@ With ``self_teacher.enable=false`` every step is exactly verl's sync step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import partial
 from typing import Any
@@ -186,10 +187,10 @@ class SelfTeacherTrainer(PPOTrainerSync):
             if teacher.use_privileged_context
             else [None] * len(responses)
         )
-        indices = rollout_indices(batch.keys)
+        groups, indices = canonical_keys(uids, data["input_ids"].unbind(), responses, batch.keys)
         rollouts = [
             Rollout(
-                uid=uid,
+                uid=group,
                 prompt=list(messages),
                 response_ids=ids,
                 response_text=None,  # decoded by the builder only where a template needs it
@@ -198,8 +199,8 @@ class SelfTeacherTrainer(PPOTrainerSync):
                 privileged=priv,
                 index=index,
             )
-            for uid, messages, ids, score, fb, priv, index in zip(
-                uids, data["raw_prompt"], responses, scores, feedback, privileged, indices
+            for group, messages, ids, score, fb, priv, index in zip(
+                groups, data["raw_prompt"], responses, scores, feedback, privileged, indices
             )
         ]
         contexts = build_teacher_contexts(
@@ -286,6 +287,23 @@ def _bypasses_old_log_prob(config) -> bool:
     """verl's rollout-correction bypass mode reuses the rollout's log-probs instead of an old-log-prob pass."""
     rollout_correction = config.algorithm.get("rollout_correction", None)
     return bool(rollout_correction and rollout_correction.get("bypass_mode", False))
+
+
+def canonical_keys(uids, input_ids, responses, keys) -> tuple[list, list]:
+    """Group keys and rollout indices for the teacher draws that no batch order, world size or run changes.
+
+    verl's uids are random per run, and the session a sample gets depends on request arrival: the draws follow
+    the content instead. Groups sort by (digest of the prompt ids, uid) and rollouts within a group by (response
+    ids, verl's session / output index); the uid and the session only break ties between identical prompts or
+    identical responses, whose teachers are the same texts whichever way the tie goes.
+    """
+    sessions = rollout_indices(keys)
+    groups, indices = [], []
+    for uid, ids, response, session in zip(uids, input_ids, responses, sessions):
+        prompt = ids[: len(ids) - len(response)].to(torch.int64).numpy().tobytes()
+        groups.append((hashlib.sha1(prompt).hexdigest(), str(uid)))
+        indices.append((tuple(response), session if session is not None else ()))
+    return groups, indices
 
 
 def rollout_indices(keys) -> list:

@@ -277,3 +277,24 @@ def test_rollout_indices_from_verl_keys():
 
     assert rollout_indices(["3f_a_2_0", "3f_a_0_0", "b_1_1"]) == [(2, 0), (0, 0), (1, 1)]
     assert rollout_indices(["3f_a_2_0", "k0"]) == [None, None]  # not verl's format: batch order for all
+
+
+def test_canonical_keys_follow_content_not_uids_or_sessions():
+    """Two runs with other uids and another session assignment give the same sort order of groups and rollouts."""
+    from scgrpo_verl.trainer import canonical_keys
+
+    prompts = {"a": [5, 6, 7], "b": [9, 9]}
+    rows = [("a", [1, 2]), ("a", [3]), ("b", [4, 4, 4]), ("b", [2])]
+
+    def run(uid_of, order, sessions):
+        picked = [rows[i] for i in order]
+        uids = [uid_of[g] for g, _ in picked]
+        input_ids = [torch.tensor(prompts[g] + r) for g, r in picked]
+        keys = [f"{uid_of[g]}_{s}_0" for (g, _), s in zip(picked, sessions)]
+        groups, indices = canonical_keys(uids, input_ids, [r for _, r in picked], keys)
+        ranked = sorted(range(len(picked)), key=lambda i: (groups[i][0], indices[i][0]))
+        return [rows.index(picked[i]) for i in ranked]
+
+    first = run({"a": "u1", "b": "u2"}, [0, 1, 2, 3], [0, 1, 0, 1])
+    second = run({"a": "zz", "b": "aa"}, [3, 1, 2, 0], [0, 0, 1, 1])
+    assert first == second
