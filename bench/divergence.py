@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--anchors", default="2048x32768x256,1024x151936x256", help="T x V x H, comma separated")
     parser.add_argument("--kinds", default="forward_kl,reverse_kl,jsd")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk-mib", type=float, default=64)
+    parser.add_argument("--chunk-mib", type=float, default=160)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per child (1: robust to load)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

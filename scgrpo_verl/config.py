@@ -180,7 +180,7 @@ class TeacherConfig:
     feedback_only_without_solution: bool = True  # SDPO default: feedback only when no verified sibling
     use_privileged_context: bool = False  # dataset row's hint / reference (SDPG)
     max_reprompt_len: int = 10240  # teacher prompt budget in tokens; demonstrations are shortened first
-    divergence_chunk_mib: float = 64.0  # fp32 working set per chunk of the full-vocabulary divergence kernel
+    divergence_chunk_mib: float = 160.0  # fp32 working set per chunk of the full-vocabulary divergence kernel
     templates: TemplateConfig = field(default_factory=TemplateConfig)  # teacher-prompt templates
 
     def __post_init__(self):

@@ -141,7 +141,7 @@ def sc_grpo_divergence(
     teacher_model=None,
     frozen_model=None,
     trust_region_mix: float = 0.05,
-    chunk_mib: float = 64.0,
+    chunk_mib: float = 160.0,
     teacher_logits_fn=None,
 ) -> tuple[list[torch.Tensor], dict]:
     """SC-GRPO's D = KL(q || p) per response token, computed as the workers compute it: verl's log-prob pass

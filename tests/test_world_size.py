@@ -49,7 +49,13 @@ from scgrpo_verl.cpu_backend import run as cpu_run_mod
 
 RTOL = 1e-5
 ATOL = 1e-7
-ATOL_BY_PATTERN = {"rollout_corr/*": 2e-6}
+ATOL_BY_PATTERN = {
+    "rollout_corr/*": 2e-6,
+    # D = KL(q || p) ~ 1e-3 on the tiny model is a sum of differences of fp32 log-probs (~5 in magnitude): the
+    # different packing of micro-batches at 1 and 2 ranks moves the logits by float noise, ~1e-7 absolute in D
+    # (seen: 1.2e-7 on a p75 of 8.0e-4); everything D feeds (c, f(D), losses, grad_norm) still matches at 1e-5
+    "self_teacher/divergence_*": 5e-7,
+}
 STEPS = 2
 
 MUST_MATCH = (

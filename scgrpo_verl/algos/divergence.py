@@ -28,17 +28,17 @@ import torch.nn.functional as F
 DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
-# Chunks of the full-vocabulary kernels are sized in bytes: about this many fp32 (rows x V) buffers are
-# alive per chunk (both sides' log-probs, a probability, the log-ratio that becomes the gradient).
-_CHUNK_BUFFERS = 4
-DEFAULT_CHUNK_BYTES = 128 << 20
+# Chunks of the full-vocabulary kernels are sized in bytes: this many fp32 (rows x V) buffers are alive at a
+# chunk's peak (both sides' log-probs, the probabilities the kind needs, JSD's log M and its temporaries).
+_CHUNK_BUFFERS = {"forward_kl": 4, "reverse_kl": 3, "jsd": 6}
+DEFAULT_CHUNK_BYTES = 160 << 20
 
 
-def chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+def chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, kind: str = "jsd") -> int:
     """Rows per chunk so that a chunk's fp32 working set stays near ``chunk_bytes``."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
-    return max(1, int(chunk_bytes) // (_CHUNK_BUFFERS * 4 * max(int(vocab_size), 1)))
+    return max(1, int(chunk_bytes) // (_CHUNK_BUFFERS.get(kind, 6) * 4 * max(int(vocab_size), 1)))
 
 
 def resolve_kind(kind: str, alpha: Optional[float] = None) -> tuple[str, float]:
@@ -256,7 +256,7 @@ def full_vocab_divergence(
         kind,
         alpha,
         float(temperature),
-        chunk_rows(vocab, chunk_bytes),
+        chunk_rows(vocab, chunk_bytes, kind),
     )
     return _apply_mask(values.reshape(lead), mask)
 
@@ -276,12 +276,20 @@ class _FusedLinearDivergence(torch.autograd.Function):
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         active = (token_weights != 0).nonzero(as_tuple=True)[0]
+        shared_head = teacher_weight is weight.detach() or (
+            teacher_weight.data_ptr() == weight.data_ptr() and teacher_weight.shape == weight.shape
+            and (teacher_bias is None) == (bias is None)
+            and (bias is None or teacher_bias.data_ptr() == bias.data_ptr())
+        )
         for start in range(0, active.numel(), rows_per_chunk):
             rows = active[start : start + rows_per_chunk]
             hidden = student_hidden[rows]
 
             def make_logits():
                 with torch.no_grad():  # this chunk's own fp32 buffers: log-softmaxed in place
+                    if shared_head:  # one pass over the lm_head for both sides (a live teacher)
+                        both = F.linear(torch.cat([hidden, teacher_hidden[rows]]), weight, bias).float()
+                        return both[: len(rows)], both[len(rows) :]
                     return (F.linear(hidden, weight, bias).float(),
                             F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float())
 
@@ -366,7 +374,7 @@ def fused_linear_divergence(
         kind,
         alpha,
         float(temperature),
-        chunk_rows(lm_head_weight.shape[0], chunk_bytes),
+        chunk_rows(lm_head_weight.shape[0], chunk_bytes, kind),
     )
 
 
