@@ -231,24 +231,15 @@ def _add_ttsd_parser(commands) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from scgrpo_verl.eval import EvalError, run_from_args
+    from scgrpo_verl.eval import run_from_args
 
-    try:
-        return run_from_args(args)
-    except EvalError as exc:
-        print(f"scgrpo-verl eval: error: {exc}", file=sys.stderr)
-        return 2
+    return run_from_args(args)  # its EvalError is a UserError: main() prints it as one line
 
 
 def _report(args: argparse.Namespace) -> int:
-    from scgrpo_verl.eval import EvalError
     from scgrpo_verl.report import run_from_args
 
-    try:
-        return run_from_args(args)
-    except EvalError as exc:
-        print(f"scgrpo-verl report: error: {exc}", file=sys.stderr)
-        return 2
+    return run_from_args(args)
 
 
 def _add_eval_and_report(commands) -> None:

@@ -51,9 +51,11 @@ from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from scgrpo_verl.errors import UserError
 
-class EvalError(ValueError):
-    """A user-facing error: one line naming the file, row or option and what is allowed."""
+
+class EvalError(UserError, ValueError):
+    """A user-facing error: one line naming the file, row or option and what is allowed (the CLI prints it so)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
