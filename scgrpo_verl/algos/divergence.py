@@ -30,7 +30,7 @@ DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 # Chunks of the full-vocabulary kernels are sized in bytes: this many fp32 (rows x V) buffers are alive at a
 # chunk's peak (both sides' log-probs, the probabilities the kind needs, JSD's log M and its temporaries).
-_CHUNK_BUFFERS = {"forward_kl": 4, "reverse_kl": 3, "jsd": 6}
+_CHUNK_BUFFERS = {"forward_kl": 4, "reverse_kl": 4, "jsd": 6}
 DEFAULT_CHUNK_BYTES = 160 << 20
 
 
