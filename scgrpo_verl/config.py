@@ -269,6 +269,12 @@ class SelfTeacherPolicyLossConfig(_policy_loss_base()):
         from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY
 
         object.__setattr__(self, "self_teacher", SelfTeacherConfig.from_mapping(self.self_teacher))
+        if self.loss_mode not in POLICY_LOSS_REGISTRY or (
+            self.adv_estimator is not None and self.adv_estimator not in ADV_ESTIMATOR_REGISTRY
+        ):  # the plugin's registration may have been skipped (verl loads plugins once, swallowing errors)
+            from scgrpo_verl.plugin import register
+
+            register()
         if self.loss_mode not in POLICY_LOSS_REGISTRY:
             raise ValueError(
                 f"actor_rollout_ref.actor.policy_loss.loss_mode: unknown loss {self.loss_mode!r}; "

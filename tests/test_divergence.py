@@ -182,6 +182,23 @@ def test_fused_linear_separate_teacher_head():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_fused_linear_bf16_head_scores_the_bf16_logits_in_fp32():
+    # a bf16 lm_head: the logits are the model's own bf16 matmul, the divergence and its gradients fp32 math
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(29, 8, generator=g).bfloat16().requires_grad_(True)
+    h_s = torch.randn(7, 8, generator=g).bfloat16().requires_grad_(True)
+    h_t = torch.randn(7, 8, generator=g).bfloat16()
+    loss, values = fused_linear_divergence(h_s, h_t, weight, torch.ones(7), "reverse_kl", chunk_bytes=4 * 4 * 29 * 3)
+    loss.backward()
+    assert values.dtype == torch.float32 and h_s.grad.dtype == weight.grad.dtype == torch.bfloat16
+    s_logits = (h_s.detach() @ weight.detach().T).float().requires_grad_(True)  # bf16 matmul, then fp32
+    ref = naive_autograd_divergence(s_logits, (h_t @ weight.detach().T).float(), "reverse_kl", None)
+    torch.testing.assert_close(values.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    ref.sum().backward()
+    torch.testing.assert_close(h_s.grad.float(), (s_logits.grad.float().bfloat16() @ weight.detach()).float(),
+                               rtol=2e-2, atol=2e-2)
+
+
 def naive_topk(p_logits, q_logits, k, kind, alpha, add_tail):
     """Build the (K+1)-bucket or renormalised K-bucket distributions entry by entry."""
     rows_p, rows_q = [], []

@@ -106,13 +106,20 @@ def _apply_mask(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return values * mask.to(values.dtype)
 
 
-def _log_softmax(logits: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
-    """fp32 log softmax(logits / T); ``inplace`` reuses an fp32 ``logits`` buffer the caller no longer needs."""
-    if not inplace or logits.dtype != torch.float32:
-        return log_softmax_fp32(logits, temperature)
+def _softmax_pair_(logits: torch.Tensor, probs: torch.Tensor, temperature: float) -> None:
+    """In place on a chunk's own fp32 buffers, one exp pass: ``logits`` (n, V) becomes
+    log softmax(logits / T) and ``probs`` (n, V) receives softmax(logits / T).
+
+    The log-sum-exp is read off the probabilities' normaliser: with m = max_v u_v,
+    log p_v = (u_v - m) - log sum_w exp(u_w - m), so a -inf logit gives p = 0 and log p = -inf.
+    """
     if temperature != 1.0:
         logits.div_(temperature)
-    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+    logits.sub_(logits.amax(-1, keepdim=True))
+    torch.exp(logits, out=probs)
+    total = probs.sum(-1, keepdim=True)
+    probs.div_(total)
+    logits.sub_(total.log_())
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,14 +127,28 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(-1)
 
 
+class _Workspace:
+    """One chunk's fp32 (rows, V) buffers, allocated once per call and reused by every chunk: both sides'
+    logits (student rows, then teacher rows, in one (2 rows, V) block so that a shared lm_head writes both
+    in one matmul) and both sides' probabilities. A chunk of ``n`` rows uses the first ``n`` rows of each."""
+
+    def __init__(self, rows: int, vocab: int, device: torch.device):
+        self.logits = torch.empty(2 * rows, vocab, dtype=torch.float32, device=device)
+        self.probs = torch.empty(2 * rows, vocab, dtype=torch.float32, device=device)
+
+    def pair(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, teacher) logits buffers of an n-row chunk, each (n, V), contiguous."""
+        return self.logits[:n], self.logits[n : 2 * n]
+
+
 def _value_and_grad(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
+    workspace: _Workspace,
     kind: str,
     alpha: float,
     temperature: float,
     with_grad: bool,
-    inplace: bool = False,
     zero_mass: bool = True,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One chunk: divergence per row (n,) and its closed-form gradient w.r.t. the student logits (n, V).
@@ -136,21 +157,24 @@ def _value_and_grad(
     - forward KL(q || p):   d/du_j = p_j - q_j
     - reverse KL(p || q):   d/du_j = p_j (log p_j - log q_j - KL(p || q))
     - JSD_alpha, M = (1 - alpha) p + alpha q:  d/du_j = (1 - alpha) p_j (log p_j - log M_j - KL(p || M))
-    Zero-mass terms are exactly 0 (never 0 * inf) with ``zero_mass``; without it (two passes fewer) they are
-    only right where no log-probability is -inf, which :func:`_chunk` checks on the values. Everything is
-    fp32; the gradient includes the 1/T.
+    ``student_logits`` and ``teacher_logits`` are the chunk's own fp32 buffers in ``workspace`` (overwritten);
+    the gradient returned is a view of the workspace, valid until the next chunk. Zero-mass terms are exactly
+    0 (never 0 * inf) with ``zero_mass``; without it (two passes fewer) they are only right where no
+    log-probability is -inf, which :func:`_chunk` checks on the values. Everything is fp32; the gradient
+    includes the 1/T.
     """
 
     def masked(log_ratio: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return log_ratio.masked_fill_(weight == 0, 0.0) if zero_mass else log_ratio
 
-    log_p = _log_softmax(student_logits, temperature, inplace)
-    log_q = _log_softmax(teacher_logits, temperature, inplace)
-    p = log_p.exp()
+    n = student_logits.shape[0]
+    p, q = workspace.probs[:n], workspace.probs[n : 2 * n]
+    _softmax_pair_(student_logits, p, temperature)
+    _softmax_pair_(teacher_logits, q, temperature)
+    log_p, log_q = student_logits, teacher_logits
     grad = None
-    # in-place where possible: a chunk holds about _CHUNK_BUFFERS fp32 (rows x V) buffers at its peak
+    # in place: a chunk holds the workspace's four fp32 (rows x V) buffers (JSD: two more for log M)
     if kind == "forward_kl":
-        q = log_q.exp()
         diff = masked(log_q.sub_(log_p), q)  # log q - log p where q has mass
         values = _row_dot(q, diff)
         if with_grad:
@@ -161,8 +185,8 @@ def _value_and_grad(
         if with_grad:
             grad = ratio.sub_(values.unsqueeze(-1)).mul_(p)
     else:
-        q = log_q.exp()
-        log_m = torch.logaddexp(log_p + math.log1p(-alpha), log_q + math.log(alpha))
+        log_m = torch.add(log_p, math.log1p(-alpha))
+        torch.logaddexp(log_m, log_q + math.log(alpha), out=log_m)
         ratio_p = masked(log_p.sub_(log_m), p)
         kl_pm = _row_dot(p, ratio_p)
         kl_qm = _row_dot(q, masked(log_q.sub_(log_m), q))
@@ -175,34 +199,41 @@ def _value_and_grad(
     return values, grad
 
 
-def _chunk(make_logits, kind, alpha, temperature, with_grad, inplace):
-    """:func:`_value_and_grad` on ``make_logits()`` (student, teacher) without the zero-mass masks (finite logits:
-    the common case), redone with them for a chunk whose values come out non-finite (a -inf logit somewhere)."""
-    values, grad = _value_and_grad(*make_logits(), kind, alpha, temperature, with_grad, inplace, zero_mass=False)
+def _chunk(fill_logits, workspace, kind, alpha, temperature, with_grad):
+    """:func:`_value_and_grad` on the chunk ``fill_logits()`` writes into the workspace (returning the student and
+    teacher buffers), first without the zero-mass masks (finite logits: the common case), redone with them
+    for a chunk whose values come out non-finite (a -inf logit somewhere)."""
+    values, grad = _value_and_grad(*fill_logits(), workspace, kind, alpha, temperature, with_grad, zero_mass=False)
     if bool(torch.isfinite(values).all()):
         return values, grad
     del grad
-    return _value_and_grad(*make_logits(), kind, alpha, temperature, with_grad, inplace, zero_mass=True)
+    return _value_and_grad(*fill_logits(), workspace, kind, alpha, temperature, with_grad, zero_mass=True)
 
 
 class _LogitsDivergence(torch.autograd.Function):
     """Row-chunked full-vocabulary divergence whose gradient is formed in the forward pass.
 
-    Only one chunk's fp32 working set exists at a time; what is kept for backward is the gradient
-    w.r.t. the student logits, in their dtype (one (N, V) buffer instead of autograd's several fp32 ones).
+    Only one chunk's fp32 working set exists at a time (reused across chunks); what is kept for backward is
+    the gradient w.r.t. the student logits, in their dtype (one (N, V) buffer instead of autograd's several
+    fp32 ones).
     """
 
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, kind, alpha, temperature, rows_per_chunk):
-        num_rows = student_logits.shape[0]
+        num_rows, vocab = student_logits.shape
         with_grad = ctx.needs_input_grad[0]
         values = torch.empty(num_rows, dtype=torch.float32, device=student_logits.device)
         grad = torch.empty_like(student_logits) if with_grad else None
+        workspace = _Workspace(min(rows_per_chunk, max(num_rows, 1)), vocab, student_logits.device)
         for start in range(0, num_rows, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            chunk_values, chunk_grad = _chunk(
-                lambda: (student_logits[rows], teacher_logits[rows]), kind, alpha, temperature, with_grad, False
-            )
+            n = min(rows_per_chunk, num_rows - start)
+
+            def fill_logits():
+                student, teacher = workspace.pair(n)
+                return student.copy_(student_logits[rows]), teacher.copy_(teacher_logits[rows])
+
+            chunk_values, chunk_grad = _chunk(fill_logits, workspace, kind, alpha, temperature, with_grad)
             values[rows] = chunk_values
             if with_grad:
                 grad[rows] = chunk_grad
@@ -261,6 +292,18 @@ def full_vocab_divergence(
     return _apply_mask(values.reshape(lead), mask)
 
 
+def _project_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """out (n, V) fp32 = hidden (n, H) @ weight (V, H)^T + bias, written into the workspace buffer."""
+    with torch.no_grad():
+        if hidden.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+            if bias is None:
+                torch.mm(hidden, weight.t(), out=out)
+            else:
+                torch.addmm(bias, hidden, weight.t(), out=out)
+        else:  # bf16 / fp16 lm_head: the matmul in its dtype, as the model computes its logits
+            out.copy_(F.linear(hidden, weight, bias))
+
+
 class _FusedLinearDivergence(torch.autograd.Function):
     """lm_head projection + divergence + weighted sum, chunked over tokens, gradients formed in the forward."""
 
@@ -281,19 +324,22 @@ class _FusedLinearDivergence(torch.autograd.Function):
             and (teacher_bias is None) == (bias is None)
             and (bias is None or teacher_bias.data_ptr() == bias.data_ptr())
         )
+        workspace = _Workspace(min(rows_per_chunk, max(active.numel(), 1)), weight.shape[0], student_hidden.device)
         for start in range(0, active.numel(), rows_per_chunk):
             rows = active[start : start + rows_per_chunk]
             hidden = student_hidden[rows]
 
-            def make_logits():
-                with torch.no_grad():  # this chunk's own fp32 buffers: log-softmaxed in place
-                    if shared_head:  # one pass over the lm_head for both sides (a live teacher)
-                        both = F.linear(torch.cat([hidden, teacher_hidden[rows]]), weight, bias).float()
-                        return both[: len(rows)], both[len(rows) :]
-                    return (F.linear(hidden, weight, bias).float(),
-                            F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).float())
+            def fill_logits():
+                student, teacher = workspace.pair(len(rows))
+                if shared_head:  # one pass over the lm_head for both sides (a live teacher)
+                    _project_into(workspace.logits[: 2 * len(rows)], torch.cat([hidden, teacher_hidden[rows]]),
+                                  weight, bias)
+                else:
+                    _project_into(student, hidden, weight, bias)
+                    _project_into(teacher, teacher_hidden[rows], teacher_weight, teacher_bias)
+                return student, teacher
 
-            chunk_values, grad = _chunk(make_logits, kind, alpha, temperature, with_grad, True)
+            chunk_values, grad = _chunk(fill_logits, workspace, kind, alpha, temperature, with_grad)
             values[rows] = chunk_values
             if with_grad:
                 grad = grad.mul_(token_weights[rows].float().unsqueeze(-1))

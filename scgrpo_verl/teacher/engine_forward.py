@@ -8,6 +8,10 @@ micro-batch has no teacher row still issues a one-token forward, so every FSDP r
 collectives. Logits are computed only at the response positions (``logits_to_keep``), never over the
 teacher prompt.
 
+verl is imported inside the functions, not at import: ``import verl`` loads this package's plugin, whose
+loss module imports from this one, so a first ``import scgrpo_verl.teacher.engine_forward`` must not import
+verl while its own names are still undefined.
+
 ``engine`` is anything with verl's ``prepare_model_inputs(micro_batch)`` (the FSDP engine itself, or
 :mod:`scgrpo_verl.engine_path`'s stand-in on a plain model); ``module`` the model to run.
 """
@@ -18,8 +22,6 @@ from typing import Optional
 
 import torch
 from tensordict import TensorDict
-
-from verl.utils import tensordict_utils as tu
 
 TEACHER_INPUT_KEY = "teacher_input_ids"
 TEACHER_MASK_KEY = "self_teacher_mask"
@@ -75,6 +77,8 @@ def _teacher_batch(micro_batch: TensorDict, rows: torch.Tensor) -> tuple[TensorD
         },
         batch_size=[len(ids)],
     )
+    from verl.utils import tensordict_utils as tu  # here, not at import: see the module docstring
+
     tu.assign_non_tensor(
         batch,
         use_remove_padding=tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True),
@@ -100,6 +104,8 @@ def _keep_positions(lengths: torch.Tensor, responses: torch.Tensor, packed: bool
 
 
 def _forward(engine, module, batch: TensorDict, lengths, responses) -> torch.Tensor:
+    from verl.utils import tensordict_utils as tu
+
     packed = bool(tu.get_non_tensor_data(data=batch, key="use_remove_padding", default=True))
     model_inputs, _ = engine.prepare_model_inputs(batch)
     keep, (sample, column) = _keep_positions(lengths, responses, packed)
