@@ -121,6 +121,7 @@ def main(argv=None) -> None:
     print(f"{'method':8s} {'before/s':>10s} {'after/s':>10s} {'speed-up':>9s}  {'before/cpu-s':>12s} "
           f"{'after/cpu-s':>12s} {'speed-up':>9s}  identical  fast demos / re-tokenised")
     slowest = float("inf")
+    staged = []
     for method in ("sc_grpo", "sdpo", "sdpg"):
         config = TeacherConfig(use_privileged_context=method == "sdpg")
 
@@ -145,8 +146,35 @@ def main(argv=None) -> None:
         if not same:
             sys.exit(f"{method}: the new builder's teacher inputs differ from the landed builder's")
         slowest = min(slowest, count / t_after)
+        staged.append((method, new))
     print(f"goal (>= {GOAL_PER_S:,} rollouts/s wall-clock, every method): slowest {slowest:,.0f}/s,",
           "met" if slowest >= GOAL_PER_S else "NOT met")
+    staging(rows, staged, args.repeats)
+
+
+def staging(rows, staged, repeats: int) -> None:
+    """The trainer's next step: the contexts as the nested ``teacher_input_ids`` tensor for TransferQueue.
+    Before (landed at 4b23397): the builder's list inputs (prompt + response lists, materialised here as the
+    landed builder did) through ``torch.as_tensor`` per row and ``torch.nested.as_nested_tensor``; now
+    :func:`scgrpo_verl.trainer.teacher_input_tensor` (prompt ids + the response tensor, one concatenation)."""
+    from scgrpo_verl.trainer import jagged, teacher_input_tensor
+
+    responses = jagged([torch.tensor(r["response_ids"]) for r in rows])
+    students = jagged([torch.tensor([1, 2, 3]) for _ in rows])
+    print("trainer staging of teacher_input_ids (nested tensor for TransferQueue):")
+    print(f"{'method':8s} {'before s':>9s} {'now s':>7s} {'speed-up':>9s}  identical")
+    for method, ctx in staged:
+        def before():
+            inputs = [torch.as_tensor(ids) if ids is not None else student
+                      for ids, student in zip(ctx.teacher_input_ids, students.unbind())]
+            return torch.nested.as_nested_tensor(inputs, layout=torch.jagged)
+
+        t_before, old = timed(before, repeats)
+        t_now, new = timed(lambda: teacher_input_tensor(ctx.teacher_prompt_ids, responses, students), repeats)
+        same = all(torch.equal(a, b) for a, b in zip(old.unbind(), new.unbind()))
+        print(f"{method:8s} {t_before:9.2f} {t_now:7.2f} {t_before / t_now:8.1f}x  {same}")
+        if not same:
+            sys.exit(f"{method}: staged teacher inputs differ")
 
 
 if __name__ == "__main__":

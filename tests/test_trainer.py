@@ -298,3 +298,23 @@ def test_canonical_keys_follow_content_not_uids_or_sessions():
     first = run({"a": "u1", "b": "u2"}, [0, 1, 2, 3], [0, 1, 0, 1])
     second = run({"a": "zz", "b": "aa"}, [3, 1, 2, 0], [0, 0, 1, 1])
     assert first == second
+
+
+def test_teacher_input_tensor_is_prompt_plus_own_response_and_placeholders():
+    from scgrpo_verl.trainer import jagged, teacher_input_tensor
+
+    g = torch.Generator().manual_seed(0)
+    responses = [torch.randint(100, (n,), generator=g) for n in (5, 0, 3, 4)]
+    students = [torch.randint(100, (n,), generator=g) for n in (7, 2, 6, 9)]
+    prompts = [[1, 2, 3], [4], None, list(range(50, 80))]
+    got = teacher_input_tensor(prompts, jagged(responses), jagged(students))
+    expected = [
+        (prompt + response.tolist()) if prompt is not None else student.tolist()  # the builder's own list form
+        for prompt, response, student in zip(prompts, responses, students)
+    ]
+    assert got.is_nested and got.dtype == torch.long
+    assert [row.tolist() for row in got.unbind()] == expected
+    assert torch.equal(got.offsets(), torch.nested.as_nested_tensor(
+        [torch.tensor(e, dtype=torch.long) for e in expected], layout=torch.jagged).offsets())
+    with pytest.raises(ValueError, match="3 teacher prompts for 4 responses"):
+        teacher_input_tensor(prompts[:3], jagged(responses), jagged(students))

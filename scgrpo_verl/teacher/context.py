@@ -122,7 +122,7 @@ class TeacherContexts:
     """Per-rollout teacher prompts; entries are ``None`` / ``-1`` where the rollout has no teacher."""
 
     teacher_prompt_ids: list  # list[list[int] | None]
-    teacher_input_ids: list  # list[list[int] | None]: teacher prompt ids + the SAME response ids
+    teacher_input_ids: Sequence  # list[int] | None per rollout: teacher prompt ids + the SAME response ids (lazily)
     teacher_messages: Sequence  # list[dict] | None per rollout: the chat messages the prompt ids render (built lazily)
     mask: torch.Tensor  # (B,) float, 1 where the rollout has a teacher
     source: list  # list[str | None]: solution / feedback / solution+feedback / privileged / reference
@@ -465,8 +465,9 @@ class _Plan:
     pieces: list  # the texts the template takes: int = the demonstration of that row, str = as is
 
 
-class _LazyMessages(SequenceABC):
-    """Teacher messages per rollout, rendered on first access (the trainer never reads them)."""
+class _LazyRows(SequenceABC):
+    """A per-rollout sequence whose entries are made on first access (teacher messages, teacher input ids:
+    the trainer reads neither; it stages the prompt ids next to the response tensor it already has)."""
 
     def __init__(self, n: int, make: Callable[[int], Optional[list]], known: dict):
         self._n, self._make, self._cache = n, make, dict(known)
@@ -489,7 +490,7 @@ class _LazyMessages(SequenceABC):
         return isinstance(other, SequenceABC) and list(self) == list(other)
 
     def __repr__(self) -> str:
-        return f"_LazyMessages({list(self)!r})"
+        return f"_LazyRows({list(self)!r})"
 
 
 def build_teacher_contexts(
@@ -612,17 +613,18 @@ def build_teacher_contexts(
 
     builder = _PromptBuilder(rollouts, tokenizer, templates, teacher_config, exact, chat_template_kwargs)
     prompt_ids, messages, shortened, too_long = builder.build(plans)
-    input_ids: list = [None] * n
     source: list = [None] * n
     sibling_index = [-1] * n
     for row, plan in enumerate(plans):
         if plan is None or prompt_ids[row] is None:
             continue
-        input_ids[row] = prompt_ids[row] + rollouts[row].response_ids
         source[row] = plan.kind
         sibling_index[row] = plan.sibling
     mask = torch.tensor([1.0 if ids is not None else 0.0 for ids in prompt_ids])
-    lazy_messages = _LazyMessages(
+    input_ids = _LazyRows(
+        n, lambda row: prompt_ids[row] + rollouts[row].response_ids if prompt_ids[row] is not None else None, {}
+    )
+    lazy_messages = _LazyRows(
         n, lambda row: builder.messages(row, plans[row]) if prompt_ids[row] is not None else None, messages
     )
     return TeacherContexts(
