@@ -157,7 +157,8 @@ def staging(rows, staged, repeats: int) -> None:
     Before (landed at 4b23397): the builder's list inputs (prompt + response lists, materialised here as the
     landed builder did) through ``torch.as_tensor`` per row and ``torch.nested.as_nested_tensor``; now
     :func:`scgrpo_verl.trainer.teacher_input_tensor` (prompt ids + the response tensor, one concatenation)."""
-    from scgrpo_verl.trainer import jagged, teacher_input_tensor
+    from scgrpo_verl.teacher.engine_forward import jagged
+    from scgrpo_verl.trainer import teacher_input_tensor
 
     responses = jagged([torch.tensor(r["response_ids"]) for r in rows])
     students = jagged([torch.tensor([1, 2, 3]) for _ in rows])

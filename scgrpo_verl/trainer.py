@@ -36,7 +36,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from scgrpo_verl.algos.sc_grpo import ROUTE_SOLVE_NONE, ROUTE_WEIGHTED, sc_weight_constant, solve_none_pseudo_advantage
 from scgrpo_verl.config import PLUGIN_LOSS_MODES, SelfTeacherConfig
 from scgrpo_verl.losses import DIVERGENCE_KEY, PASS_OPTION, SC_THRESHOLD_KEY, self_teacher_loss
-from scgrpo_verl.teacher.engine_forward import TEACHER_MASK_KEY
+from scgrpo_verl.teacher.engine_forward import TEACHER_MASK_KEY, jagged
 
 logger = logging.getLogger(__name__)
 
@@ -321,17 +321,6 @@ def chat_template_kwargs(config) -> dict:
 
     value = config.get("data", {}).get("apply_chat_template_kwargs", None)
     return dict(OmegaConf.to_container(value, resolve=True)) if value else {}
-
-
-def jagged(rows) -> torch.Tensor:
-    """A jagged nested tensor of 1-D ``rows`` (same dtype), built from one concatenation: at a batch of
-    thousands of rows ``torch.nested.as_nested_tensor`` costs about a second of driver time, this ~50 ms."""
-    rows = list(rows)
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
-    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
-    torch.cumsum(lengths, 0, out=offsets[1:])
-    values = torch.cat(rows) if rows else torch.zeros(0)
-    return torch.nested.nested_tensor_from_jagged(values, offsets)
 
 
 def teacher_input_tensor(teacher_prompt_ids, responses: torch.Tensor, student_input_ids: torch.Tensor) -> torch.Tensor:

@@ -301,7 +301,8 @@ def test_canonical_keys_follow_content_not_uids_or_sessions():
 
 
 def test_teacher_input_tensor_is_prompt_plus_own_response_and_placeholders():
-    from scgrpo_verl.trainer import jagged, teacher_input_tensor
+    from scgrpo_verl.teacher.engine_forward import jagged
+    from scgrpo_verl.trainer import teacher_input_tensor
 
     g = torch.Generator().manual_seed(0)
     responses = [torch.randint(100, (n,), generator=g) for n in (5, 0, 3, 4)]

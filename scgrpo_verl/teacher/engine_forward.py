@@ -27,6 +27,17 @@ TEACHER_INPUT_KEY = "teacher_input_ids"
 TEACHER_MASK_KEY = "self_teacher_mask"
 
 
+def jagged(rows) -> torch.Tensor:
+    """A jagged nested tensor (B, j, ...) of per-row tensors (same dtype and trailing shape), built from one
+    concatenation: at thousands of rows ``torch.nested.as_nested_tensor`` costs about a second, this ~50 ms."""
+    rows = list(rows)
+    values = torch.cat(rows) if rows else torch.zeros(0)
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    return torch.nested.nested_tensor_from_jagged(values, offsets.to(values.device))
+
+
 def _lengths(nested: torch.Tensor) -> torch.Tensor:
     return nested.offsets().diff()
 
