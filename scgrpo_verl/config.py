@@ -180,7 +180,9 @@ class TeacherConfig:
     feedback_only_without_solution: bool = True  # SDPO default: feedback only when no verified sibling
     use_privileged_context: bool = False  # dataset row's hint / reference (SDPG)
     max_reprompt_len: int = 10240  # teacher prompt budget in tokens; demonstrations are shortened first
-    divergence_chunk_mib: float = 160.0  # fp32 working set per chunk of the full-vocabulary divergence kernel
+    # fp32 work per chunk of the divergence kernel; null: the device's budget (CPU 160 MiB, CUDA a quarter of the
+    # free memory, at most 8 GiB: thousands of rows at V=152k)
+    divergence_chunk_mib: Optional[float] = None
     templates: TemplateConfig = field(default_factory=TemplateConfig)  # teacher-prompt templates
 
     def __post_init__(self):
@@ -199,7 +201,7 @@ class TeacherConfig:
         )
         _require(self.max_reprompt_len > 0, "teacher.max_reprompt_len", f"must be > 0, got {self.max_reprompt_len}")
         _require(
-            self.divergence_chunk_mib > 0,
+            self.divergence_chunk_mib is None or self.divergence_chunk_mib > 0,
             "teacher.divergence_chunk_mib",
             f"must be > 0, got {self.divergence_chunk_mib}",
         )

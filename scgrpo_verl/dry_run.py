@@ -243,7 +243,7 @@ def dry_run(
 
     fields: dict[str, Any] = {"old_log_probs": old_log_probs}
     info: dict[str, Any] = {}
-    teacher_logits_fn = None
+    teacher_fn = None
     sc_divergence = sc_reference = None
     contexts = None
     if settings.enable:
@@ -265,17 +265,17 @@ def dry_run(
         stand_in = stand_in_teacher(model, other if weights in ("frozen", "ema") else None,
                                     other if weights == "trust_region" else None, teacher_config.trust_region_mix)
 
-        def teacher_logits_fn(data):
+        def teacher_fn(data):
             with _timed(timings, "teacher_pass"):
                 return stand_in(data)
 
         fields["self_teacher_mask"] = mask
         fields["teacher_input_ids"] = [torch.as_tensor(t) for t in teacher_sequences]
-        if loss_mode == "sc_grpo":  # D from verl's log-prob pass with the teacher in its logits processor
+        if loss_mode == "sc_grpo":  # D from verl's log-prob pass with the teacher forward before the student's
             teacher_prompts = [t[: len(t) - n] if m > 0 else None for t, n, m in zip(teacher_sequences, lengths, mask)]
             pieces, _ = sc_grpo_divergence(model, prompt_ids, teacher_prompts, response_ids, temperature,
                                            chunk_mib=teacher_config.divergence_chunk_mib,
-                                           teacher_logits_fn=teacher_logits_fn)
+                                           teacher_fn=teacher_fn)
             fields["sc_divergence"] = pieces
             fields["sc_route"] = contexts.route.long()
             sc_divergence = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
@@ -285,7 +285,6 @@ def dry_run(
             report.masks["sc_route"] = contexts.route.tolist()
             report.masks["sc_reference"] = [int(x) for x in contexts.reference.tolist()]
         info["global_steps"] = 1
-        info["distillation_use_topk"] = loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.pg_coef < 1.0)
         if settings.sc_grpo.threshold_scope == "batch" and sc_divergence is not None:
             from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight_constant
 
@@ -317,13 +316,14 @@ def dry_run(
 
     with _timed(timings, "loss_backward"):
         micro_batch = build_micro_batch(prompt_ids, response_ids, fields, tokenizer.pad_token_id or 0, temperature, info)
-        if settings.enable:
-            loss_fn = partial(self_teacher_loss, config=actor, teacher_logits_fn=teacher_logits_fn)
-        else:
-            loss_fn = partial(ppo_loss, config=actor)
+        # the teacher runs in the update for SDPO (with a distillation term) and SDPG, as the workers run it
+        in_update = settings.enable and (loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.pg_coef < 1.0))
+        loss_fn = partial(self_teacher_loss if settings.enable else ppo_loss, config=actor)
         model.train()
         model.zero_grad(set_to_none=True)
-        loss, loss_metrics = engine_loss(model, micro_batch, loss_fn)
+        chunk = None if not settings.enable or settings.teacher.divergence_chunk_mib is None else int(
+            settings.teacher.divergence_chunk_mib * (1 << 20))
+        loss, loss_metrics = engine_loss(model, micro_batch, loss_fn, teacher_fn if in_update else None, chunk)
         loss.backward()
         model.eval()
     grads = [p.grad.float().norm() for p in model.parameters() if p.grad is not None]

@@ -1,8 +1,9 @@
 """verl's actor loss path without a cluster: jagged micro-batches and the FSDP engine's forward step (glue).
 
 Used by ``scgrpo-verl dry-run`` and the CPU tests to run a loss exactly as verl 0.9.1's FSDP engine does
-(``FSDPEngineWithLMHead.prepare_model_inputs`` / ``prepare_model_outputs``, including the logits-processor call
-when ``distillation_use_topk`` is set, then the final loss call), on a plain Hugging Face model.
+(``FSDPEngineWithLMHead.prepare_model_inputs`` / ``prepare_model_outputs``, then the loss call), on a plain
+Hugging Face model, with the self-teacher wrapped around it as ``SelfTeacherWorker`` wraps the engine's
+forward step (:func:`scgrpo_verl.teacher.engine_forward.forward_step_with_teacher`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def build_micro_batch(
     """A micro-batch as verl's actor hands it to the loss: jagged (B, j) tensors plus global batch info.
 
     ``fields`` are extra per-sample entries (tensors, or lists of per-row tensors made jagged);
-    ``info`` extra non-tensor entries (e.g. ``global_steps``, ``distillation_use_topk``). The global batch
+    ``info`` extra non-tensor entries (e.g. ``global_steps``). The global batch
     info says this micro-batch is the whole (single-rank) batch.
     """
     from verl.utils import tensordict_utils as tu
@@ -67,8 +68,8 @@ def build_micro_batch(
 class StandInEngine:
     """verl 0.9.1's FSDP engine input / output preparation and forward step on a plain Hugging Face model.
 
-    No process group and no FSDP wrapping: everything else (packing, temperature scaling, the logits
-    processor call when ``distillation_use_topk``, the final loss call) is verl's own code."""
+    No process group and no FSDP wrapping: everything else (packing, temperature scaling, the loss call) is
+    verl's own code."""
 
     def __init__(self, model):
         self.module = model
@@ -87,7 +88,7 @@ class StandInEngine:
 
         return FSDPEngineWithLMHead.prepare_model_inputs(self, micro_batch)
 
-    def forward_step(self, micro_batch: TensorDict, loss_fn):
+    def forward_step(self, micro_batch: TensorDict, loss_fn, forward_only: bool = False):
         """(what ``loss_fn`` returns, model_output), as ``FSDPEngineWithLMHead.forward_step`` computes them."""
         from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
@@ -96,40 +97,56 @@ class StandInEngine:
         model_output = FSDPEngineWithLMHead.prepare_model_outputs(self, raw, output_args, micro_batch, loss_fn)
         return loss_fn(model_output=model_output, data=micro_batch, dp_group=None), model_output
 
+    def teacher_forward_step(self, micro_batch: TensorDict, loss_fn, teacher_fn, chunk_bytes=None):
+        """:meth:`forward_step` with the self-teacher as the worker runs it: ``teacher_fn(micro_batch)`` first."""
+        from scgrpo_verl.teacher.engine_forward import forward_step_with_teacher
 
-def engine_loss(model, micro_batch: TensorDict, loss_fn):
-    """verl's FSDP engine forward step on a plain model: its input/output preparation, the logits processor
-    call (when ``distillation_use_topk``) and the final loss call. Returns what ``loss_fn`` returns."""
-    return StandInEngine(model).forward_step(micro_batch, loss_fn)[0]
+        def step(batch, loss, forward_only):
+            return self.forward_step(batch, loss, forward_only)
+
+        return forward_step_with_teacher(step, self.module, micro_batch, loss_fn, False, teacher_fn, chunk_bytes)
+
+
+def engine_loss(model, micro_batch: TensorDict, loss_fn, teacher_fn=None, chunk_bytes=None):
+    """verl's FSDP engine forward step on a plain model: its input/output preparation and the loss call, with the
+    micro-batch's teacher (``teacher_fn``, e.g. :func:`stand_in_teacher`) run first when given."""
+    engine = StandInEngine(model)
+    if teacher_fn is None:
+        return engine.forward_step(micro_batch, loss_fn)[0]
+    return engine.teacher_forward_step(micro_batch, loss_fn, teacher_fn, chunk_bytes)[0]
 
 
 @torch.no_grad()
-def log_prob_pass(model, micro_batch: TensorDict, processor=None) -> dict:
-    """verl's log-prob pass on one micro-batch of a plain model: ``model_output`` (nested ``log_probs`` (B, j)
-    and, with a logits ``processor``, its per-token outputs, e.g. SC-GRPO's D)."""
-    from verl.utils import tensordict_utils as tu
-
-    if processor is None:
-        def processor(**kwargs):
+def log_prob_pass(model, micro_batch: TensorDict, loss_fn=None, teacher_fn=None, chunk_bytes=None) -> dict:
+    """verl's log-prob pass on one micro-batch of a plain model: ``model_output`` (nested ``log_probs`` (B, j) and
+    what the pass's ``loss_fn`` adds, e.g. SC-GRPO's D with ``teacher_fn``)."""
+    if loss_fn is None:
+        def loss_fn(**kwargs):
             return torch.zeros(()), {}
-    else:
-        tu.assign_non_tensor(micro_batch, distillation_use_topk=True)
-    return StandInEngine(model).forward_step(micro_batch, processor)[1]
+    engine = StandInEngine(model)
+    if teacher_fn is None:
+        return engine.forward_step(micro_batch, loss_fn)[1]
+    return engine.teacher_forward_step(micro_batch, loss_fn, teacher_fn, chunk_bytes)[1]
 
 
 def stand_in_teacher(model, teacher_model=None, frozen_model=None, trust_region_mix: float = 0.05):
-    """The worker's ``teacher_logits_fn`` on plain models: the teacher forward of a micro-batch through verl's
-    input preparation (``model`` live, ``teacher_model`` frozen / EMA, ``frozen_model`` the trust-region end)."""
-    from scgrpo_verl.teacher.engine_forward import teacher_response_logits
+    """The worker's teacher forward on plain models (``model`` live, ``teacher_model`` frozen / EMA,
+    ``frozen_model`` the trust-region end), through verl's input preparation: ``micro_batch -> TeacherSide``."""
+    from scgrpo_verl.teacher.engine_forward import teacher_response_hidden
 
     engine = StandInEngine(model)
-    teacher = teacher_model if teacher_model is not None else model
 
-    def teacher_logits_fn(data):
-        return teacher_response_logits(engine, data, teacher, frozen_module=frozen_model,
-                                       trust_region_mix=trust_region_mix)
+    def head_of(module):
+        head = module.get_output_embeddings()
+        return head.weight.detach(), None if getattr(head, "bias", None) is None else head.bias.detach()
 
-    return teacher_logits_fn
+    def teacher_fn(data):
+        if teacher_model is not None:
+            return teacher_response_hidden(engine, data, teacher_model, head=head_of(teacher_model))
+        frozen = None if frozen_model is None else (frozen_model, head_of(frozen_model))
+        return teacher_response_hidden(engine, data, model, frozen=frozen, trust_region_mix=trust_region_mix)
+
+    return teacher_fn
 
 
 def sc_grpo_divergence(
@@ -141,18 +158,19 @@ def sc_grpo_divergence(
     teacher_model=None,
     frozen_model=None,
     trust_region_mix: float = 0.05,
-    chunk_mib: float = 160.0,
-    teacher_logits_fn=None,
+    chunk_mib: Optional[float] = None,
+    teacher_fn=None,
 ) -> tuple[list[torch.Tensor], dict]:
     """SC-GRPO's D = KL(q || p) per response token, computed as the workers compute it: verl's log-prob pass
-    with the teacher forward in its logits processor (rows whose teacher prompt is None get no teacher, D = 0).
+    with the teacher forward before each micro-batch's student forward (rows whose teacher prompt is None get no
+    teacher, D = 0).
 
-    ``teacher_logits_fn`` replaces the teacher forward (e.g. a timed one); by default the teacher is ``model``
+    ``teacher_fn`` replaces the teacher forward (e.g. a timed one); by default the teacher is ``model``
     (live), ``teacher_model`` (frozen / EMA) or the trust-region mix with ``frozen_model``.
     Returns per-rollout D (r,) and the pass's ``model_output``."""
     from functools import partial
 
-    from scgrpo_verl.config import SelfTeacherConfig, TeacherConfig
+    from scgrpo_verl.config import SelfTeacherConfig
     from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass
 
     has_teacher = [t is not None for t in teacher_prompts]
@@ -164,13 +182,13 @@ def sc_grpo_divergence(
                 "self_teacher_mask": torch.tensor(has_teacher, dtype=torch.float32)},
         temperature=temperature,
     )
-    config = SimpleNamespace(policy_loss=SimpleNamespace(
-        loss_mode="sc_grpo", self_teacher=SelfTeacherConfig(teacher=TeacherConfig(divergence_chunk_mib=chunk_mib))))
-    if teacher_logits_fn is None:
-        teacher_logits_fn = stand_in_teacher(model, teacher_model, frozen_model, trust_region_mix)
+    config = SimpleNamespace(policy_loss=SimpleNamespace(loss_mode="sc_grpo", self_teacher=SelfTeacherConfig()))
+    if teacher_fn is None:
+        teacher_fn = stand_in_teacher(model, teacher_model, frozen_model, trust_region_mix)
 
-    processor = partial(self_teacher_log_prob_pass, config=config, teacher_logits_fn=teacher_logits_fn)
-    model_output = log_prob_pass(model, micro_batch, processor)
+    loss_fn = partial(self_teacher_log_prob_pass, config=config)
+    chunk_bytes = None if chunk_mib is None else int(chunk_mib * (1 << 20))
+    model_output = log_prob_pass(model, micro_batch, loss_fn, teacher_fn, chunk_bytes)
     values = model_output[DIVERGENCE_KEY]
     per_row = [row[len(p) - 1 : len(p) - 1 + len(r)] for row, p, r in zip(values.unbind(), prompts, responses)]
     return per_row, model_output

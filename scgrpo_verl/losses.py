@@ -6,18 +6,19 @@ verl 0.9.1's ``verl/workers/utils/losses.py::ppo_loss`` term by term (policy sur
 policy-loss registry, entropy bonus, reference KL, aggregation with ``agg_loss`` over the global batch
 info) and adds the method's self-teacher term. With that term switched off it equals ``ppo_loss``.
 
-It is also verl's *logits processor*: when a micro-batch carries ``distillation_use_topk=True``, the
-FSDP engine calls it first with ``student_logits`` (1, total_nnz, V) and keeps what it returns as
-``model_output`` entries; that is where the full-vocabulary and top-k divergences are computed, on
-the live student logits, before the final call.
+The self-teacher terms need the teacher: ``SelfTeacherWorker`` runs the teacher forward of each micro-batch
+before verl's own student forward, keeps the student's last hidden states from that forward, and hands both to
+the loss as ``self_teacher`` (a :class:`scgrpo_verl.teacher.engine_forward.MicroBatchTeacher`). Every divergence
+comes from hidden states on both sides through the fused linear kernel: no (N, V) buffer, and the same numbers
+whether verl builds the student's logits (``use_fused_kernels`` off) or not (on). SC-GRPO's log-prob pass returns
+D per token as a ``model_output`` entry, as verl returns its own log-probs.
 
 Micro-batch keys read (written to TransferQueue by the trainer's teacher step):
 - ``self_teacher_mask`` (B,): 1 where the rollout has a teacher (SDPO / SDPG), else 0.
 - SC-GRPO: ``sc_divergence`` nested (B, r) D = KL(q || p); ``sc_route`` (B,) ROUTE_* codes.
   ``sc_threshold`` (non-tensor) the batch-wide c when ``threshold_scope: batch``.
 - SDPO / SDPG: ``teacher_input_ids`` nested (B, j) (teacher prompt + the same response); the teacher runs
-  inside the update, one packed forward per micro-batch, through ``teacher_logits_fn`` (bound by
-  ``SelfTeacherWorker``), so nothing per-vocabulary is stored between passes.
+  in the update, one packed forward per micro-batch, so nothing per-vocabulary is stored between passes.
 - SDPO ``normalize: teacher_tokens``: non-tensor ``self_teacher_num_tokens`` / ``self_teacher_num_rows``.
 - SDPG: non-tensor ``global_steps`` (the step k of beta(k)).
 """
@@ -41,20 +42,13 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
-from scgrpo_verl.algos.divergence import (
-    divergence_from_log_probs,
-    full_vocab_divergence,
-    student_topk_ids,
-    topk_log_probs,
-)
 from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight
-from scgrpo_verl.algos.sdpg import REFERENCE_KL_TERMS, gated_opd_token_loss, sdpg_beta
+from scgrpo_verl.algos.sdpg import REFERENCE_KL_TERMS, opd_gate, sdpg_beta
 from scgrpo_verl.algos.sdpo import sampled_token_distillation_loss, sdpo_importance_weight
 from scgrpo_verl.config import PLUGIN_LOSS_MODES
 from scgrpo_verl.teacher.engine_forward import response_token_rows
 
 DIVERGENCE_KEY = "self_teacher_divergence"
-TEACHER_LOG_PROB_KEY = "self_teacher_log_prob"
 # non-tensor micro-batch entries: the global teacher-token / teacher-row counts (SDPO normalize=teacher_tokens)
 # and the batch-wide c of SC-GRPO (threshold_scope=batch)
 TEACHER_TOKENS_KEY = "self_teacher_num_tokens"
@@ -62,6 +56,9 @@ TEACHER_ROWS_KEY = "self_teacher_num_rows"
 SC_THRESHOLD_KEY = "sc_threshold"
 # batch option set by the trainer: verl's old-log-prob pass also runs SC-GRPO's teacher (SelfTeacherWorker)
 PASS_OPTION = "self_teacher_pass"
+# SDPO's / SDPG's divergence per method options: (kind, alpha)
+SDPG_KIND = "reverse_kl"  # L_OPD = KL(p || q)
+SC_GRPO_KIND = "forward_kl"  # D = KL(q || p)
 
 
 # The policy-gradient part of every plugin method is verl's clipped (dual-clip) surrogate; the method's
@@ -76,83 +73,51 @@ def _padded(data: TensorDict, key: str, fill: float = 0.0) -> torch.Tensor:
     return value.to_padded_tensor(fill) if getattr(value, "is_nested", False) else value
 
 
-def _response_rows(data: TensorDict, num_rows: int) -> torch.Tensor:
-    """Packed row of every response token's prediction, in (sample, position) order (``no_padding_2_padding``)."""
-    input_lengths = data["input_ids"].offsets().diff().cpu()
-    if int(input_lengths.sum()) != num_rows:
+def divergence_chunk_bytes(st) -> Optional[int]:
+    """``self_teacher.teacher.divergence_chunk_mib`` in bytes (None: the device's budget)."""
+    mib = st.teacher.divergence_chunk_mib
+    return None if mib is None else int(mib * (1 << 20))
+
+
+def _require_teacher(self_teacher, mode: str):
+    if self_teacher is None:
         raise ValueError(
-            f"student_logits has {num_rows} rows but the micro-batch holds {int(input_lengths.sum())} tokens; "
-            "sequence parallelism and static padding are not supported by the self-teacher logits processor"
+            f"loss_mode {mode!r} needs the micro-batch's self-teacher (self_teacher=...): run it through "
+            "SelfTeacherWorker (or scgrpo_verl.engine_path's stand-in engine), which runs the teacher forward"
         )
-    rows = response_token_rows(input_lengths, data["responses"].offsets().diff().cpu())
-    return rows.to(data["responses"].device)
+    return self_teacher
 
 
-def self_teacher_token_divergence(
-    config, data: TensorDict, student_logits: torch.Tensor, teacher_logits_fn
-) -> dict[str, torch.Tensor]:
-    """Logits-processor step on the live student logits of one micro-batch, (1, nnz, V) -> {key: (1, nnz)}.
-
-    ``teacher_logits_fn(data) -> (teacher logits (N_t, V), token index (N_t,))`` runs the teacher forward
-    of the micro-batch's rows that have a teacher (:func:`scgrpo_verl.teacher.engine_forward.teacher_response_logits`).
-    Per method:
-    - ``sc_grpo`` (the log-prob pass): D = KL(q || p) over the full vocabulary (no gradient);
-    - ``sdpo`` ``topk``: JSD_alpha on the student's top-k ids (+ tail bucket when ``add_tail``);
-    - ``sdpo`` ``full`` and ``sdpg``: JSD_alpha / KL(p || q) over the full vocabulary (chunked kernel);
-    - ``sdpo`` ``sampled_token``: the teacher's log-prob of the sampled token (``TEACHER_LOG_PROB_KEY``).
-    Tokens without a teacher get 0.
-    """
-    if teacher_logits_fn is None:
-        raise ValueError("the self-teacher logits processor needs teacher_logits_fn (bound by SelfTeacherWorker)")
-    st = config.policy_loss.self_teacher
-    mode = config.policy_loss.loss_mode
-    logits = student_logits.squeeze(0)
-    rows = _response_rows(data, logits.shape[0])
-    teacher, token_index = teacher_logits_fn(data)
-    rows = rows[token_index.to(rows.device)]
-    student = logits[rows]  # (N_t, V), already scaled by the rollout temperature in the engine
-    chunk_bytes = int(st.teacher.divergence_chunk_mib * (1 << 20))
-    key = TEACHER_LOG_PROB_KEY if mode == "sdpo" and st.sdpo.distillation == "sampled_token" else DIVERGENCE_KEY
-    out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
-    if rows.numel() == 0:  # no row of this micro-batch has a teacher: zeros, still attached to the student logits
-        return {key: (out + 0.0 * logits[:1, :1].sum()).unsqueeze(0)}
-    if mode == "sdpo" and st.sdpo.distillation == "topk":
-        ids = student_topk_ids(student, min(st.sdpo.topk, student.shape[-1]))
-        values = divergence_from_log_probs(
-            topk_log_probs(student, ids, add_tail=st.sdpo.add_tail),
-            topk_log_probs(teacher, ids, add_tail=st.sdpo.add_tail),
-            "jsd",
-            st.sdpo.alpha,
-        )
-    elif mode == "sdpo" and st.sdpo.distillation == "sampled_token":
-        sampled = data["input_ids"].values()[rows + 1].to(teacher.device)
-        values = teacher.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(teacher, dim=-1)
-    elif mode in ("sdpo", "sdpg", "sc_grpo"):
-        kind, alpha = {"sdpo": ("jsd", st.sdpo.alpha), "sdpg": ("reverse_kl", None), "sc_grpo": ("forward_kl", None)}[mode]
-        if teacher.shape != student.shape:
-            raise ValueError(f"teacher logits {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
-        values = full_vocab_divergence(student, teacher, kind, alpha, chunk_bytes=chunk_bytes)
-    else:
-        raise ValueError(f"loss_mode {mode!r} with these options needs no logits processor")
-    return {key: out.index_put((rows,), values.float()).unsqueeze(0)}
+def agg_token_weights(loss_mask: torch.Tensor, loss_agg_mode: str, **global_info) -> torch.Tensor:
+    """The detached coefficient of every token in verl's ``agg_loss`` (linear in ``loss_mat``), (B, T):
+    agg_loss(X) = sum_t c_t X_t, read off as its gradient at X = 0."""
+    probe = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device, requires_grad=True)
+    with torch.enable_grad():
+        value = agg_loss(loss_mat=probe, loss_mask=loss_mask, loss_agg_mode=loss_agg_mode, **global_info)
+        (weights,) = torch.autograd.grad(value, probe, allow_unused=True)
+    return torch.zeros_like(probe).detach() if weights is None else weights.detach()
 
 
-def self_teacher_log_prob_pass(
-    config,
-    model_output: Optional[dict] = None,
-    data: Optional[TensorDict] = None,
-    dp_group=None,
-    student_logits: Optional[torch.Tensor] = None,
-    teacher_logits_fn=None,
-):
-    """The logits processor of verl's old-log-prob pass when it also runs SC-GRPO's teacher (no loss).
-
-    Installed by ``SelfTeacherWorker.compute_log_prob`` for that one pass: with ``student_logits`` it returns
-    D per token (:func:`self_teacher_token_divergence`); the final call returns a zero loss.
-    """
-    if student_logits is not None:
-        return self_teacher_token_divergence(config, data, student_logits, teacher_logits_fn)
-    return torch.zeros((), device=model_output["log_probs"].values().device if model_output else None), {}
+def self_teacher_log_prob_pass(config, model_output: Optional[dict] = None, data: Optional[TensorDict] = None,
+                               dp_group=None, self_teacher=None):
+    """The loss of verl's old-log-prob pass when it also runs SC-GRPO's teacher: no loss, and D = KL(q || p) per
+    token (ALGORITHMS.md section 1) added to ``model_output`` as ``DIVERGENCE_KEY``, nested (B, j) over the input
+    tokens like verl's log-probs (at the positions predicting the response tokens, 0 elsewhere)."""
+    teacher = _require_teacher(self_teacher, "sc_grpo")
+    response_mask = _padded(data, "response_mask")
+    ones = torch.ones(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    with torch.no_grad():
+        _, divergence = teacher.divergence(ones, SC_GRPO_KIND)
+    input_lengths = data["input_ids"].offsets().diff().cpu()
+    response_lengths = data["responses"].offsets().diff().cpu()
+    flat = torch.zeros(int(input_lengths.sum()), dtype=torch.float32, device=divergence.device)
+    owner = torch.repeat_interleave(torch.arange(len(response_lengths)), response_lengths)
+    position = torch.arange(len(owner)) - (response_lengths.cumsum(0) - response_lengths)[owner]
+    rows = response_token_rows(input_lengths, response_lengths)
+    flat[rows.to(flat.device)] = divergence[owner.to(flat.device), position.to(flat.device)]
+    model_output[DIVERGENCE_KEY] = torch.nested.nested_tensor_from_jagged(flat, data["input_ids"].offsets())
+    device = model_output["log_probs"].values().device if "log_probs" in model_output else flat.device
+    return torch.zeros((), device=device), {}
 
 
 def self_teacher_loss(
@@ -160,17 +125,14 @@ def self_teacher_loss(
     model_output: Optional[dict] = None,
     data: Optional[TensorDict] = None,
     dp_group=None,
-    student_logits: Optional[torch.Tensor] = None,
-    teacher_logits_fn=None,
+    self_teacher=None,
 ):
     """Actor loss of SC-GRPO / SDPO / SDPG (ALGORITHMS.md sections 1-3); any other mode is ``ppo_loss``.
 
-    ``teacher_logits_fn``: the teacher forward of a micro-batch (see :func:`self_teacher_token_divergence`),
-    bound by ``SelfTeacherWorker``; SDPO and SDPG run it in the logits-processor call.
+    ``self_teacher``: the micro-batch's teacher (:class:`scgrpo_verl.teacher.engine_forward.MicroBatchTeacher`),
+    handed in by ``SelfTeacherWorker`` when the method's term needs it in the update (SDPO, SDPG).
     """
     mode = config.policy_loss.loss_mode
-    if student_logits is not None:
-        return self_teacher_token_divergence(config, data, student_logits, teacher_logits_fn)
     if mode not in PLUGIN_LOSS_MODES:
         return ppo_loss(config, model_output, data, dp_group)
     st = config.policy_loss.self_teacher
@@ -179,12 +141,6 @@ def self_teacher_loss(
     entropy = model_output.get("entropy", None)
     if entropy is not None:
         entropy = no_padding_2_padding(entropy, data)
-    divergence = model_output.get(DIVERGENCE_KEY, None)
-    if divergence is not None:
-        divergence = no_padding_2_padding(divergence, data)
-    teacher_log_prob = model_output.get(TEACHER_LOG_PROB_KEY, None)
-    if teacher_log_prob is not None:
-        teacher_log_prob = no_padding_2_padding(teacher_log_prob, data)
 
     config.global_batch_info["dp_size"] = data["dp_size"]
     config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
@@ -231,24 +187,39 @@ def self_teacher_loss(
     metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=metric_aggregation)
     policy_loss = pg_loss
 
-    # 2. the method's self-teacher term
+    # 2. the method's self-teacher term: sum_t c_t D_t with detached c_t (verl's aggregation is linear in the token
+    # terms), computed from hidden states by the fused linear kernel
+    teacher_mask = _padded(data, "self_teacher_mask").float().reshape(-1, 1) if mode != "sc_grpo" else None
     if mode == "sdpo" and st.sdpo.pg_coef < 1.0:
-        distill = _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, teacher_log_prob, rollout_is_weights)
+        teacher = _require_teacher(self_teacher, mode)
         distill_mask, distill_info = response_mask, global_info
         if st.sdpo.normalize == "teacher_tokens":  # the authors' scaling: over the tokens that have a teacher
-            distill_mask = response_mask & (_padded(data, "self_teacher_mask").reshape(-1, 1) > 0)
+            distill_mask = response_mask & (teacher_mask > 0)
             distill_info = dict(global_info, **_teacher_token_counts(data))
-        distill_loss = agg_loss(loss_mat=distill, loss_mask=distill_mask, loss_agg_mode=loss_agg_mode, **distill_info)
+        weight = sdpo_importance_weight(log_prob, old_log_prob, st.sdpo.is_clip, rollout_is_weights) * teacher_mask
+        if st.sdpo.distillation == "sampled_token":
+            teacher_log_prob = teacher.sampled_token_log_probs(_padded(data, "responses").long())
+            per_token = sampled_token_distillation_loss(log_prob, teacher_log_prob) * weight
+            distill_loss = agg_loss(loss_mat=per_token, loss_mask=distill_mask, loss_agg_mode=loss_agg_mode,
+                                    **distill_info)
+        else:
+            coefficients = agg_token_weights(distill_mask, loss_agg_mode, **distill_info) * weight
+            topk = st.sdpo.topk if st.sdpo.distillation == "topk" else None
+            distill_loss, divergence = teacher.divergence(coefficients, "jsd", st.sdpo.alpha, topk=topk,
+                                                          add_tail=st.sdpo.add_tail)
+            _divergence_metrics(metrics, divergence, response_mask & (teacher_mask > 0))
         policy_loss = st.sdpo.pg_coef * pg_loss + (1.0 - st.sdpo.pg_coef) * distill_loss
-        metrics["self_teacher/distill_loss"] = Metric(value=distill_loss, aggregation=metric_aggregation)
+        metrics["self_teacher/distill_loss"] = Metric(value=distill_loss.detach(), aggregation=metric_aggregation)
     elif mode == "sdpg":
         beta = _sdpg_beta(st, global_steps)
         if beta > 0:
-            gated = gated_opd_token_loss(_require_divergence(divergence), advantages, st.sdpg.opd_clamp)
-            gated = gated * _padded(data, "self_teacher_mask").float().unsqueeze(-1)
-            opd_loss = agg_loss(loss_mat=gated, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_info)
+            teacher = _require_teacher(self_teacher, mode)
+            gate = opd_gate(advantages).float() * teacher_mask
+            coefficients = agg_token_weights(response_mask, loss_agg_mode, **global_info) * gate
+            opd_loss, divergence = teacher.divergence(coefficients, SDPG_KIND, clamp=st.sdpg.opd_clamp)
             policy_loss = policy_loss + beta * opd_loss
-            metrics["self_teacher/opd_loss"] = Metric(value=opd_loss, aggregation=metric_aggregation)
+            metrics["self_teacher/opd_loss"] = Metric(value=opd_loss.detach(), aggregation=metric_aggregation)
+            _divergence_metrics(metrics, divergence, response_mask & (teacher_mask > 0))
         metrics["self_teacher/sdpg_beta"] = beta
 
     # 3. entropy bonus, as in ppo_loss
@@ -270,15 +241,6 @@ def self_teacher_loss(
         metrics["kl_coef"] = config.kl_loss_coef
 
     return policy_loss, metrics
-
-
-def _require_divergence(divergence: Optional[torch.Tensor]) -> torch.Tensor:
-    if divergence is None:
-        raise ValueError(
-            f"model_output has no {DIVERGENCE_KEY!r}: the micro-batch must carry distillation_use_topk=True so the "
-            "engine runs self_teacher_loss as its logits processor"
-        )
-    return divergence
 
 
 def _teacher_token_counts(data: TensorDict) -> dict:
@@ -316,16 +278,13 @@ def _sc_grpo_weights(st, data: TensorDict, response_mask: torch.Tensor) -> tuple
     return torch.where(weighted, weights, torch.ones_like(weights)), c
 
 
-def _sdpo_token_loss(st, data, log_prob, old_log_prob, divergence, teacher_log_prob, rollout_is_weights):
-    """SDPO per-token distillation loss x sg(min(ratio, is_clip)) x teacher mask, (B, T)."""
-    if st.sdpo.distillation == "sampled_token":
-        if teacher_log_prob is None:
-            raise ValueError(f"model_output has no {TEACHER_LOG_PROB_KEY!r}: sampled_token SDPO needs distillation_use_topk=True")
-        per_token = sampled_token_distillation_loss(log_prob, teacher_log_prob)
-    else:
-        per_token = _require_divergence(divergence)
-    weight = sdpo_importance_weight(log_prob, old_log_prob, st.sdpo.is_clip, rollout_is_weights)
-    return per_token * weight * _padded(data, "self_teacher_mask").float().reshape(-1, 1)
+def _divergence_metrics(metrics: dict, divergence: torch.Tensor, mask: torch.Tensor) -> None:
+    """Mean teacher divergence over this micro-batch's tokens that have a teacher (``self_teacher/divergence_mean``)."""
+    count = mask.sum()
+    if count > 0:
+        metrics["self_teacher/divergence_mean"] = Metric(
+            value=(divergence * mask).sum() / count, aggregation=AggregationType.MEAN
+        )
 
 
 def _sdpg_beta(st, global_steps) -> float:

@@ -8,8 +8,8 @@ Selected with ``trainer.v1.trainer_mode=self_teacher`` (the method configs set i
 2. SC-GRPO: verl's old-log-prob pass also runs the teacher (``SelfTeacherWorker.compute_log_prob``) and
    returns D, kept as ``sc_divergence``; SDPO / SDPG: the teacher runs inside the actor update;
 3. SC-GRPO's solve-none pseudo-advantages in the advantage step;
-4. the plugin loss (installed once with ``set_loss_fn``), the step counter for SDPG's beta(k), SC-GRPO's
-   batch-wide c (``threshold_scope: batch``), and the EMA teacher update after the actor update.
+4. the plugin loss (installed once with ``set_loss_fn``), the step counter for SDPG's beta(k) and SC-GRPO's
+   batch-wide c (``threshold_scope: batch``); the workers blend an EMA teacher after the actor update.
 
 With ``self_teacher.enable=false`` every step is exactly verl's sync step.
 """
@@ -72,13 +72,12 @@ def validate_self_teacher_config(config: DictConfig) -> tuple[SelfTeacherConfig,
             f"actor_rollout_ref.ref.fsdp_config.model_dtype: the EMA teacher is blended in the ref engine's weights, "
             f"which must be fp32 (rate-{settings.teacher.ema_rate} steps vanish in {ref_dtype}), got {ref_dtype!r}"
         )
-    if settings.enable and config.actor_rollout_ref.model.get("use_fused_kernels", False):
-        raise ValueError(
-            "actor_rollout_ref.model.use_fused_kernels: the self-teacher reads the student's logits, which verl's fused "
-            "kernels never build; set it to false"
-        )
-    if config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) > 1:
-        raise ValueError("actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1 is not supported by the self-teacher")
+    if settings.enable:
+        for section in ("actor", "ref"):
+            key = f"actor_rollout_ref.{section}.ulysses_sequence_parallel_size"
+            if (config.actor_rollout_ref.get(section, {}) or {}).get("ulysses_sequence_parallel_size", 1) > 1:
+                raise ValueError(f"{key}: the self-teacher reads whole sequences' hidden states; set it to 1 "
+                                 "(Ulysses sequence parallelism is not supported)")
     return settings, actor
 
 
@@ -129,7 +128,9 @@ class SelfTeacherTrainer(PPOTrainerSync):
         # verl resumes at the end of its _setup: the workers must know by then that an EMA teacher is to be restored
         if self.self_teacher.enable:
             teacher = self.self_teacher.teacher
-            self.actor_rollout_wg.configure_self_teacher(teacher.weights, teacher.trust_region_mix)
+            self.actor_rollout_wg.configure_self_teacher(
+                teacher.weights, teacher.trust_region_mix, self._teacher_in_update(), teacher.ema_rate
+            )
         return super()._load_checkpoint()
 
     def _install_update_options(self) -> None:
@@ -257,24 +258,17 @@ class SelfTeacherTrainer(PPOTrainerSync):
             batch = apply_solve_none_advantages(batch, self.self_teacher, metrics)
         return batch
 
+    def _teacher_in_update(self) -> bool:
+        """SDPO (with a distillation term) and SDPG run the teacher in each micro-batch of the actor update."""
+        mode = self.actor_loss_config.policy_loss.loss_mode  # set before verl's _setup, which resumes checkpoints
+        return mode == "sdpg" or (mode == "sdpo" and self.self_teacher.sdpo.pg_coef < 1.0)
+
     def _update_options(self) -> dict:
         """Non-tensor options of the actor update the plugin loss reads."""
-        options = {
-            "global_steps": self.global_steps,  # the step k of SDPG's beta(k)
-            # verl runs the loss as a logits processor when this flag is set: the teacher forward of SDPO and
-            # SDPG and their divergences are computed there, next to the live student logits
-            "distillation_use_topk": self.loss_mode == "sdpg"
-            or (self.loss_mode == "sdpo" and self.self_teacher.sdpo.pg_coef < 1.0),
-        }
+        options = {"global_steps": self.global_steps}  # the step k of SDPG's beta(k)
         if self.loss_mode == "sc_grpo" and self.self_teacher.sc_grpo.threshold_scope == "batch":
             options[SC_THRESHOLD_KEY] = self._sc_threshold
         return options
-
-    def _update_actor(self, batch, metrics: dict):
-        batch = super()._update_actor(batch, metrics)
-        if self.self_teacher.enable and self.self_teacher.teacher.weights == "ema":
-            self.actor_rollout_wg.update_ema_teacher(self.self_teacher.teacher.ema_rate)
-        return batch
 
 
 def _bypasses_old_log_prob(config) -> bool:

@@ -7,6 +7,7 @@ from tensordict import TensorDict
 from scgrpo_verl.engine_path import engine_loss, nested  # noqa: F401  (re-exported for the tests)
 
 VOCAB = 48
+HIDDEN = 16
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,7 @@ def tiny_model():
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=VOCAB,
-        hidden_size=16,
+        hidden_size=HIDDEN,
         intermediate_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -91,13 +92,36 @@ def slice_micro_batch(td, start, stop):
     return sliced
 
 
-def stored_teacher_logits(data):
-    """A ``teacher_logits_fn`` reading fixed teacher logits from the micro-batch (``teacher_logits`` nested
-    (B, r, V)) instead of running a teacher forward: (logits (N_t, V), token index (N_t,)) of the rows whose
-    ``self_teacher_mask`` is set (all rows without a mask)."""
-    logits = data["teacher_logits"].values()
+# a fixed teacher lm_head: the stored teacher's logits are teacher_hidden @ TEACHER_HEAD.T
+TEACHER_HEAD = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(1234)) * 0.7
+
+
+def teacher_states(lengths, seed=11):
+    """Per-row teacher hidden states (r, H) and the logits they give through ``TEACHER_HEAD``, (r, V)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = [torch.randn(r, HIDDEN, generator=g) * 2 for r in lengths]
+    return hidden, [h @ TEACHER_HEAD.T for h in hidden]
+
+
+def stored_teacher(data):
+    """A teacher forward stand-in reading fixed teacher hidden states from the micro-batch (``teacher_hidden``
+    nested (B, r, H), scored through ``TEACHER_HEAD``) for the rows whose ``self_teacher_mask`` is set (all rows
+    without a mask): the :class:`TeacherSide` the worker's teacher forward would return."""
+    from scgrpo_verl.teacher.engine_forward import TeacherSide, TeacherTerm
+
+    hidden = data["teacher_hidden"].values()
     lengths = data["responses"].offsets().diff()
     mask = data["self_teacher_mask"].reshape(-1) > 0 if "self_teacher_mask" in data.keys() else torch.ones(len(lengths), dtype=torch.bool)
     owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     index = mask[owner].nonzero(as_tuple=True)[0]
-    return logits[index], index
+    return TeacherSide((TeacherTerm(hidden[index], TEACHER_HEAD),), index)
+
+
+def teacher_loss(model, micro_batch, loss_fn, teacher_fn=stored_teacher):
+    """``engine_loss`` with the self-teacher for the plugin's loss (verl's own ``ppo_loss`` runs without one)."""
+    from scgrpo_verl.losses import self_teacher_loss
+
+    if getattr(loss_fn, "func", None) is self_teacher_loss and (teacher_fn is not stored_teacher
+                                                                 or "teacher_hidden" in micro_batch.keys()):
+        return engine_loss(model, micro_batch, loss_fn, teacher_fn=teacher_fn)
+    return engine_loss(model, micro_batch, loss_fn)

@@ -10,12 +10,12 @@ import torch
 
 from conftest import (
     VOCAB,
-    engine_loss,
     make_micro_batch,
     nested,
     response_logits,
     slice_micro_batch,
-    stored_teacher_logits,
+    teacher_loss as engine_loss,
+    teacher_states,
 )
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_WEIGHTED
 
@@ -35,8 +35,7 @@ def loss_fns(config):
 
     from scgrpo_verl.losses import self_teacher_loss
 
-    return (functools.partial(self_teacher_loss, config=config, teacher_logits_fn=stored_teacher_logits),
-            functools.partial(ppo_loss, config=config))
+    return functools.partial(self_teacher_loss, config=config), functools.partial(ppo_loss, config=config)
 
 
 def padded(td, key):
@@ -121,8 +120,8 @@ def test_sc_grpo_weights_token_terms(tiny_model):
 
 
 def _teacher_logits(seed=11):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(r, VOCAB, generator=g) * 2 for r in RESPONSES]
+    """(teacher hidden states for the micro-batch, the teacher logits they give) per row."""
+    return teacher_states(RESPONSES, seed)
 
 
 @pytest.mark.parametrize("distillation,alpha", [("full", 0.5), ("full", 0.0), ("topk", 0.5), ("topk", 1.0), ("sampled_token", 1.0)])
@@ -131,7 +130,7 @@ def test_sdpo_loss_matches_naive(tiny_model, distillation, alpha):
     config = actor_config(
         "sdpo", f"self_teacher.sdpo.distillation={distillation}", f"self_teacher.sdpo.alpha={alpha}", f"self_teacher.sdpo.topk={k}"
     )
-    teacher = _teacher_logits()
+    hidden, teacher = _teacher_logits()
     td0 = make_micro_batch(PROMPTS, RESPONSES)
     with torch.no_grad():
         s_logits, log_prob = student_log_probs(tiny_model, td0)
@@ -145,13 +144,13 @@ def test_sdpo_loss_matches_naive(tiny_model, distillation, alpha):
                        for i, r in enumerate(RESPONSES)]
     mask = torch.tensor([1.0, 0.0, 1.0, 1.0])
     extra = {
-        "teacher_logits": nested(teacher),
+        "teacher_hidden": nested(hidden),
         "teacher_topk_ids": nested(ids),
         "teacher_topk_log_probs": nested(topk_lp),
         "teacher_log_probs": nested(teacher_sampled),
         "self_teacher_mask": mask,
     }
-    td = make_micro_batch(PROMPTS, RESPONSES, extra=extra, non_tensor={"distillation_use_topk": True})
+    td = make_micro_batch(PROMPTS, RESPONSES, extra=extra)
     ours, _ = loss_fns(config)
     loss, metrics = engine_loss(tiny_model, td, ours)
 
@@ -182,14 +181,14 @@ def test_sdpo_loss_matches_naive(tiny_model, distillation, alpha):
 
 def test_sdpg_loss_matches_naive(tiny_model):
     config = actor_config("sdpg", "self_teacher.sdpg.beta_base=0.5")
-    teacher = _teacher_logits(3)
+    hidden, teacher = _teacher_logits(3)
     g = torch.Generator().manual_seed(5)
     ref = [-torch.rand(r, generator=g) * 3 for r in RESPONSES]
     step = 20
     td = make_micro_batch(
         PROMPTS, RESPONSES,
-        extra={"teacher_logits": nested(teacher), "ref_log_prob": nested(ref), "self_teacher_mask": torch.ones(4)},
-        non_tensor={"distillation_use_topk": True, "global_steps": step},
+        extra={"teacher_hidden": nested(hidden), "ref_log_prob": nested(ref), "self_teacher_mask": torch.ones(4)},
+        non_tensor={"global_steps": step},
     )
     ours, _ = loss_fns(config)
     loss, metrics = engine_loss(tiny_model, td, ours)
@@ -212,19 +211,19 @@ def test_sdpg_loss_matches_naive(tiny_model):
 
 
 @pytest.mark.parametrize("name,overrides,non_tensor", [
-    ("sdpo", ("self_teacher.sdpo.distillation=topk", "self_teacher.sdpo.topk=4"), {"distillation_use_topk": True}),
-    ("sdpg", ("self_teacher.sdpg.beta_base=0.5",), {"distillation_use_topk": True, "global_steps": 60}),
+    ("sdpo", ("self_teacher.sdpo.distillation=topk", "self_teacher.sdpo.topk=4"), {}),
+    ("sdpg", ("self_teacher.sdpg.beta_base=0.5",), {"global_steps": 60}),
 ])
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batches_sum_to_the_whole_batch_loss(tiny_model, name, overrides, non_tensor, agg):
     """Gradient accumulation: micro-batch losses normalised by the global batch info sum to the
     one-big-batch loss (and so do their gradients)."""
     config = actor_config(name, *overrides, f"actor_rollout_ref.actor.loss_agg_mode={agg}")
-    teacher = _teacher_logits(4)
+    hidden, teacher = _teacher_logits(4)
     ids = [torch.randint(VOCAB, (r, 4), generator=torch.Generator().manual_seed(r)) for r in RESPONSES]
     topk_lp = [torch.log_softmax(torch.randn(r, 5), -1) for r in RESPONSES]
     extra = {
-        "teacher_logits": nested(teacher), "teacher_topk_ids": nested(ids), "teacher_topk_log_probs": nested(topk_lp),
+        "teacher_hidden": nested(hidden), "teacher_topk_ids": nested(ids), "teacher_topk_log_probs": nested(topk_lp),
         "ref_log_prob": nested(-torch.rand(r) for r in RESPONSES), "self_teacher_mask": torch.tensor([1.0, 1, 0, 1]),
     }
     td = make_micro_batch(PROMPTS, RESPONSES, extra=extra, non_tensor=non_tensor)
@@ -248,16 +247,16 @@ def test_missing_teacher_inputs_raise_clear_errors(tiny_model):
     with pytest.raises(KeyError, match="sc_divergence"):
         engine_loss(tiny_model, td, ours)
     ours, _ = loss_fns(actor_config("sdpg"))
-    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_logits": nested(_teacher_logits()),
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_hidden": nested(_teacher_logits()[0]),
                                                      "ref_log_prob": nested(-torch.rand(r) for r in RESPONSES),
                                                      "self_teacher_mask": torch.ones(4)},
-                          non_tensor={"distillation_use_topk": True})
+                          )
     with pytest.raises(ValueError, match="global_steps"):
         engine_loss(tiny_model, td, ours)
     ours, _ = loss_fns(actor_config("sdpo", "self_teacher.sdpo.distillation=full"))
     td = make_micro_batch(PROMPTS, RESPONSES, extra={"self_teacher_mask": torch.ones(4)})
-    with pytest.raises(ValueError, match="distillation_use_topk"):
-        engine_loss(tiny_model, td, ours)
+    with pytest.raises(ValueError, match="self-teacher"):
+        engine_loss(tiny_model, td, ours, teacher_fn=None)
 
 
 def test_sdpo_topk_without_tail_bucket_trains(tiny_model):
@@ -265,9 +264,9 @@ def test_sdpo_topk_without_tail_bucket_trains(tiny_model):
     k = 4
     config = actor_config("sdpo", "self_teacher.sdpo.add_tail=false", f"self_teacher.sdpo.topk={k}",
                           "self_teacher.sdpo.alpha=0.5")
-    teacher = _teacher_logits(7)
-    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_logits": nested(teacher), "self_teacher_mask": torch.ones(4)},
-                          non_tensor={"distillation_use_topk": True})
+    hidden, teacher = _teacher_logits(7)
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_hidden": nested(hidden), "self_teacher_mask": torch.ones(4)},
+                          )
     loss, _ = engine_loss(tiny_model, td, loss_fns(config)[0])
     with torch.no_grad():
         s_logits, log_prob = student_log_probs(tiny_model, td)
@@ -292,12 +291,12 @@ def test_sdpo_normalization_counts_teacher_tokens_over_the_global_batch(tiny_mod
     (handed in by the worker, here for a global batch twice this micro-batch); all_tokens: by all tokens."""
     config = actor_config("sdpo", "self_teacher.sdpo.distillation=full", f"self_teacher.sdpo.normalize={normalize}",
                           "self_teacher.sdpo.is_clip=null")
-    teacher = _teacher_logits(8)
+    hidden, teacher = _teacher_logits(8)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
     global_teacher_tokens, global_tokens = 2 * (RESPONSES[0] + RESPONSES[2]), 2 * sum(RESPONSES)
-    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_logits": nested(teacher), "self_teacher_mask": mask},
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_hidden": nested(hidden), "self_teacher_mask": mask},
                           batch_num_tokens=global_tokens, global_batch_size=8,
-                          non_tensor={"distillation_use_topk": True, "self_teacher_num_tokens": global_teacher_tokens,
+                          non_tensor={"self_teacher_num_tokens": global_teacher_tokens,
                                       "self_teacher_num_rows": 4})
     loss, _ = engine_loss(tiny_model, td, loss_fns(config)[0])
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """SelfTeacherWorker on a tiny random Qwen2 with stand-in engines running verl's own forward step: the
-teacher inside verl's log-prob pass (SC-GRPO's D) and inside the actor update (SDPG / SDPO), the ref-engine
-teacher's load / offload, the global teacher-token counts, the EMA teacher."""
+teacher in verl's log-prob pass (SC-GRPO's D) and in the actor update (SDPG / SDPO), the ref-engine
+teacher's moves between host and device (counted per step), the global teacher-token counts, the EMA teacher."""
 
 import copy
 import functools
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from conftest import VOCAB, engine_loss, make_micro_batch, nested, stored_teacher_logits
+from conftest import VOCAB, make_micro_batch, nested, teacher_loss
 from scgrpo_verl.engine_path import StandInEngine, sc_grpo_divergence
 from scgrpo_verl.losses import DIVERGENCE_KEY, PASS_OPTION, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY, self_teacher_loss
 from scgrpo_verl.worker import EMA_CHECKPOINT_DIR, SelfTeacherWorker
@@ -35,7 +35,7 @@ class FakeEngine(StandInEngine):
 
     def forward_backward_batch(self, data, loss_function, forward_only=False):
         self.batches.append(data)
-        return [self.forward_step(data, loss_function)[1]]
+        return [self.forward_step(data, loss_function, forward_only)[1]]
 
 
 class FakeTrainingWorker:
@@ -55,21 +55,38 @@ class FakeTrainingWorker:
         from tensordict import TensorDict
 
         with torch.no_grad():
-            output = self.engine.forward_step(data, self.loss_fn if compute_loss else (lambda **kw: (torch.zeros(()), {})))[1]
+            output = self.engine.forward_step(data, self.loss_fn if compute_loss else (lambda **kw: (torch.zeros(()), {})),
+                                              True)[1]
         return TensorDict(output, batch_size=[len(data)])
 
     def train_mini_batch(self, data):
         return self.engine.forward_backward_batch(data, self.loss_fn)
 
 
-def make_worker(model, ref=None, weights="live"):
+def make_worker(model, ref=None, weights="live", in_update=False, ema_rate=0.05, param_offload=True):
+    from types import SimpleNamespace
+
     worker = SelfTeacherWorker.__new__(SelfTeacherWorker)  # no Ray / distributed set-up
     worker.actor = FakeTrainingWorker(model)
     worker.ref = None if ref is None else FakeTrainingWorker(ref)
     worker.role = "actor_rollout_ref"
     worker.enable_routing_replay = False
-    worker.configure_self_teacher(weights, 0.2)
+    worker.config = SimpleNamespace(ref=SimpleNamespace(fsdp_config=SimpleNamespace(param_offload=param_offload)))
+    worker.configure_self_teacher(weights, 0.2, in_update, ema_rate)
+    worker.placements = []
+    worker._place_ref = worker.placements.append  # count the host <-> device moves (both are the CPU here)
     return worker
+
+
+def call_update(worker):
+    """verl's update_actor as the worker's parent runs it: one mini-batch through forward_backward_batch."""
+    from tensordict import TensorDict
+
+    def train_mini_batch(data):
+        worker.actor.engine.forward_backward_batch(data, worker.actor.loss_fn or (lambda **kw: (torch.zeros(()), {})))
+        return TensorDict({}, batch_size=[])
+
+    worker.actor.train_mini_batch = train_mini_batch
 
 
 def teacher_batch(seed=0, mask=(1.0, 0.0, 1.0)):
@@ -104,7 +121,8 @@ def test_log_prob_pass_with_the_option_returns_sc_grpo_divergence(tiny_model, we
     tu.assign_non_tensor(td, **{PASS_OPTION: True}, compute_loss=False)
     out = worker.compute_log_prob(td)
     assert worker.actor.loss_fn is installed  # the pass's processor was only borrowed
-    assert worker.ref.engine.loaded == (0 if weights == "live" else 1)  # a ref teacher is loaded for the pass
+    # a ref teacher goes to the device for the pass and back (its param_offload is on)
+    assert worker.placements == ([] if weights == "live" else [True, False])
 
     prompts = [p.tolist() for p in td["prompts"].unbind()]
     responses = [r.tolist() for r in td["responses"].unbind()]
@@ -123,29 +141,34 @@ def test_log_prob_pass_with_the_option_returns_sc_grpo_divergence(tiny_model, we
     assert DIVERGENCE_KEY not in worker.compute_log_prob(plain)  # without the option: verl's pass as it is
 
 
-def test_in_update_teacher_forward_equals_stored_teacher_logits(tiny_model):
-    """SDPG through verl's engine path: the teacher forward inside the loss (worker-bound) gives the same loss
-    and gradients as the same teacher's logits handed in directly."""
+def test_in_update_teacher_forward_equals_a_naive_teacher(tiny_model):
+    """SDPG through the worker's wrapped forward step (teacher forward first, packed, then verl's student forward)
+    gives the loss and gradients of the same teacher's hidden states taken from one plain forward per row."""
     from verl.utils import tensordict_utils as tu
 
-    from test_teacher_pass import naive_response_logits
+    from scgrpo_verl.teacher.engine_forward import TeacherSide, TeacherTerm
 
     config = actor_config("sdpg", "self_teacher.sdpg.beta_base=0.7")
     td = teacher_batch(1, mask=(1.0, 1.0, 0.0))
     td["ref_log_prob"] = nested(-torch.rand(r) for r in RESPONSES)
     td["advantages"] = nested(torch.full((r,), 0.5) for r in RESPONSES)
-    tu.assign_non_tensor(td, distillation_use_topk=True, global_steps=100)
-    worker = make_worker(tiny_model)
+    tu.assign_non_tensor(td, global_steps=100)
+    worker = make_worker(tiny_model, in_update=True)
     worker.set_loss_fn(functools.partial(self_teacher_loss, config=config))
-    loss, metrics = engine_loss(tiny_model, td, worker.actor.loss_fn)
+    with worker._teacher_pass():
+        (loss, metrics), _ = worker.actor.engine.forward_step(td, worker.actor.loss_fn, False)
     loss.backward()
     grads = [p.grad.clone() for p in tiny_model.parameters()]
     tiny_model.zero_grad()
 
-    teacher = naive_response_logits(tiny_model, [t.tolist() for t in td["teacher_input_ids"].unbind()], RESPONSES)
-    td["teacher_logits"] = nested(teacher.split(RESPONSES))
-    stored = functools.partial(self_teacher_loss, config=config, teacher_logits_fn=stored_teacher_logits)
-    expected, _ = engine_loss(tiny_model, td, stored)
+    with torch.no_grad():  # the teacher's last hidden states, one forward per row with a teacher
+        rows = []
+        for t, r in zip(td["teacher_input_ids"].unbind()[:2], RESPONSES[:2]):
+            hidden = tiny_model.model(input_ids=t.unsqueeze(0)).last_hidden_state[0]
+            rows.append(hidden[len(t) - r - 1 : len(t) - 1])
+    naive = TeacherSide((TeacherTerm(torch.cat(rows)),), torch.arange(RESPONSES[0] + RESPONSES[1]))
+    expected, _ = teacher_loss(tiny_model, td, functools.partial(self_teacher_loss, config=config),
+                               teacher_fn=lambda data: naive)
     expected.backward()
     torch.testing.assert_close(loss, expected)
     for p, g in zip(tiny_model.parameters(), grads):
@@ -154,25 +177,46 @@ def test_in_update_teacher_forward_equals_stored_teacher_logits(tiny_model):
     assert float(metrics["self_teacher/opd_loss"].values[0]) > 0
 
 
-def test_update_loads_a_ref_teacher_and_counts_teacher_tokens(tiny_model):
+def test_update_counts_teacher_tokens_over_the_mini_batch(tiny_model):
     worker = make_worker(tiny_model, copy.deepcopy(tiny_model), "ema")
-    seen = []
-    def train_mini_batch(data):
-        seen.append(worker.ref.engine.loaded)
-        worker.actor.engine.forward_backward_batch(data, lambda **kw: (torch.zeros(()), {}))
-        from tensordict import TensorDict
-
-        return TensorDict({}, batch_size=[])
-
-    worker.actor.train_mini_batch = train_mini_batch
-    td = teacher_batch()
-    worker.update_actor(td)
-    assert seen == [1]  # the EMA teacher was loaded for the whole update
+    call_update(worker)
+    worker.update_actor(teacher_batch())
     data = worker.actor.engine.batches[-1]
     from verl.utils import tensordict_utils as tu
 
     assert tu.get_non_tensor_data(data=data, key=TEACHER_TOKENS_KEY, default=None) == RESPONSES[0] + RESPONSES[2]
     assert tu.get_non_tensor_data(data=data, key=TEACHER_ROWS_KEY, default=None) == 2
+
+
+@pytest.mark.parametrize("method,weights,param_offload,expected", [
+    # SC-GRPO, EMA teacher: to the device for the log-prob pass, kept there for the blend after the update, back
+    ("sc_grpo", "ema", True, [True, False]),
+    ("sc_grpo", "frozen", True, [True, False]),
+    ("sdpo", "frozen", True, [True, False]),  # SDPO: the teacher runs in the update only
+    ("sdpo", "ema", False, [True]),  # the ref's param_offload off: it moves once and stays
+])
+def test_ref_teacher_moves_at_most_once_per_step(tiny_model, method, weights, param_offload, expected):
+    """A ref-engine teacher crosses host <-> device at most once each way per training step (not per micro-batch
+    or per pass): two steps, each with the passes the method runs."""
+    from verl.utils import tensordict_utils as tu
+
+    in_update = method == "sdpo"
+    worker = make_worker(tiny_model, copy.deepcopy(tiny_model), weights, in_update=in_update,
+                         param_offload=param_offload)
+    config = actor_config(method, "self_teacher.sdpo.distillation=full") if method == "sdpo" else actor_config(method)
+    worker.set_loss_fn(functools.partial(self_teacher_loss, config=config))
+    call_update(worker)
+    for step in range(2):
+        worker.placements.clear()
+        if method == "sc_grpo":  # verl's old-log-prob pass with the teacher in it, then the update without
+            td = teacher_batch(step)
+            tu.assign_non_tensor(td, **{PASS_OPTION: True}, compute_loss=False)
+            worker.compute_log_prob(td)
+            worker.actor.set_loss_fn(lambda **kw: (torch.zeros((), requires_grad=True), {}))
+        worker.update_actor(teacher_batch(step))
+        worker.actor.set_loss_fn(functools.partial(self_teacher_loss, config=config))
+        assert worker.placements == (expected if step == 0 or param_offload else [])
+    assert worker._ref_moves == (4 if param_offload else 1)
 
 
 def test_ema_teacher_update_and_checkpoint_round_trip(tiny_model, tmp_path):
@@ -181,7 +225,9 @@ def test_ema_teacher_update_and_checkpoint_round_trip(tiny_model, tmp_path):
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.5)
-    worker = make_worker(student, teacher)
+    worker = make_worker(student, teacher, "ema", ema_rate=0.1)
+    call_update(worker)
+    worker.actor.set_loss_fn(lambda **kw: (torch.zeros(()), {}))
 
     def save(path, hdfs, step, keep):
         import os
@@ -197,9 +243,8 @@ def test_ema_teacher_update_and_checkpoint_round_trip(tiny_model, tmp_path):
     worker.ref.save_checkpoint, worker.ref.load_checkpoint = save, load
     worker.actor.save_checkpoint = lambda *args: None
     worker.actor.load_checkpoint = lambda *args: None
-    worker.configure_self_teacher("ema", 0.05)
     before = [p.clone() for p in teacher.parameters()]
-    worker.update_ema_teacher(0.1)
+    worker.update_actor(teacher_batch())  # the EMA blend follows the actor update, where the ref shards are
     for p, b, s in zip(teacher.parameters(), before, student.parameters()):
         torch.testing.assert_close(p, 0.9 * b + 0.1 * s)
     worker.save_checkpoint(str(tmp_path), None, 3, None)
@@ -214,7 +259,7 @@ def test_micro_batch_without_teacher_rows(tiny_model, name):
     """A micro-batch where no row has a teacher (dynamic batching makes them): D is 0 and no teacher forward."""
     from verl.utils import tensordict_utils as tu
 
-    worker = make_worker(tiny_model)
+    worker = make_worker(tiny_model, in_update=name == "sdpg")
     config = actor_config(name)
     worker.set_loss_fn(functools.partial(self_teacher_loss, config=config))
     td = teacher_batch(mask=(0.0, 0.0, 0.0))
@@ -224,8 +269,9 @@ def test_micro_batch_without_teacher_rows(tiny_model, name):
         assert torch.equal(out[DIVERGENCE_KEY].values(), torch.zeros(sum(PROMPTS) + sum(RESPONSES)))
     else:
         td["ref_log_prob"] = nested(-torch.rand(r) for r in RESPONSES)
-        tu.assign_non_tensor(td, distillation_use_topk=True, global_steps=100)
-        loss, metrics = engine_loss(tiny_model, td, worker.actor.loss_fn)
+        tu.assign_non_tensor(td, global_steps=100)
+        with worker._teacher_pass():
+            (loss, metrics), _ = worker.actor.engine.forward_step(td, worker.actor.loss_fn, False)
         loss.backward()
         tiny_model.zero_grad()
         assert float(metrics["self_teacher/opd_loss"].values[0]) == 0.0

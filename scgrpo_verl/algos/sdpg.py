@@ -30,10 +30,13 @@ def gated_opd_token_loss(
         reverse_kl: (B, T) exact full-vocabulary KL(p_t || q_t) (student-to-teacher).
         advantages: (B, T) or (B,) group-relative advantages; the gate is A > 0.
     """
+    return reverse_kl.float().clamp(max=max_value) * opd_gate(advantages).float()
+
+
+def opd_gate(advantages: torch.Tensor) -> torch.Tensor:
+    """SDPG's gate of L_OPD+: the tokens of rollouts with A_i > 0, (B, T) or (B, 1) bool from (B, T) or (B,)."""
     gate = advantages > 0
-    if gate.dim() == 1:
-        gate = gate.unsqueeze(-1)
-    return reverse_kl.float().clamp(max=max_value) * gate.float()
+    return gate.unsqueeze(-1) if gate.dim() == 1 else gate
 
 
 def urkl(log_prob: torch.Tensor, ref_log_prob: torch.Tensor) -> torch.Tensor:
