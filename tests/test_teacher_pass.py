@@ -1,5 +1,5 @@
 """The teacher forward through verl's engine path (packed and padded) on a tiny random Qwen2, against
-naive separate full-logit forwards of each sequence; SC-GRPO's D from verl's log-prob pass."""
+naive separate forwards of each sequence; SC-GRPO's D from verl's log-prob pass."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch
 
 from conftest import VOCAB
 from scgrpo_verl.engine_path import StandInEngine, build_micro_batch, sc_grpo_divergence
-from scgrpo_verl.teacher.engine_forward import teacher_response_logits
+from scgrpo_verl.teacher.engine_forward import teacher_response_hidden
 from scgrpo_verl.teacher.passes import ema_update_
 
 
@@ -44,6 +44,12 @@ class CountingModel(torch.nn.Module):
         super().__init__()
         self.model, self.calls = model, []
 
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
     def forward(self, **kwargs):
         keep = kwargs.get("logits_to_keep", 0)
         self.calls.append((tuple(kwargs["input_ids"].shape), keep.numel() if torch.is_tensor(keep) else keep))
@@ -61,19 +67,21 @@ def test_teacher_logits_one_forward_on_teacher_rows_only(tiny_model, packed, tem
                 "self_teacher_mask": mask},
     )
     counting = CountingModel(tiny_model)
-    logits, index = teacher_response_logits(StandInEngine(counting), micro_batch, counting)
+    side = teacher_response_hidden(StandInEngine(counting), micro_batch, counting)
+    index = side.token_index
     rows = [i for i in range(4) if mask[i] > 0]
     expected = naive_response_logits(
         tiny_model, [teacher_prompts[i] + responses[i] for i in rows], [len(responses[i]) for i in rows]
-    ) / temperature
-    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    )  # the temperature is applied by the divergence kernel, on both sides
+    (term,) = side.terms
+    assert term.weight is None and term.hidden.shape == (len(expected), tiny_model.config.hidden_size)
+    torch.testing.assert_close(term.hidden @ tiny_model.lm_head.weight.T, expected, rtol=1e-4, atol=1e-5)
     owner = torch.repeat_interleave(torch.arange(4), torch.tensor([len(r) for r in responses]))
     assert torch.equal(owner[index], torch.repeat_interleave(torch.tensor(rows), torch.tensor([len(responses[i]) for i in rows])))
     assert len(counting.calls) == 1  # one forward for the micro-batch, not one per rollout
     shape, kept = counting.calls[0]
     assert shape[0] == (1 if packed else 3)  # the row without a teacher is not forwarded
-    if packed:
-        assert kept == sum(len(responses[i]) for i in rows)  # logits only at response positions
+    assert kept == 1  # hidden states are read before the head: the head runs on one position only
 
 
 def test_trust_region_teacher_mixes_logits(tiny_model):
@@ -87,8 +95,10 @@ def test_trust_region_teacher_mixes_logits(tiny_model):
         fields={"teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
                 "self_teacher_mask": torch.ones(4)},
     )
-    logits, _ = teacher_response_logits(StandInEngine(tiny_model), micro_batch, tiny_model, frozen_module=frozen,
-                                        trust_region_mix=0.3)
+    side = teacher_response_hidden(StandInEngine(tiny_model), micro_batch, tiny_model,
+                                   frozen=(frozen, (frozen.lm_head.weight, None)), trust_region_mix=0.3)
+    logits = sum(t.coef * (t.hidden @ (tiny_model.lm_head.weight if t.weight is None else t.weight).T)
+                 for t in side.terms)
     sequences, lengths = [t + r for t, r in zip(teacher_prompts, responses)], [len(r) for r in responses]
     live, old = naive_response_logits(tiny_model, sequences, lengths), naive_response_logits(frozen, sequences, lengths)
     torch.testing.assert_close(logits, old + 0.3 * (live - old), rtol=1e-4, atol=1e-5)

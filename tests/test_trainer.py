@@ -223,7 +223,11 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
     ("sc_grpo", "topk", False),
 ])
 def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillation, expected):
-    """verl's _update_actor sets distillation_use_topk=False in the batch meta; the plugin's options win."""
+    """verl's _update_actor writes its own options into the batch meta; the plugin's are added at the call, and
+    its flag is untouched (the teacher runs in the workers' forward step, not as verl's logits processor).
+    ``expected``: whether the method runs its teacher in the update."""
+    from types import SimpleNamespace
+
     from scgrpo_verl.trainer import SelfTeacherTrainer
 
     calls = []
@@ -237,11 +241,13 @@ def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillatio
     alpha = 1.0 if distillation == "sampled_token" else 0.5
     trainer.self_teacher = SelfTeacherConfig.from_mapping({"enable": True, "sdpo": {"distillation": distillation, "alpha": alpha}})
     trainer.loss_mode, trainer.global_steps = loss_mode, 7
+    trainer.actor_loss_config = SimpleNamespace(policy_loss=SimpleNamespace(loss_mode=loss_mode))
+    assert trainer._teacher_in_update() is expected
     trainer.actor_rollout_wg = WorkerGroup()
     trainer._install_update_options()
     batch = KVBatchMeta(keys=["a"], tags=[{}], extra_info={"distillation_use_topk": False, "temperature": 1.0})
     assert trainer.actor_rollout_wg.update_actor(batch) == "metrics"
-    assert calls == [{"distillation_use_topk": expected, "temperature": 1.0, "global_steps": 7}]
+    assert calls == [{"distillation_use_topk": False, "temperature": 1.0, "global_steps": 7}]
 
 
 def test_disabled_self_teacher_leaves_every_step_to_verl(monkeypatch):
