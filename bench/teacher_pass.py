@@ -7,9 +7,11 @@ On a random Qwen2 (default 6 layers, hidden 512, vocab 32768: ~51M parameters) a
 rollouts, it times side by side in one run:
 - the student log-prob pass: verl's log-prob pass on the micro-batch (``engine_path.log_prob_pass``);
 - per method, the teacher's extra work in the pass where the plugin runs it (``after``):
-  SC-GRPO: verl's log-prob pass with the teacher in its logits processor (D = KL(q || p)), minus the plain pass;
-  SDPO (top-k 100) and SDPG (full-vocabulary reverse KL): the logits-processor call of the actor update
-  (teacher forward of the rows that have a teacher + divergence, student logits requiring grad);
+  SC-GRPO: verl's log-prob pass with the teacher forward before the student's (D = KL(q || p) from both sides'
+  hidden states), minus the plain pass;
+  SDPO (top-k 100, JSD 0.5) and SDPG (full-vocabulary reverse KL): the actor update's forward step with the teacher
+  (teacher forward of the rows that have a teacher + the fused divergence with its gradient formed), minus the
+  same forward step without it;
 - the landed implementation (``before``, commit 7087683's ``teacher/passes.py``, loaded from git at run time):
   one HF forward per rollout for the teacher AND the student, and for SDPG its in-update per-rollout forward.
 Token ratio = tokens the teacher forwards (teacher prompt + response of the rows that have a teacher) / tokens
@@ -94,8 +96,8 @@ def main() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from scgrpo_verl.config import SDPOConfig, SelfTeacherConfig
-    from scgrpo_verl.engine_path import build_micro_batch, log_prob_pass, stand_in_teacher
-    from scgrpo_verl.losses import self_teacher_log_prob_pass, self_teacher_token_divergence
+    from scgrpo_verl.engine_path import StandInEngine, build_micro_batch, log_prob_pass, stand_in_teacher
+    from scgrpo_verl.losses import self_teacher_log_prob_pass
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
@@ -126,23 +128,27 @@ def main() -> None:
             sdpo=SDPOConfig(**sdpo) if sdpo else SDPOConfig())))
 
     def sc_grpo_pass():
-        log_prob_pass(model, micro_batch(), partial(self_teacher_log_prob_pass, config=loss_config("sc_grpo"),
-                                                    teacher_logits_fn=teacher_fn))
+        log_prob_pass(model, micro_batch(), partial(self_teacher_log_prob_pass, config=loss_config("sc_grpo")),
+                      teacher_fn)
 
-    with torch.no_grad():
-        student_logits = model(**{"input_ids": torch.tensor([sum((p + r for p, r in zip(prompts, responses)), [])])},
-                               use_cache=False).logits  # shape of the engine's packed logits (1, nnz, V)
+    def update_term(kind, alpha=None, topk=None):
+        """The update's self-teacher work on top of verl's student forward: the teacher forward and the divergence
+        with its gradient formed (what the actor update adds; the student forward is subtracted)."""
+        def loss(model_output=None, data=None, dp_group=None, self_teacher=None):
+            weights = torch.ones(len(responses), max(lengths))
+            return self_teacher.divergence(weights, kind, alpha, topk=topk)[0], {}
 
-    def update_processor(mode, **sdpo):
         def run():
-            logits = student_logits.detach().requires_grad_(True)
-            self_teacher_token_divergence(loss_config(mode, **sdpo), micro_batch(), logits, teacher_fn)
+            with torch.enable_grad():
+                StandInEngine(model).teacher_forward_step(micro_batch(), loss, teacher_fn)
         return run
 
+    student_with_grad = timed(lambda: StandInEngine(model).forward_step(
+        micro_batch(), lambda **kw: (torch.zeros(()), {})))
     after = {
         "sc_grpo": max(timed(sc_grpo_pass) - student, 0.0),
-        "sdpo": timed(update_processor("sdpo", distillation="topk", topk=100)),
-        "sdpg": timed(update_processor("sdpg")),
+        "sdpo": max(timed(update_term("jsd", 0.5, topk=100)) - student_with_grad, 0.0),
+        "sdpg": max(timed(update_term("reverse_kl")) - student_with_grad, 0.0),
     }
     before = {}
     landed = None if args.no_before else landed_passes()

@@ -345,3 +345,27 @@ def test_projected_token_log_probs_match_log_softmax():
     logits = (0.25 * h1.double() @ w1.double().T + 0.75 * h2.double() @ w2.double().T) / 0.8
     torch.testing.assert_close(got.double(), logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_keep_fp32_under_the_callers_autocast():
+    """verl's forward step runs the loss under torch.autocast(bf16): the kernels' values, loss and gradients are the
+    same as without it (their matmuls in the lm_head's dtype, their math in fp32)."""
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(37, 8, generator=g)
+    h_s, h_t = torch.randn(9, 8, generator=g), torch.randn(9, 8, generator=g)
+    ids = torch.randint(37, (9,), generator=g)
+    results = []
+    student_logits, teacher_logits = h_s @ weight.T, h_t @ weight.T
+    for enabled in (False, True):
+        h = h_s.clone().requires_grad_(True)
+        logits = student_logits.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            loss, values = fused_linear_divergence(Projection(h, weight), Projection(h_t, weight), torch.ones(9),
+                                                   "jsd", 0.5, topk=5)
+            full = full_vocab_divergence(logits, teacher_logits, "reverse_kl")
+            tokens = projected_token_log_probs(Projection(h_t, weight), ids)
+        loss.backward()
+        assert values.dtype == full.dtype == tokens.dtype == torch.float32
+        results.append((loss.detach(), values, full.detach(), tokens, h.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

@@ -21,6 +21,7 @@ Divergence kinds:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Literal, NamedTuple, Optional, Sequence, Union
@@ -225,6 +226,17 @@ def _topk_core(log_p, log_q, p, q, kind: str, alpha: float, with_grad: bool, k: 
 _COMPILED: dict = {}
 
 
+class _no_autocast(contextlib.ExitStack):
+    """The kernel's own precision, whatever autocast the caller runs under (verl's forward step autocasts to the
+    param dtype: a bmm there would come out bf16)."""
+
+    def __enter__(self):
+        super().__enter__()
+        for device_type in ("cpu", "cuda"):
+            self.enter_context(torch.autocast(device_type, enabled=False))
+        return self
+
+
 def _core_for(device: torch.device, topk: Optional[int]):
     """The chunk's elementwise work: eager on CPU (compiling costs minutes per shape there); on CUDA compiled once
     with ``torch.compile`` (dynamic shapes) so that each chunk's softmax / divergence / gradient passes fuse, as
@@ -337,6 +349,11 @@ class _LogitsDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, scale, options):
+        with _no_autocast():
+            return _LogitsDivergence._forward(ctx, student_logits, teacher_logits, scale, options)
+
+    @staticmethod
+    def _forward(ctx, student_logits, teacher_logits, scale, options):
         num_rows, vocab = student_logits.shape
         with_grad = ctx.needs_input_grad[0]
         values = torch.empty(num_rows, dtype=torch.float32, device=student_logits.device)
@@ -445,6 +462,12 @@ class _FusedLinearDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, weight, bias, token_weights, scale, teacher, student_coef, options):
+        with _no_autocast():
+            return _FusedLinearDivergence._forward(ctx, student_hidden, weight, bias, token_weights, scale, teacher,
+                                                   student_coef, options)
+
+    @staticmethod
+    def _forward(ctx, student_hidden, weight, bias, token_weights, scale, teacher, student_coef, options):
         num_rows = student_hidden.shape[0]
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         with_grad = need_h or need_w or need_b
@@ -580,6 +603,13 @@ def projected_token_log_probs(
     step = chunk_rows(vocab, chunk_bytes, "forward_kl", first.hidden.device) * 2
     out = torch.empty(num_rows, dtype=torch.float32, device=first.hidden.device)
     buffer = torch.empty(min(step, max(num_rows, 1)), vocab, dtype=torch.float32, device=first.hidden.device)
+    with _no_autocast():
+        _token_log_probs_into(out, buffer, projections, token_ids, scale, step)
+    return out
+
+
+def _token_log_probs_into(out, buffer, projections, token_ids, scale, step) -> None:
+    num_rows = out.shape[0]
     for start in range(0, num_rows, step):
         rows = slice(start, start + step)
         logits = buffer[: min(step, num_rows - start)]
@@ -589,7 +619,6 @@ def projected_token_log_probs(
             logits.mul_(scale[rows].unsqueeze(-1))
         picked = logits.gather(-1, token_ids[rows].long().unsqueeze(-1)).squeeze(-1)
         out[rows] = picked - torch.logsumexp(logits, dim=-1)
-    return out
 
 
 def topk_log_probs(
