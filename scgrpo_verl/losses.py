@@ -205,9 +205,8 @@ def self_teacher_loss(
         else:
             coefficients = agg_token_weights(distill_mask, loss_agg_mode, **distill_info) * weight
             topk = st.sdpo.topk if st.sdpo.distillation == "topk" else None
-            distill_loss, divergence = teacher.divergence(coefficients, "jsd", st.sdpo.alpha, topk=topk,
-                                                          add_tail=st.sdpo.add_tail)
-            _divergence_metrics(metrics, divergence, response_mask & (teacher_mask > 0))
+            distill_loss, _ = teacher.divergence(coefficients, "jsd", st.sdpo.alpha, topk=topk,
+                                                 add_tail=st.sdpo.add_tail)
         policy_loss = st.sdpo.pg_coef * pg_loss + (1.0 - st.sdpo.pg_coef) * distill_loss
         metrics["self_teacher/distill_loss"] = Metric(value=distill_loss.detach(), aggregation=metric_aggregation)
     elif mode == "sdpg":
@@ -216,10 +215,9 @@ def self_teacher_loss(
             teacher = _require_teacher(self_teacher, mode)
             gate = opd_gate(advantages).float() * teacher_mask
             coefficients = agg_token_weights(response_mask, loss_agg_mode, **global_info) * gate
-            opd_loss, divergence = teacher.divergence(coefficients, SDPG_KIND, clamp=st.sdpg.opd_clamp)
+            opd_loss, _ = teacher.divergence(coefficients, SDPG_KIND, clamp=st.sdpg.opd_clamp)
             policy_loss = policy_loss + beta * opd_loss
             metrics["self_teacher/opd_loss"] = Metric(value=opd_loss.detach(), aggregation=metric_aggregation)
-            _divergence_metrics(metrics, divergence, response_mask & (teacher_mask > 0))
         metrics["self_teacher/sdpg_beta"] = beta
 
     # 3. entropy bonus, as in ppo_loss
@@ -276,15 +274,6 @@ def _sc_grpo_weights(st, data: TensorDict, response_mask: torch.Tensor) -> tuple
         threshold=threshold,
     )
     return torch.where(weighted, weights, torch.ones_like(weights)), c
-
-
-def _divergence_metrics(metrics: dict, divergence: torch.Tensor, mask: torch.Tensor) -> None:
-    """Mean teacher divergence over this micro-batch's tokens that have a teacher (``self_teacher/divergence_mean``)."""
-    count = mask.sum()
-    if count > 0:
-        metrics["self_teacher/divergence_mean"] = Metric(
-            value=(divergence * mask).sum() / count, aggregation=AggregationType.MEAN
-        )
 
 
 def _sdpg_beta(st, global_steps) -> float:

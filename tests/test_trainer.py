@@ -33,7 +33,8 @@ def test_method_configs_pass_the_trainer_validation(name):
     ("sdpg", ["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode"),
     ("sc_grpo", ["self_teacher.teacher.weights=nope"], "self_teacher.teacher.weights"),
     ("sdpo", ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"], "ref.fsdp_config.model_dtype"),
-    ("sdpg", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "ulysses_sequence_parallel_size"),
+    ("sdpg", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "actor.ulysses_sequence_parallel_size"),
+    ("sdpo", ["actor_rollout_ref.ref.ulysses_sequence_parallel_size=2"], "ref.ulysses_sequence_parallel_size"),
 ])
 def test_bad_plugin_config_is_rejected_before_the_first_rollout(name, overrides, key):
     from scgrpo_verl.trainer import SelfTeacherTrainer
@@ -41,6 +42,12 @@ def test_bad_plugin_config_is_rejected_before_the_first_rollout(name, overrides,
     with pytest.raises(ValueError) as error:
         SelfTeacherTrainer(compose_config(name, overrides))  # the constructor validates before verl's set-up
     assert key in str(error.value)
+
+
+def test_verls_fused_kernels_are_accepted():
+    """The self-teacher reads hidden states, so verl's use_fused_kernels (no logits built) passes the validation."""
+    settings, _ = validate_self_teacher_config(compose_config("sdpo", ["actor_rollout_ref.model.use_fused_kernels=true"]))
+    assert settings.enable
 
 
 def test_grpo_config_without_the_section_is_rejected():
