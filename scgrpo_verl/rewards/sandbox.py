@@ -51,6 +51,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -139,6 +140,11 @@ AF_UNIX = 1
 O_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND  # same values on x86_64/aarch64
 F_SETOWN = 8
 F_SETOWN_EX = 15
+F_SETPIPE_SZ = 1031
+SOL_SOCKET = 1  # <asm-generic/socket.h> (x86_64, aarch64)
+SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 7, 8, 32, 33
+PIPE_BUF_BYTES = 16 * 4096
+"""Kernel buffer of a pipe at its default size (16 pages); the filter refuses ``F_SETPIPE_SZ``."""
 FIOSETOWN = 0x8901
 SIOCSPGRP = 0x8902
 
@@ -310,19 +316,24 @@ def _landlock_fs_rights(abi: int) -> int:
     return rights
 
 
-def _landlock_ruleset(workdir: str) -> int:
+def _landlock_ruleset(workdir: str | None) -> int:
     """A Landlock ruleset fd for a program whose private folder is ``workdir`` (built in the parent).
 
-    The interpreter view (:func:`_view_paths`): execute, read files, list folders; ``workdir``: everything;
-    ``/dev/null``: read + write, ``/dev/urandom``: read; nothing else (no ``/proc``, no home folders, no other run's
-    folder). TCP bind/connect denied (ABI >= 4); signals and abstract Unix sockets scoped to the domain (ABI >= 6).
-    The fd is close-on-exec: the child calls ``landlock_restrict_self`` on it in ``preexec_fn``.
+    The interpreter view (:func:`_view_paths`, carved around package folders): execute, read files, list
+    folders; ``workdir``: everything; ``/dev/null``: read + write, ``/dev/urandom``: read; nothing else (no
+    ``/proc``, no home folders, no other run's folder). TCP bind/connect denied (ABI >= 4); signals and abstract
+    Unix sockets scoped to the domain (ABI >= 6). ``workdir=None``: only that scoping, no file or network rule
+    (``seccomp`` mode, ABI >= 6). The child inherits the fd and its boot code calls ``landlock_restrict_self``.
     """
     abi = landlock_abi()
     if abi < 1:
         raise SandboxError(f"Landlock is unavailable: {_errno_text(-abi)}")
     fs = _landlock_fs_rights(abi)
-    if abi >= 6:
+    if workdir is None:
+        if abi < 6:
+            raise SandboxError(f"Landlock ABI {abi} cannot scope signals (ABI >= 6 can)")
+        attr, size = struct.pack("=QQQ", 0, 0, LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL), 24
+    elif abi >= 6:
         attr, size = struct.pack("=QQQ", fs, LL_NET_BIND_TCP | LL_NET_CONNECT_TCP,
                                  LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL), 24
     elif abi >= 4:
@@ -334,6 +345,8 @@ def _landlock_ruleset(workdir: str) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         raise SandboxError(f"landlock_create_ruleset: {_errno_text(err)}")
+    if workdir is None:
+        return int(fd)
     file_rw = LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if abi >= 3 else 0)
     read_dir = LL_FS_EXECUTE | LL_FS_READ_FILE | LL_FS_READ_DIR
     rules = [(path, read_dir, True) for path in _view_paths()]
@@ -366,7 +379,7 @@ def _landlock_ruleset(workdir: str) -> int:
 # System call numbers of the syscalls the filters name (x86_64: <asm/unistd_64.h>; aarch64: <asm-generic/unistd.h>,
 # which has no legacy path-based calls such as open/unlink/mkdir).
 _X86_64 = {
-    "open": 2, "ioctl": 16, "socket": 41, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76, "ftruncate": 77,
+    "open": 2, "ioctl": 16, "socket": 41, "setsockopt": 54, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76, "ftruncate": 77,
     "rename": 82, "mkdir": 83, "rmdir": 84, "creat": 85, "link": 86, "unlink": 87, "symlink": 88, "chmod": 90,
     "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "rt_sigqueueinfo": 129, "utime": 132, "uselib": 134, "mknod": 133, "personality": 135,
@@ -392,7 +405,7 @@ _AARCH64 = {
     "kexec_load": 104, "init_module": 105, "delete_module": 106, "clock_settime": 112, "syslog": 116,
     "ptrace": 117, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "reboot": 142,
     "setpgid": 154, "setsid": 157, "sethostname": 161, "setdomainname": 162, "settimeofday": 170,
-    "adjtimex": 171, "socket": 198, "add_key": 217, "request_key": 218, "keyctl": 219, "clone": 220,
+    "adjtimex": 171, "socket": 198, "setsockopt": 208, "add_key": 217, "request_key": 218, "keyctl": 219, "clone": 220,
     "swapon": 224, "swapoff": 225, "migrate_pages": 238, "move_pages": 239, "rt_tgsigqueueinfo": 240,
     "perf_event_open": 241, "prlimit64": 261, "fanotify_init": 262, "open_by_handle_at": 265,
     "clock_adjtime": 266, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
@@ -451,14 +464,18 @@ def _arg_lo(i: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool,
-                     confine_signals: bool = True) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
+def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool, confine_signals: bool = True,
+                     confine_kill: bool = True) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
     """The hardening filter as ``struct sock_filter`` bytes, plus the byte offsets of the ``k`` fields to patch
     with the child's pid and with ``-pid`` (32-bit two's complement).
 
     ``deny_writes`` adds the seccomp-mode file-modification denials; ``allow_unix_sockets`` lets ``socket()``
     create ``AF_UNIX`` sockets (otherwise every ``socket()`` fails); ``confine_signals`` (the modes without a PID
-    namespace) refuses ``setsid``/``setpgid`` and signals to anything but the program's own process group.
+    namespace) refuses ``setsid``/``setpgid``, ``prlimit`` on other processes and signal-owner changes, and with
+    ``confine_kill`` also signals to anything but the program's own pid or process group. Without
+    ``confine_kill`` something else confines signals (a Landlock signal scope or the per-run uid), so a program
+    may signal its own children. Every variant refuses ``F_SETPIPE_SZ`` and setting socket buffer sizes (the
+    kernel-buffer part of the memory bound, :func:`memory_bound_mb`).
     """
     arch = _seccomp_arch()
     if arch is None:
@@ -527,18 +544,24 @@ def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool,
     else:
         deny("socket", e.EACCES)
     block("clone", deny_bits(0, _CLONE_NS_FLAGS, e.EPERM))
+    # setsockopt(fd, SOL_SOCKET, SO_*BUF*): level in args[1], name in args[2]
+    block("setsockopt", [(BPF_LD_W_ABS, 0, 0, _arg_lo(1)), (BPF_JEQ_K, 1, 0, SOL_SOCKET),
+                         (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
+          + deny_values(2, [SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE], e.EPERM))
     if not confine_signals:
+        block("fcntl", deny_values(1, [F_SETPIPE_SZ], e.EPERM))
         ret(SECCOMP_RET_ALLOW)
         return _assemble(ins)
     deny("setsid", e.EPERM)
     deny("setpgid", e.EPERM)
-    block("kill", allow_values(0, [0, _PID, _NEG_PID], e.EPERM))
-    block("rt_sigqueueinfo", allow_values(0, [_PID, _NEG_PID], e.EPERM))
-    block("tkill", allow_values(0, [_PID], e.EPERM))
-    block("tgkill", allow_values(0, [_PID], e.EPERM))
-    block("rt_tgsigqueueinfo", allow_values(0, [_PID], e.EPERM))
+    if confine_kill:
+        block("kill", allow_values(0, [0, _PID, _NEG_PID], e.EPERM))
+        block("rt_sigqueueinfo", allow_values(0, [_PID, _NEG_PID], e.EPERM))
+        block("tkill", allow_values(0, [_PID], e.EPERM))
+        block("tgkill", allow_values(0, [_PID], e.EPERM))
+        block("rt_tgsigqueueinfo", allow_values(0, [_PID], e.EPERM))
     block("prlimit64", allow_values(0, [0, _PID], e.EPERM))
-    block("fcntl", deny_values(1, [F_SETOWN, F_SETOWN_EX], e.EPERM))
+    block("fcntl", deny_values(1, [F_SETPIPE_SZ, F_SETOWN, F_SETOWN_EX], e.EPERM))
     block("ioctl", deny_values(1, [FIOSETOWN, SIOCSPGRP], e.EPERM))
     ret(SECCOMP_RET_ALLOW)
     return _assemble(ins)
@@ -567,8 +590,9 @@ class _SockFprog(ctypes.Structure):
 
 @dataclasses.dataclass
 class _KernelLayers:
-    """What the child of a ``landlock``/``seccomp`` run installs on itself (prepared in the parent):
-    the seccomp hardening filter and, in ``landlock`` mode, a Landlock ruleset."""
+    """What the child of a ``landlock``/``seccomp`` run installs on itself (prepared in the parent): the seccomp
+    hardening filter (before exec) and a Landlock ruleset (by the boot code): the full one in ``landlock`` mode,
+    a signal/abstract-socket scope in ``seccomp`` mode where Landlock ABI >= 6 has one."""
 
     ruleset_fd: int | None
     filter_buf: ctypes.Array
@@ -577,14 +601,17 @@ class _KernelLayers:
     neg_pid_offsets: tuple[int, ...]
 
     @classmethod
-    def build(cls, mode: str, workdir: str) -> "_KernelLayers":
-        landlock = mode == "landlock"
+    def build(cls, mode: str, workdir: str, uid: int | None) -> "_KernelLayers":
+        scope = landlock_abi() >= 6  # Landlock can keep signals inside the program's own process tree
+        ruleset_fd = _landlock_ruleset(workdir) if mode == "landlock" else \
+            _landlock_ruleset(None) if scope else None
         # No socket() at all without a network namespace: Landlock does not confine connecting to host Unix
-        # sockets by path (socketpair() stays available)
-        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=False)
+        # sockets by path (socketpair() stays available). Signals to any pid (e.g. a program's own child) are
+        # allowed where the Landlock scope or the per-run uid confines them; else only the own process group.
+        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=False,
+                                                    confine_kill=not (scope or uid is not None))
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-        ruleset_fd = _landlock_ruleset(workdir) if landlock else None
         return cls(ruleset_fd, buf, fprog, pid_offs, neg_offs)
 
     def close(self) -> None:
@@ -607,6 +634,57 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+PACKAGE_DIRS = ("site-packages", "dist-packages")
+"""Folder names of installed third-party packages: never part of the view, wherever they sit."""
+
+
+def _package_dirs(root: str, depth: int = 2) -> list[str]:
+    """``site-packages`` / ``dist-packages`` folders at most ``depth`` levels below ``root`` (a bounded scan: e.g.
+    ``<stdlib>/site-packages``, Debian's ``/usr/lib/python3/dist-packages``, Fedora's
+    ``/usr/lib64/python3.X/site-packages``)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                if e.name in PACKAGE_DIRS:
+                    found.append(e.path)
+                elif e.is_dir(follow_symlinks=False):
+                    nxt.append(e.path)
+        level = nxt
+    return found
+
+
+def carve(root: str, excluded: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Map ``root`` without the paths in ``excluded`` (pure apart from listing folders): ``(binds, symlinks)``.
+
+    ``root`` itself when nothing excluded lies below it; else each child of ``root`` on its own, recursing into
+    the children that hold an excluded path and dropping the excluded ones. Children that are symlinks come back
+    as ``(target, path)`` to recreate as symlinks (resolved inside the view, so one pointing at an excluded folder
+    dangles)."""
+    if not any(_under(x, root) for x in excluded):
+        return [root], []
+    if root in excluded:
+        return [], []
+    binds, links = [], []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.path in excluded:
+            continue
+        if e.is_symlink():
+            links.append((os.readlink(e.path), e.path))
+        elif e.is_dir(follow_symlinks=False):
+            sub_binds, sub_links = carve(e.path, excluded)
+            binds += sub_binds
+            links += sub_links
+        else:
+            binds.append(e.path)
+    return binds, links
+
+
 @functools.lru_cache(maxsize=1)
 def _view() -> dict:
     """What a sandboxed interpreter needs, mapped read-only at the same paths (cached):
@@ -618,6 +696,13 @@ def _view() -> dict:
     ``dirs`` (every ancestor folder to create with mode 0755 first: bwrap would create them 0700, which a per-run
     uid cannot traverse). Every path is mapped on its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide
     each other and nothing else of the home folder exists in the sandbox.
+
+    No ``site-packages``/``dist-packages`` content is in the view (``excluded``: those found at most two levels
+    below a mapped folder, e.g. the standard library's own ``site-packages`` or Debian's
+    ``/usr/lib/python3/dist-packages``). bwrap maps an empty mode-0000 tmpfs over each (one mount each; carving
+    the standard library into ~200 single mounts would cost bwrap ~0.4 s per run), so the folder's name stays
+    and it cannot even be listed; Landlock grants ``readable``: the mapped folders carved child by child around
+    them (:func:`carve`), so nothing under them can be listed or read.
     """
     exe = os.path.realpath(sys.executable)
     probe = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
@@ -625,7 +710,7 @@ def _view() -> dict:
     if probe.returncode != 0:
         raise SandboxError(f"could not ask {exe} for its sys.path: {last_lines(probe.stderr, 2) or probe.returncode}")
     entries = [p for p in json.loads(probe.stdout) if p and os.path.exists(p)
-               and not any(part in ("site-packages", "dist-packages") for part in p.split("/"))]
+               and not any(part in PACKAGE_DIRS for part in p.split("/"))]
     binds = [exe] + [c for c in (os.path.join(os.path.dirname(exe), "pyvenv.cfg"),
                                  os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")) if os.path.isfile(c)]
     binds += [os.path.realpath(p) for p in entries]
@@ -651,22 +736,26 @@ def _view() -> dict:
     binds += system + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
     binds = sorted(set(binds), key=lambda p: (p.count("/"), p))
     binds = [p for p in binds if not any(q != p and _under(p, q) for q in binds)]
+    excluded = sorted({x for r in binds if os.path.isdir(r) for x in _package_dirs(r)})
+    readable = [p for r in binds for p in carve(r, excluded)[0]]
     leaves = binds + [link for _, link in symlinks]
     dirs = sorted({a for p in leaves for a in ("/" + "/".join(p.strip("/").split("/")[:i])
                                                 for i in range(1, p.count("/")))
                    if not any(_under(a, q) for q in leaves)}, key=lambda p: (p.count("/"), p))
-    return {"exe": exe, "binds": binds, "symlinks": symlinks, "dirs": dirs}
+    return {"exe": exe, "binds": binds, "symlinks": symlinks, "dirs": dirs, "excluded": excluded,
+            "readable": readable}
 
 
 def _view_paths() -> list[str]:
-    """Host paths a Landlock-confined program may read (the interpreter view)."""
-    return list(_view()["binds"])
+    """Host paths a Landlock-confined program may read (the interpreter view, carved around package folders)."""
+    return list(_view()["readable"])
 
 
 def _expose_dirs() -> list[str]:
     """Interpreter folders below a folder other users cannot traverse: the ``landlock``/``seccomp`` boot code keeps
     them importable after the uid drop through ``/proc/self/fd/<n>`` handles opened before it (exactly these
-    folders: a handle on an ancestor would expose its other children, e.g. a dataset cache)."""
+    folders: a handle on an ancestor would expose its other children, e.g. a dataset cache; in ``landlock`` mode
+    only the carved view below them is readable)."""
     return [p for p in _view()["binds"] if os.path.isdir(p) and _hidden_ancestors(p)]
 
 
@@ -730,6 +819,24 @@ def _boot():
         os.setresuid(_UID, _UID, _UID)
         if os.getresuid() != (_UID,) * 3 or os.getresgid() != (_UID,) * 3 or os.getgroups():
             raise SystemExit("sandbox: could not drop privileges")
+    if _UID is not None or _LANDLOCK_FD is not None:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+    if _UID is not None:
+        # the uid change cleared the permitted and effective sets; clear the inheritable one too (bwrap leaves
+        # CAP_SETUID/CAP_SETGID there): capset(v3 header, all-zero data)
+        if libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()) != 0:
+            raise SystemExit("sandbox: could not clear the inheritable capabilities")
+    if _LANDLOCK_FD is not None:
+        # Landlock from here, not before exec: the start-up above listed the standard library folder (which the
+        # ruleset does not let the program list: it is carved around site-packages), and every path finder
+        # fills its listing now, so imports keep working inside the domain.
+        import importlib.machinery
+        importlib.machinery.PathFinder.find_spec("_scgrpo_sandbox_warm_up_")
+        if libc.syscall(ctypes.c_long(446), ctypes.c_long(_LANDLOCK_FD), ctypes.c_long(0)) != 0:
+            raise SystemExit("sandbox: landlock_restrict_self failed: errno %d" % ctypes.get_errno())
+        os.close(_LANDLOCK_FD)
     with open("main.py", "rb") as f:
         src = f.read()
     try:
@@ -763,10 +870,12 @@ except BaseException as _e:
 
 
 def _boot_source(audit: bool, uid: int | None, expose: Sequence[str],
-                 limits: Sequence[tuple[int, tuple[int, int]]] = ()) -> str:
-    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, then ``main.py`` as ``__main__``."""
+                 limits: Sequence[tuple[int, tuple[int, int]]] = (), landlock_fd: int | None = None) -> str:
+    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, inheritable capabilities cleared,
+    Landlock (``landlock_fd``: an inherited ruleset), then ``main.py`` as ``__main__``."""
     lim = [(int(res), int(soft), int(hard)) for res, (soft, hard) in limits]
-    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n" + _BOOT
+    return (f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n"
+            f"_LANDLOCK_FD = {landlock_fd!r}\n" + _BOOT)
 
 
 _ENV = {
@@ -842,6 +951,21 @@ def _memfd(name: str, data: bytes = b"") -> int:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def _stdin_fd(text: str) -> int:
+    """A read-only descriptor of a sealed anonymous memory file holding ``text``: the program can neither write,
+    grow (``fallocate``), shrink nor unseal it, even if it reopens ``/proc/self/fd/0`` for writing."""
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(text.encode("utf-8", errors="surrogateescape"))
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
 
 
 def _read_fd(fd: int, n: int, tail: bool = False) -> tuple[bytes, int]:
@@ -929,6 +1053,8 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
         argv += ["--symlink", target, link]
     for path in view["binds"]:
         argv += ["--ro-bind", path, path]
+    for path in view["excluded"]:  # an empty tmpfs nobody may list over each package folder
+        argv += ["--perms", "0000", "--size", "4096", "--tmpfs", path]
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(limits.shm_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
              "--perms", "1777", "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp"]
@@ -996,8 +1122,7 @@ def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[st
         info_r, info_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         fds += [seccomp_fd, info_r, info_w]
         argv = _bwrap_argv(limits, uid, file_fds, seccomp_fd, info_w)
-        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
-            _memfd("stdout"), _memfd("stderr")
+        in_fd, out_fd, err_fd = _stdin_fd(stdin), _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
         try:
             proc = subprocess.Popen(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd="/", env={},
@@ -1039,19 +1164,17 @@ def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
         nproc = limits.max_processes if uid is not None else _user_process_count(os.getuid()) + limits.max_processes
         rl = _rlimits(limits, nproc)
         if mode != "audit":
-            layers = _KernelLayers.build(mode, workdir)
-        boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [])
+            layers = _KernelLayers.build(mode, workdir, uid)
+        ruleset_fd = layers.ruleset_fd if layers is not None else None
+        boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [], landlock_fd=ruleset_fd)
         args = [os.path.realpath(sys.executable) if mode != "audit" else sys.executable, "-I", "-B", "-S", "-c", boot]
-        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
-            _memfd("stdout"), _memfd("stderr")
+        in_fd, out_fd, err_fd = _stdin_fd(stdin), _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
         byteorder = sys.byteorder
 
         def preexec() -> None:
             if layers is not None:  # before RLIMIT_AS: installing the layers allocates a little
                 _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-                if layers.ruleset_fd is not None:
-                    _check(_syscall(NR_LANDLOCK_RESTRICT_SELF, layers.ruleset_fd, 0), "landlock_restrict_self")
                 pid = os.getpid()  # unchanged by exec; the child leads its own session and process group
                 buf = layers.filter_buf
                 for off in layers.pid_offsets:
@@ -1065,7 +1188,8 @@ def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
 
         try:
             proc = subprocess.Popen(args, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd=workdir, env=dict(_ENV),
-                                    start_new_session=True, preexec_fn=preexec, close_fds=True)
+                                    start_new_session=True, preexec_fn=preexec, close_fds=True,
+                                    pass_fds=[ruleset_fd] if ruleset_fd is not None else [])
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start a sandboxed process (mode={mode}): {exc!r}") from exc
         finally:
