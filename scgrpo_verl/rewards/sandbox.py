@@ -9,12 +9,16 @@ mode ``"bwrap"``:
   ``[UID_BASE, UID_BASE + UID_SPAN)`` (the boot code drops to it before reading the program): ``RLIMIT_NPROC``
   never applies to uid 0, and a user namespace would map the program back to uid 0;
 * a **minimal read-only view** (:func:`_view`): the interpreter binary, its standard library and
-  ``lib-dynload`` (no ``site-packages``), libraries outside the system folders, the system library folders and
-  ``/etc/ld.so.cache``, each mapped on its own: nothing of home folders, dataset caches or the project;
+  ``lib-dynload``, libraries outside the system folders, the system library folders and ``/etc/ld.so.cache``,
+  each mapped on its own: nothing of home folders, dataset caches or the project. No installed package: every
+  ``site-packages``/``dist-packages`` folder inside the view (the standard library's own, Debian's
+  ``/usr/lib/python3/dist-packages``) is covered by an empty tmpfs nobody may list;
 * a private **tmpfs of ``disk_mb``** as ``/tmp`` and working folder (the run's disk quota; ``main.py`` is copied
   in from memory), one of ``shm_mb`` on ``/dev/shm``; ``/`` and ``/dev`` read-only;
-* stdin/stdout/stderr in anonymous memory files of the parent (no host file for other runs to read), and no
-  other inherited descriptor (bwrap closes those it reads its set-up from);
+* stdin a read-only descriptor of a sealed anonymous memory file (it cannot be written, grown or shrunk),
+  stdout/stderr anonymous memory files of the parent capped by ``RLIMIT_FSIZE`` (no host file for other runs
+  to read), and no other inherited descriptor (bwrap closes those it reads its set-up from);
+* as root, no capability left after the uid drop, the inheritable set included;
 * ``--die-with-parent``, and teardown of the whole PID namespace when the program ends or is killed (the
   parent waits for bwrap's PID 1 to be gone, which the kernel allows only after every other process is);
 * the **seccomp filter** below, and the limits: ``RLIMIT_CPU``, ``RLIMIT_AS`` (per process), ``RLIMIT_NPROC``,
@@ -22,25 +26,35 @@ mode ``"bwrap"``:
 
 **Memory bound.** cgroup v2 ``memory.max``/``pids.max`` need a delegated cgroup v2 subtree with the memory and
 pids controllers; the hosts this was built and tested on have none writable (cgroup v1 controllers, an empty
-unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits. What ``RLIMIT_AS`` does
-not see is bounded separately: SysV shared memory, message queues and semaphores and ``memfd_create`` are
-refused (bound 0), POSIX shared memory lives in the ``/dev/shm`` tmpfs and files in the ``/tmp`` tmpfs. One run
-holds at most ``max_processes * memory_mb + disk_mb + shm_mb`` MiB.
+unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits, and what one run can
+hold is their sum (:func:`memory_bound_mb`): ``max_processes * memory_mb`` (``RLIMIT_AS`` per process) ``+
+disk_mb + shm_mb`` (the two tmpfs) ``+ 2 * max(max_file_size_mb, max_output_bytes)`` (stdout/stderr, capped by
+``RLIMIT_FSIZE``; stdin is sealed) ``+`` kernel buffers of at most ``(max_processes + 1) * max_open_files``
+pipes and sockets (the filter refuses ``F_SETPIPE_SZ`` and ``SO_SNDBUF``/``SO_RCVBUF``: 64 KiB per pipe, twice
+``net.core.wmem_default`` per socket). SysV IPC and ``memfd_create`` are refused. With the defaults that is about
+16.5 GiB, almost all of it the 16 processes' address spaces, so :func:`run_batch` runs as many programs at once
+as fit their bound into the host's available memory (:func:`batch_workers`), not one per core.
 
 **Weaker modes** (hosts where bwrap cannot create namespaces), used only when the user opts in with
 ``SCGRPO_SANDBOX_MODE=<mode>`` or the reward kwarg ``sandbox_mode``, logged at WARNING whenever a process selects
 one; :data:`INVARIANTS` says what each holds. ``"landlock"``: Landlock lets the program read only the
-interpreter view and its own fresh 0700 folder (owned by the per-run uid as root), write only that folder, and
-the seccomp filter refuses every ``socket()``; no disk quota. ``"seccomp"``: the filter also refuses every file
-creation or change; reads are limited only by the uid. ``"audit"``: an in-interpreter audit hook, no security
-boundary. Without bwrap and without an opt-in, :func:`select_mode` raises :class:`SandboxError` with
-:data:`REFUSAL`: code rewards fail closed.
+interpreter view (carved around the package folders, so they cannot even be listed; the boot code enters the
+Landlock domain after the interpreter's start-up) and its own fresh 0700 folder (owned by the per-run uid as
+root), write only that folder, and the seccomp filter refuses every ``socket()``; no disk quota.
+``"seccomp"``: the filter also refuses every file creation or change; reads are limited only by the uid.
+``"audit"``: an in-interpreter audit hook, no security boundary. Without bwrap and without an opt-in,
+:func:`select_mode` raises :class:`SandboxError` with :data:`REFUSAL`: code rewards fail closed. A sandbox that
+breaks after start-up (a failed run whose stderr reads like bwrap's, the boot code's or the interpreter's own
+start-up failure) is probed again, and :class:`SandboxError` stops training when the probe fails too.
 
 The **seccomp filter** (every kernel mode; checks the arch, denies x32) refuses ``ptrace``, ``process_vm_*``,
 ``kcmp``, mount and namespace calls (``clone``/``clone3`` with namespace flags included), ``bpf``,
 ``perf_event_open``, keyrings, ``io_uring``, ``userfaultfd``, ``pidfd_*``, module loading, ``kexec``,
-``personality``, privileged clock/host calls, SysV IPC ``*get`` and ``memfd_create``; without a PID namespace
-(``landlock``/``seccomp``) also ``setsid``/``setpgid`` and signals outside the program's process group.
+``personality``, privileged clock/host calls, SysV IPC ``*get``, ``memfd_create``, ``F_SETPIPE_SZ`` and socket
+buffer sizes; without a PID namespace (``landlock``/``seccomp``) also ``setsid``/``setpgid``, ``prlimit`` on
+other processes and signal-owner changes. Signals there stay inside the program's own process tree through a
+Landlock signal scope (ABI >= 6, both modes) or the per-run uid (root); only where neither exists does the filter
+allow signals to the program's own pid and process group alone (then ``os.kill(child_pid)`` fails).
 
 Linux only. ``python -m scgrpo_verl.rewards.sandbox`` and ``scgrpo-verl sandbox`` print :func:`diagnose`.
 """
@@ -53,6 +67,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import glob
 import json
 import logging
 import math
@@ -88,6 +103,8 @@ __all__ = [
     "probe_mode",
     "run_program",
     "run_batch",
+    "batch_workers",
+    "memory_bound_mb",
     "select_mode",
 ]
 
@@ -188,7 +205,8 @@ class SandboxLimits:
     Attributes:
         wall_time_s: wall-clock seconds before the process group is killed (status ``timeout``).
         cpu_time_s: CPU seconds (``RLIMIT_CPU``); ``None`` -> ``ceil(wall_time_s)``.
-        memory_mb: address-space limit per process in MiB (``RLIMIT_AS``).
+        memory_mb: address-space limit per process in MiB (``RLIMIT_AS``); a run's whole bound is
+            :func:`memory_bound_mb`.
         max_processes: processes/threads the sandbox uid may own (``RLIMIT_NPROC``).
         max_file_size_mb: largest file the program may write, in MiB (``RLIMIT_FSIZE``).
         max_open_files: ``RLIMIT_NOFILE``.
@@ -685,57 +703,83 @@ def carve(root: str, excluded: Sequence[str]) -> tuple[list[str], list[tuple[str
     return binds, links
 
 
+def _resolve(path: str, links: list[tuple[str, str]], depth: int = 0) -> str:
+    """The real path of ``path``, appending ``(target, link)`` for every symlink met on the way (to recreate in
+    the view, so that e.g. ``/lib64/ld-linux-x86-64.so.2`` resolves there as it does on the host)."""
+    if depth > 40:
+        raise SandboxError(f"too many levels of symbolic links resolving {path}")
+    cur = "/"
+    for part in path.strip("/").split("/"):
+        nxt = os.path.join(cur, part)
+        if os.path.islink(nxt):
+            target = os.readlink(nxt)
+            links.append((target, nxt))
+            cur = _resolve(os.path.normpath(os.path.join(cur, target)), links, depth + 1)
+        else:
+            cur = nxt
+    return cur
+
+
+def _linked_libraries(binaries: Sequence[str]) -> list[str]:
+    """Shared libraries (as the loader names them) that ``binaries`` need: ``ldd`` of each, the loader itself,
+    ``libgcc_s.so.1`` (glibc loads it for thread cancellation and unwinding) and the C.UTF-8 locale if it is a
+    folder of its own."""
+    ldd = shutil.which("ldd")
+    out = ""
+    if ldd:
+        try:
+            out = subprocess.run([ldd, *binaries], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+    libs = set()
+    for line in out.splitlines():
+        path = line.split("=>")[-1].strip().split(" (")[0].strip()
+        if path.startswith("/") and os.path.exists(path):
+            libs.add(path)
+    for d in SYSTEM_LIB_DIRS:
+        for extra in (f"{d}/libgcc_s.so.1", *glob.glob(f"{d}/*/libgcc_s.so.1"), f"{d}/locale/C.utf8"):
+            if os.path.exists(extra):
+                libs.add(extra)
+    return sorted(libs)
+
+
 @functools.lru_cache(maxsize=1)
 def _view() -> dict:
     """What a sandboxed interpreter needs, mapped read-only at the same paths (cached):
 
     ``exe`` (the real interpreter binary), ``binds`` (host paths: the binary, a ``pyvenv.cfg`` next to a copied
-    venv binary, the isolated interpreter's ``sys.path`` entries but ``site-``/``dist-packages``, libraries ``ldd``
-    lists outside the system library folders, the system library folders, ``/etc/ld.so.cache``), ``symlinks``
-    (``(target, path)`` for system library folders that are symlinks, e.g. Debian's ``/lib -> usr/lib``) and
-    ``dirs`` (every ancestor folder to create with mode 0755 first: bwrap would create them 0700, which a per-run
-    uid cannot traverse). Every path is mapped on its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide
-    each other and nothing else of the home folder exists in the sandbox.
+    venv binary, the isolated interpreter's ``sys.path`` entries but ``site-``/``dist-packages``, each shared
+    library the binary and the standard library's extension modules link against (:func:`_linked_libraries`),
+    ``/etc/ld.so.cache``), ``symlinks`` (``(target, path)`` met on the way to those libraries, e.g. Debian's
+    ``/lib -> usr/lib`` and ``/lib64/ld-linux-x86-64.so.2``) and ``dirs`` (every ancestor folder to create with
+    mode 0755 first: bwrap would create them 0700, which a per-run uid cannot traverse). Every path is mapped on
+    its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide each other and nothing else of the home
+    folder, and nothing else of the system library folders (other interpreters' packages, applications under
+    ``/usr/lib``), exists in the sandbox.
 
     No ``site-packages``/``dist-packages`` content is in the view (``excluded``: those found at most two levels
-    below a mapped folder, e.g. the standard library's own ``site-packages`` or Debian's
-    ``/usr/lib/python3/dist-packages``). bwrap maps an empty mode-0000 tmpfs over each (one mount each; carving
-    the standard library into ~200 single mounts would cost bwrap ~0.4 s per run), so the folder's name stays
-    and it cannot even be listed; Landlock grants ``readable``: the mapped folders carved child by child around
-    them (:func:`carve`), so nothing under them can be listed or read.
+    below a mapped folder, i.e. the standard library's own ``site-packages``). bwrap maps an empty mode-0000 tmpfs
+    over each (one mount each; carving the standard library into ~200 single mounts would cost bwrap ~0.4 s per
+    run), so the folder's name stays and it cannot even be listed; Landlock grants ``readable``: the mapped
+    folders carved child by child around them (:func:`carve`), so nothing under them can be listed or read.
     """
     exe = os.path.realpath(sys.executable)
     probe = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
                            text=True, timeout=60, env={"PATH": SANDBOX_PATH, "LC_ALL": "C.UTF-8"})
     if probe.returncode != 0:
         raise SandboxError(f"could not ask {exe} for its sys.path: {last_lines(probe.stderr, 2) or probe.returncode}")
-    entries = [p for p in json.loads(probe.stdout) if p and os.path.exists(p)
+    entries = [os.path.realpath(p) for p in json.loads(probe.stdout) if p and os.path.exists(p)
                and not any(part in PACKAGE_DIRS for part in p.split("/"))]
     binds = [exe] + [c for c in (os.path.join(os.path.dirname(exe), "pyvenv.cfg"),
                                  os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")) if os.path.isfile(c)]
-    binds += [os.path.realpath(p) for p in entries]
-    symlinks = []
-    system = []
-    for d in SYSTEM_LIB_DIRS:
-        if os.path.islink(d):
-            symlinks.append((os.readlink(d), d))
-        elif os.path.isdir(d):
-            system.append(d)
-    ldd = shutil.which("ldd")
-    if ldd:
-        try:
-            out = subprocess.run([ldd, exe], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        for line in out.splitlines():
-            path = line.split("=>")[-1].strip().split(" (")[0].strip()
-            if path.startswith("/") and os.path.exists(path):
-                real = os.path.realpath(path)
-                if not any(_under(real, os.path.realpath(s)) for s in SYSTEM_LIB_DIRS if os.path.exists(s)):
-                    binds.append(real)
-    binds += system + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
+    binds += entries + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
+    extensions = [e.path for d in entries if os.path.isdir(d) for e in os.scandir(d) if e.name.endswith(".so")]
+    symlinks: list[tuple[str, str]] = []
+    binds += [_resolve(lib, symlinks) for lib in _linked_libraries([exe, *extensions])]
     binds = sorted(set(binds), key=lambda p: (p.count("/"), p))
     binds = [p for p in binds if not any(q != p and _under(p, q) for q in binds)]
+    symlinks = sorted({(t, link) for t, link in symlinks if not any(_under(link, q) for q in binds)},
+                      key=lambda tl: (tl[1].count("/"), tl[1]))
     excluded = sorted({x for r in binds if os.path.isdir(r) for x in _package_dirs(r)})
     readable = [p for r in binds for p in carve(r, excluded)[0]]
     leaves = binds + [link for _, link in symlinks]
@@ -1233,7 +1277,8 @@ def run_program(source: str, stdin: str = "", limits: SandboxLimits | None = Non
     Raises:
         TypeError: ``source``/``stdin`` not ``str``.
         SandboxError: the sandbox cannot run at all (:data:`REFUSAL` when bwrap does not work and nothing weaker
-            was opted into).
+            was opted into), or it broke after start-up (a failed run that looks like a sandbox failure is
+            re-probed, :func:`_recheck`).
     """
     if not isinstance(source, str) or not isinstance(stdin, str):
         raise TypeError(f"source and stdin must be str, got {type(source).__name__}, {type(stdin).__name__}")
@@ -1242,26 +1287,104 @@ def run_program(source: str, stdin: str = "", limits: SandboxLimits | None = Non
             raise ValueError(f"invalid sandbox file name {name!r}")
     limits = limits or SandboxLimits()
     mode = select_mode(mode)
-    return _run(source, stdin, limits, mode, files)
+    res = _run(source, stdin, limits, mode, files)
+    if _looks_broken(res):
+        _recheck(mode)
+    return res
+
+
+_BROKEN_PREFIXES = ("bwrap: ", "sandbox: ", "Fatal Python error: ")
+"""How a failure of the sandbox itself starts a line of stderr: bwrap's own errors (``bwrap: No permissions to
+create new namespace...``), the boot code's (``sandbox: could not drop privileges``), an interpreter that cannot
+start in the view."""
+
+
+def _looks_broken(res: SandboxResult) -> bool:
+    """Whether a failed run may be the sandbox's failure rather than the program's (then :func:`_recheck`)."""
+    return res.status != "ok" and not res.stdout and any(
+        line.startswith(_BROKEN_PREFIXES) for line in res.stderr.splitlines())
+
+
+def _recheck(mode: str) -> None:
+    """Probe ``mode`` again, uncached; raise :class:`SandboxError` when it no longer works (a sandbox that broke
+    after start-up must stop training, never score every program 0). A program that only prints such a line
+    costs one probe run and keeps its own result."""
+    reason = probe_mode.__wrapped__(mode)
+    if reason is None:
+        return
+    probe_mode.cache_clear()
+    _select.cache_clear()
+    raise SandboxError(f"the {mode!r} code sandbox stopped working after start-up ({reason}); code rewards stop "
+                       f"here rather than score every program 0: fix the host and restart (`scgrpo-verl sandbox` "
+                       f"prints the probes)")
 
 
 def default_workers() -> int:
-    """Pool size for :func:`run_batch`: the CPU cores this process may use."""
+    """The CPU cores this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
 
 
+def _sysctl_int(path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def memory_bound_mb(limits: SandboxLimits, socket_buffer_bytes: int | None = None) -> int:
+    """The most memory one run can hold, in MiB, from the limits the sandbox enforces (bwrap mode):
+
+    ``max_processes * memory_mb`` (``RLIMIT_AS`` per process, ``RLIMIT_NPROC`` processes and threads)
+    ``+ disk_mb + shm_mb`` (the size-limited ``/tmp`` and ``/dev/shm`` tmpfs)
+    ``+ 2 * file_cap`` (stdout and stderr memory files, each capped by ``RLIMIT_FSIZE`` = ``file_cap`` =
+    ``max(max_file_size_mb, max_output_bytes + 1)``; stdin is sealed: it cannot grow)
+    ``+ (max_processes + 1) * max_open_files * per_descriptor`` (kernel buffers: every descriptor, plus as many in
+    flight in Unix-socket messages, may be a pipe of :data:`PIPE_BUF_BYTES` (``F_SETPIPE_SZ`` is refused) or a
+    socket holding up to twice ``net.core.wmem_default`` (``socket_buffer_bytes``; ``SO_SNDBUF``/``SO_RCVBUF`` are
+    refused)). SysV IPC and ``memfd_create`` are refused. Small per-object kernel structures are not counted.
+    """
+    if socket_buffer_bytes is None:
+        socket_buffer_bytes = 2 * _sysctl_int("/proc/sys/net/core/wmem_default", 212992)
+    file_cap = max(limits.max_file_size_mb << 20, limits.max_output_bytes + 1)
+    per_fd = max(PIPE_BUF_BYTES, socket_buffer_bytes)
+    total = ((limits.max_processes * limits.memory_mb << 20) + ((limits.disk_mb + limits.shm_mb) << 20)
+             + 2 * file_cap + (limits.max_processes + 1) * limits.max_open_files * per_fd)
+    return -(-total // (1 << 20))
+
+
+MEMORY_SHARE = 0.8
+"""Share of the host's available memory :func:`run_batch` lets its concurrent runs' bounds add up to."""
+
+
+def batch_workers(bound_mb: int, available_mb: int, cores: int, max_workers: int | None = None,
+                  share: float = MEMORY_SHARE) -> int:
+    """Concurrent runs for :func:`run_batch` (pure): as many as fit their worst-case memory (``bound_mb`` each,
+    :func:`memory_bound_mb`) into ``share`` of ``available_mb``, at most ``cores`` (or ``max_workers`` when
+    given), and at least 1 (a single run is never refused: its limits are the user's choice)."""
+    if bound_mb <= 0 or cores <= 0:
+        raise ValueError(f"bound_mb and cores must be > 0, got {bound_mb}, {cores}")
+    fit = int(max(0, available_mb) * share) // bound_mb
+    return max(1, min(max_workers or cores, fit))
+
+
 def run_batch(jobs: Iterable[tuple[str, str]], limits: SandboxLimits | None = None,
               max_workers: int | None = None, **kwargs) -> list[SandboxResult]:
     """Run ``(source, stdin)`` jobs concurrently; results are in job order (length ``len(jobs)``).
 
-    Threads only wait on child processes, so a pool of ``max_workers`` (default: cores) threads keeps that
-    many sandboxed programs running at once.
+    Threads only wait on child processes; the pool (:func:`batch_workers`) runs as many programs at once as
+    fit their worst-case memory (:func:`memory_bound_mb`) into the host's available memory (psutil), at most
+    one per core or ``max_workers``.
     """
+    import psutil
+
     jobs = list(jobs)
-    workers = max_workers or default_workers()
+    limits = limits or SandboxLimits()
+    workers = batch_workers(memory_bound_mb(limits), psutil.virtual_memory().available >> 20, default_workers(),
+                            max_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda job: run_program(job[0], job[1], limits, **kwargs), jobs))
 
