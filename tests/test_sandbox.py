@@ -343,10 +343,11 @@ def test_sandbox_breaking_after_startup_stops_training(mode, how, monkeypatch):
         msg = str(err.value)
         assert "\n" not in msg and "stopped working after start-up" in msg
         assert ("No permissions to create new namespace" if how == "bwrap_namespace" else "could not drop") in msg
-        with pytest.raises(sb.SandboxError, match="stopped working after start-up|does not work here|"
-                                                  "needs the bubblewrap"):
+        # the probe failed, so the mode is not selected again: compute_score refuses in one line too
+        with pytest.raises(sb.SandboxError, match="code rewards need the bubblewrap sandbox|does not work here") as err:
             compute_score("codeforces", "```python\nprint(3)\n```", [{"input": "", "output": "3"}],
                           sandbox_mode=mode)
+        assert "\n" not in str(err.value)
     finally:
         monkeypatch.undo()
         sb.probe_mode.cache_clear()

@@ -3,8 +3,8 @@
 Each attack is a function ``mode -> (contained, detail)`` that sets up what it needs on the host (a victim run, a
 secret file, a listening socket, ...), runs hostile code through the sandbox (or through ``compute_score``) and
 checks the outcome *on the host*. Every attack names the invariant of :data:`sandbox.INVARIANTS` it probes: the
-test asserts containment wherever the mode claims that invariant (``bwrap`` claims all of them), and records the
-rest. ``python tests/test_sandbox_redteam.py`` prints the attack x mode table.
+test asserts containment wherever the mode claims that invariant (``bwrap`` claims all of them) and is skipped,
+with the reason, where it does not. ``python tests/test_sandbox_redteam.py`` prints the attack x mode table.
 
 Attacks that would really exhaust a shared host in a mode without kernel isolation (fork bombs, disk and memory
 fills in ``audit``) are not run there and show as "not run".

@@ -656,10 +656,9 @@ PACKAGE_DIRS = ("site-packages", "dist-packages")
 """Folder names of installed third-party packages: never part of the view, wherever they sit."""
 
 
-def _package_dirs(root: str, depth: int = 2) -> list[str]:
+def _package_dirs(root: str, depth: int = 3) -> list[str]:
     """``site-packages`` / ``dist-packages`` folders at most ``depth`` levels below ``root`` (a bounded scan: e.g.
-    ``<stdlib>/site-packages``, Debian's ``/usr/lib/python3/dist-packages``, Fedora's
-    ``/usr/lib64/python3.X/site-packages``)."""
+    ``<stdlib>/site-packages``)."""
     found, level = [], [root]
     for _ in range(depth):
         nxt = []
@@ -757,8 +756,8 @@ def _view() -> dict:
     folder, and nothing else of the system library folders (other interpreters' packages, applications under
     ``/usr/lib``), exists in the sandbox.
 
-    No ``site-packages``/``dist-packages`` content is in the view (``excluded``: those found at most two levels
-    below a mapped folder, i.e. the standard library's own ``site-packages``). bwrap maps an empty mode-0000 tmpfs
+    No ``site-packages``/``dist-packages`` content is in the view (``excluded``: those found at most three levels
+    below a mapped folder, e.g. the standard library's own ``site-packages``). bwrap maps an empty mode-0000 tmpfs
     over each (one mount each; carving the standard library into ~200 single mounts would cost bwrap ~0.4 s per
     run), so the folder's name stays and it cannot even be listed; Landlock grants ``readable``: the mapped
     folders carved child by child around them (:func:`carve`), so nothing under them can be listed or read.
@@ -775,7 +774,14 @@ def _view() -> dict:
     binds += entries + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
     extensions = [e.path for d in entries if os.path.isdir(d) for e in os.scandir(d) if e.name.endswith(".so")]
     symlinks: list[tuple[str, str]] = []
-    binds += [_resolve(lib, symlinks) for lib in _linked_libraries([exe, *extensions])]
+    system = {os.path.realpath(d) for d in SYSTEM_LIB_DIRS if os.path.isdir(d)}
+    for lib in _linked_libraries([exe, *extensions]):
+        real = _resolve(lib, symlinks)
+        folder = os.path.dirname(real)
+        # a library in a system folder's sub-folder (Debian's multiarch /usr/lib/x86_64-linux-gnu) maps that folder
+        # in one mount; one directly in a system folder (/usr/lib64 on Fedora), or elsewhere, maps on its own
+        inside = folder not in system and any(_under(folder, d) for d in system)
+        binds.append(folder if inside else real)
     binds = sorted(set(binds), key=lambda p: (p.count("/"), p))
     binds = [p for p in binds if not any(q != p and _under(p, q) for q in binds)]
     symlinks = sorted({(t, link) for t, link in symlinks if not any(_under(link, q) for q in binds)},
@@ -863,23 +869,32 @@ def _boot():
         os.setresuid(_UID, _UID, _UID)
         if os.getresuid() != (_UID,) * 3 or os.getresgid() != (_UID,) * 3 or os.getgroups():
             raise SystemExit("sandbox: could not drop privileges")
-    if _UID is not None or _LANDLOCK_FD is not None:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-    if _UID is not None:
+    if _CLEAR_INHERITABLE or _LANDLOCK_FD is not None:
+        import _ctypes  # not ctypes: its import costs a bwrap run ~5 ms of CPU
+
+        class Long(_ctypes._SimpleCData):
+            _type_ = "l"
+
+        class Fn(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Long
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+    if _CLEAR_INHERITABLE:
         # the uid change cleared the permitted and effective sets; clear the inheritable one too (bwrap leaves
         # CAP_SETUID/CAP_SETGID there): capset(v3 header, all-zero data)
-        if libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()) != 0:
-            raise SystemExit("sandbox: could not clear the inheritable capabilities")
+        if Fn(("capset", Libc))((0x20080522).to_bytes(4, sys.byteorder) + bytes(4), bytes(24)) != 0:
+            raise SystemExit("sandbox: could not clear the inheritable capabilities: errno %d" % _ctypes.get_errno())
     if _LANDLOCK_FD is not None:
         # Landlock from here, not before exec: the start-up above listed the standard library folder (which the
         # ruleset does not let the program list: it is carved around site-packages), and every path finder
         # fills its listing now, so imports keep working inside the domain.
         import importlib.machinery
         importlib.machinery.PathFinder.find_spec("_scgrpo_sandbox_warm_up_")
-        if libc.syscall(ctypes.c_long(446), ctypes.c_long(_LANDLOCK_FD), ctypes.c_long(0)) != 0:
-            raise SystemExit("sandbox: landlock_restrict_self failed: errno %d" % ctypes.get_errno())
+        if Fn(("syscall", Libc))(Long(446), Long(_LANDLOCK_FD), Long(0)) != 0:
+            raise SystemExit("sandbox: landlock_restrict_self failed: errno %d" % _ctypes.get_errno())
         os.close(_LANDLOCK_FD)
     with open("main.py", "rb") as f:
         src = f.read()
@@ -914,12 +929,14 @@ except BaseException as _e:
 
 
 def _boot_source(audit: bool, uid: int | None, expose: Sequence[str],
-                 limits: Sequence[tuple[int, tuple[int, int]]] = (), landlock_fd: int | None = None) -> str:
-    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, inheritable capabilities cleared,
-    Landlock (``landlock_fd``: an inherited ruleset), then ``main.py`` as ``__main__``."""
+                 limits: Sequence[tuple[int, tuple[int, int]]] = (), landlock_fd: int | None = None,
+                 clear_inheritable: bool = False) -> str:
+    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, the inheritable capabilities cleared
+    (``clear_inheritable``: bwrap as root leaves some), Landlock (``landlock_fd``: an inherited ruleset), then
+    ``main.py`` as ``__main__``."""
     lim = [(int(res), int(soft), int(hard)) for res, (soft, hard) in limits]
     return (f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n"
-            f"_LANDLOCK_FD = {landlock_fd!r}\n" + _BOOT)
+            f"_LANDLOCK_FD = {landlock_fd!r}\n_CLEAR_INHERITABLE = {clear_inheritable!r}\n" + _BOOT)
 
 
 _ENV = {
@@ -1105,7 +1122,8 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
     for fd, name in files:
         argv += ["--perms", "0644", "--file", str(fd), f"/tmp/{name}"]
     argv += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
-             "--", view["exe"], "-I", "-B", "-S", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
+             "--", view["exe"], "-I", "-B", "-S", "-c",
+             _boot_source(False, uid, (), _rlimits(limits, nproc), clear_inheritable=uid is not None)]
     return argv
 
 
