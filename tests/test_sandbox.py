@@ -172,7 +172,8 @@ for root, dirs, files in os.walk("/", onerror=lambda e: unreadable.append(e.file
 probe = {}
 # the host's package folders by path, and those next to every import path (as root in landlock/seccomp mode the
 # standard library is reached through /proc/self/fd handles opened before the uid drop)
-near = [os.path.join(d, n) for e in sys.path for d in (e, os.path.dirname(e)) for n in ("site-packages", "dist-packages")]
+near = [os.path.join(d, n) for e in sys.path for d in (e, os.path.dirname(e))
+        for n in ("site-packages", "dist-packages")]
 for p in json.loads(sys.stdin.read()) + near:
     try:
         probe[p] = sorted(os.listdir(p))
@@ -218,18 +219,30 @@ def test_view_has_no_installed_packages(mode, drop_uid, monkeypatch):
         assert not any(p.startswith(os.path.dirname(os.path.abspath(__file__))) for p in view["walk"])
 
 
+STDIO_GROWTH = """
+import errno, os
+attempts = {
+    "write": lambda: os.write(0, b"x"),
+    "fallocate": lambda: os.posix_fallocate(0, 0, 16 << 20),
+    "reopen": lambda: os.write(os.open("/proc/self/fd/0", os.O_RDWR), b"x"),
+    "grow_out": lambda: os.posix_fallocate(1, 0, 64 << 20),
+    "grow_err": lambda: os.posix_fallocate(2, 0, 64 << 20),
+}
+out = []
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        out.append(name + " ok")
+    except OSError as e:
+        out.append(name + " " + errno.errorcode[e.errno])
+print(input(), *out)
+"""
+
+
 def test_stdin_read_only_and_outputs_capped(mode):
     """stdin cannot be written, grown or reopened for writing; stdout/stderr cannot grow past RLIMIT_FSIZE
     (fallocate included): what the documented memory bound counts."""
-    src = ("import errno, os\nout = []\n"
-           "for name, f in [('write', lambda: os.write(0, b'x')), ('fallocate', lambda: os.posix_fallocate(0, 0, 16 << 20)),\n"
-           "                ('reopen', lambda: os.write(os.open('/proc/self/fd/0', os.O_RDWR), b'x')),\n"
-           "                ('grow_out', lambda: os.posix_fallocate(1, 0, 64 << 20)),\n"
-           "                ('grow_err', lambda: os.posix_fallocate(2, 0, 64 << 20))]:\n"
-           "    try:\n        f()\n        out.append(name + ' ok')\n"
-           "    except OSError as e:\n        out.append(name + ' ' + errno.errorcode[e.errno])\n"
-           "print(input(), *out)\n")
-    res = sb.run_program(src, "kept\n", FAST, mode=mode)
+    res = sb.run_program(STDIO_GROWTH, "kept\n", FAST, mode=mode)
     assert res.status == "ok", res
     words = res.stdout.split()
     got = dict(zip(words[1::2], words[2::2]))

@@ -9,10 +9,11 @@ mode ``"bwrap"``:
   ``[UID_BASE, UID_BASE + UID_SPAN)`` (the boot code drops to it before reading the program): ``RLIMIT_NPROC``
   never applies to uid 0, and a user namespace would map the program back to uid 0;
 * a **minimal read-only view** (:func:`_view`): the interpreter binary, its standard library and
-  ``lib-dynload``, libraries outside the system folders, the system library folders and ``/etc/ld.so.cache``,
-  each mapped on its own: nothing of home folders, dataset caches or the project. No installed package: every
-  ``site-packages``/``dist-packages`` folder inside the view (the standard library's own, Debian's
-  ``/usr/lib/python3/dist-packages``) is covered by an empty tmpfs nobody may list;
+  ``lib-dynload``, the shared libraries they link against (a multiarch folder such as
+  ``/usr/lib/x86_64-linux-gnu`` in one piece) and ``/etc/ld.so.cache``, each mapped on its own: nothing of home
+  folders, dataset caches, the project or the rest of ``/usr/lib``. No installed package: the standard library's
+  own ``site-packages`` (any ``site-``/``dist-packages`` folder inside the view) is covered by an empty tmpfs
+  nobody may list;
 * a private **tmpfs of ``disk_mb``** as ``/tmp`` and working folder (the run's disk quota; ``main.py`` is copied
   in from memory), one of ``shm_mb`` on ``/dev/shm``; ``/`` and ``/dev`` read-only;
 * stdin a read-only descriptor of a sealed anonymous memory file (it cannot be written, grown or shrunk),
@@ -397,7 +398,8 @@ def _landlock_ruleset(workdir: str | None) -> int:
 # System call numbers of the syscalls the filters name (x86_64: <asm/unistd_64.h>; aarch64: <asm-generic/unistd.h>,
 # which has no legacy path-based calls such as open/unlink/mkdir).
 _X86_64 = {
-    "open": 2, "ioctl": 16, "socket": 41, "setsockopt": 54, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76, "ftruncate": 77,
+    "open": 2, "ioctl": 16, "socket": 41, "setsockopt": 54, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76,
+    "ftruncate": 77,
     "rename": 82, "mkdir": 83, "rmdir": 84, "creat": 85, "link": 86, "unlink": 87, "symlink": 88, "chmod": 90,
     "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "rt_sigqueueinfo": 129, "utime": 132, "uselib": 134, "mknod": 133, "personality": 135,
@@ -423,7 +425,8 @@ _AARCH64 = {
     "kexec_load": 104, "init_module": 105, "delete_module": 106, "clock_settime": 112, "syslog": 116,
     "ptrace": 117, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "reboot": 142,
     "setpgid": 154, "setsid": 157, "sethostname": 161, "setdomainname": 162, "settimeofday": 170,
-    "adjtimex": 171, "socket": 198, "setsockopt": 208, "add_key": 217, "request_key": 218, "keyctl": 219, "clone": 220,
+    "adjtimex": 171, "socket": 198, "setsockopt": 208, "add_key": 217, "request_key": 218, "keyctl": 219,
+    "clone": 220,
     "swapon": 224, "swapoff": 225, "migrate_pages": 238, "move_pages": 239, "rt_tgsigqueueinfo": 240,
     "perf_event_open": 241, "prlimit64": 261, "fanotify_init": 262, "open_by_handle_at": 265,
     "clock_adjtime": 266, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
@@ -676,30 +679,21 @@ def _package_dirs(root: str, depth: int = 3) -> list[str]:
     return found
 
 
-def carve(root: str, excluded: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Map ``root`` without the paths in ``excluded`` (pure apart from listing folders): ``(binds, symlinks)``.
-
-    ``root`` itself when nothing excluded lies below it; else each child of ``root`` on its own, recursing into
-    the children that hold an excluded path and dropping the excluded ones. Children that are symlinks come back
-    as ``(target, path)`` to recreate as symlinks (resolved inside the view, so one pointing at an excluded folder
-    dangles)."""
+def _carve(root: str, excluded: Sequence[str]) -> list[str]:
+    """The paths that grant ``root`` without the paths in ``excluded`` (for Landlock rules, which grant whole
+    trees): ``root`` itself when nothing excluded lies below it; else each child of ``root`` on its own, recursing
+    into the children that hold an excluded path and dropping the excluded ones. Symlink children need no rule
+    (Landlock checks the file they resolve to, which is granted only if it is in the view itself)."""
     if not any(_under(x, root) for x in excluded):
-        return [root], []
+        return [root]
     if root in excluded:
-        return [], []
-    binds, links = [], []
+        return []
+    paths = []
     for e in sorted(os.scandir(root), key=lambda e: e.name):
-        if e.path in excluded:
+        if e.path in excluded or e.is_symlink():
             continue
-        if e.is_symlink():
-            links.append((os.readlink(e.path), e.path))
-        elif e.is_dir(follow_symlinks=False):
-            sub_binds, sub_links = carve(e.path, excluded)
-            binds += sub_binds
-            links += sub_links
-        else:
-            binds.append(e.path)
-    return binds, links
+        paths += _carve(e.path, excluded) if e.is_dir(follow_symlinks=False) else [e.path]
+    return paths
 
 
 def _resolve(path: str, links: list[tuple[str, str]], depth: int = 0) -> str:
@@ -760,7 +754,7 @@ def _view() -> dict:
     below a mapped folder, e.g. the standard library's own ``site-packages``). bwrap maps an empty mode-0000 tmpfs
     over each (one mount each; carving the standard library into ~200 single mounts would cost bwrap ~0.4 s per
     run), so the folder's name stays and it cannot even be listed; Landlock grants ``readable``: the mapped
-    folders carved child by child around them (:func:`carve`), so nothing under them can be listed or read.
+    folders carved child by child around them (:func:`_carve`), so nothing under them can be listed or read.
     """
     exe = os.path.realpath(sys.executable)
     probe = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
@@ -787,7 +781,7 @@ def _view() -> dict:
     symlinks = sorted({(t, link) for t, link in symlinks if not any(_under(link, q) for q in binds)},
                       key=lambda tl: (tl[1].count("/"), tl[1]))
     excluded = sorted({x for r in binds if os.path.isdir(r) for x in _package_dirs(r)})
-    readable = [p for r in binds for p in carve(r, excluded)[0]]
+    readable = [p for r in binds for p in _carve(r, excluded)]
     leaves = binds + [link for _, link in symlinks]
     dirs = sorted({a for p in leaves for a in ("/" + "/".join(p.strip("/").split("/")[:i])
                                                 for i in range(1, p.count("/")))
