@@ -259,13 +259,16 @@ def test_signal_own_child(mode, monkeypatch):
         pytest.skip("audit mode's hook refuses os.kill to anything but the program itself")
     src = ("import os, signal, time\npid = os.fork()\nif pid == 0:\n    time.sleep(30)\n    os._exit(0)\n"
            "os.kill(pid, signal.SIGTERM)\n_, status = os.waitpid(pid, 0)\nprint(os.WTERMSIG(status))\n")
-    variants = [True] + ([False] if mode != "bwrap" and os.geteuid() == 0 else [])
-    for drop_uid in variants:  # without the uid drop only the Landlock scope confines signals
+    ran = 0
+    for drop_uid in (True, False):  # without the uid drop only the Landlock scope confines signals
+        if mode != "bwrap" and not (drop_uid and os.geteuid() == 0) and sb.landlock_abi() < 6:
+            continue  # no per-run uid and no Landlock scope: the filter allows the own process group only
         monkeypatch.setattr(sb, "_KERNEL_MODES_DROP_UID", drop_uid)
-        if not drop_uid and sb.landlock_abi() < 6:
-            continue  # the filter alone can only allow the program's own pid and process group
         res = sb.run_program(src, limits=FAST, mode=mode)
         assert res.status == "ok" and res.stdout.strip() == str(int(signal.SIGTERM)), (drop_uid, res)
+        ran += 1
+    if not ran:
+        pytest.skip(f"{mode} mode here has neither a per-run uid nor a Landlock signal scope (ABI >= 6)")
 
 
 @pytest.mark.parametrize("kwargs", [{"wall_time_s": 0}, {"memory_mb": -1}, {"cpu_time_s": 0}])

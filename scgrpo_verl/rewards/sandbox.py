@@ -771,7 +771,7 @@ def _view() -> dict:
     system = {os.path.realpath(d) for d in SYSTEM_LIB_DIRS if os.path.isdir(d)}
     for lib in _linked_libraries([exe, *extensions]):
         real = _resolve(lib, symlinks)
-        folder = os.path.dirname(real)
+        folder = real if os.path.isdir(real) else os.path.dirname(real)
         # a library in a system folder's sub-folder (Debian's multiarch /usr/lib/x86_64-linux-gnu) maps that folder
         # in one mount; one directly in a system folder (/usr/lib64 on Fedora), or elsewhere, maps on its own
         inside = folder not in system and any(_under(folder, d) for d in system)
@@ -1564,7 +1564,8 @@ def diagnose() -> dict:
         info["seccomp_arch"] = None if arch is None else hex(arch[0])
         info["limits_via"] = _cgroup_status()
         try:
-            info["interpreter_view"] = _view()
+            view = _view()  # the Landlock paths (hundreds: the standard library carved) as a count
+            info["interpreter_view"] = {**view, "readable": f"{len(view['readable'])} paths (Landlock rules)"}
         except (OSError, subprocess.SubprocessError, SandboxError) as exc:
             info["interpreter_view"] = repr(exc)
     info["modes"] = {m: probe_mode(m) or "ok" for m in MODES}
