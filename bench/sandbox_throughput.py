@@ -123,10 +123,16 @@ class CpuMeter:
         self.dir = None
 
 
+LIMITS = dict(wall_time_s=10, memory_mb=256, max_processes=4)
+"""Limits of the bench's small programs: the current ``run_batch`` runs as many at once as fit their worst-case
+memory (``sandbox.memory_bound_mb``) into the available memory, and the default limits (16 x 1 GiB address
+spaces) would fit one at a time on a small host."""
+
+
 def timed(module, jobs, workers: int, **kwargs) -> float:
     """Seconds to run ``jobs`` with ``workers`` threads; raises if any program fails or answers wrong."""
     t0 = time.perf_counter()
-    results = module.run_batch([(s, i) for s, i, _ in jobs], module.SandboxLimits(wall_time_s=10),
+    results = module.run_batch([(s, i) for s, i, _ in jobs], module.SandboxLimits(**LIMITS),
                                max_workers=workers, **kwargs)
     dt = time.perf_counter() - t0
     for (_, _, expect), res in zip(jobs, results):
@@ -181,7 +187,13 @@ def main() -> None:
         startup = startup_cost(20, meter)
     finally:
         meter.close()
-    print(f"programs: {args.n}; workers: {args.workers}; cores: {os.cpu_count()}; load average: "
+    import psutil
+
+    bound = sandbox.memory_bound_mb(sandbox.SandboxLimits(**LIMITS))
+    fitted = sandbox.batch_workers(bound, psutil.virtual_memory().available >> 20, sandbox.default_workers(),
+                                   args.workers)
+    print(f"programs: {args.n}; workers: {args.workers} asked, {fitted} run at once after the memory fit "
+          f"({bound} MiB bound per run); cores: {os.cpu_count()}; load average: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     old_mode = old.isolation_mode() if old is not None else None
     print(f"before: {args.before} ({old_mode} mode)" if old is not None else f"before: not measured ({why})")

@@ -3,8 +3,8 @@
 Each attack is a function ``mode -> (contained, detail)`` that sets up what it needs on the host (a victim run, a
 secret file, a listening socket, ...), runs hostile code through the sandbox (or through ``compute_score``) and
 checks the outcome *on the host*. Every attack names the invariant of :data:`sandbox.INVARIANTS` it probes: the
-test asserts containment wherever the mode claims that invariant (``bwrap`` claims all of them), and records the
-rest. ``python tests/test_sandbox_redteam.py`` prints the attack x mode table.
+test asserts containment wherever the mode claims that invariant (``bwrap`` claims all of them) and is skipped,
+with the reason, where it does not. ``python tests/test_sandbox_redteam.py`` prints the attack x mode table.
 
 Attacks that would really exhaust a shared host in a mode without kernel isolation (fork bombs, disk and memory
 fills in ``audit``) are not run there and show as "not run".
@@ -13,7 +13,6 @@ fills in ``audit``) are not run there and show as "not run".
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -71,70 +70,112 @@ def _host_secret_file(folder: str, mode: int = 0o644) -> tuple[str, str]:
 # --------------------------------------------------------------------------- attacks
 
 HARVEST = r'''
-import os, re, stat
-found = set()
+import os, re, stat, time
 pat = re.compile(rb"tok_PREFIX[0-9a-f]{12}")
-def scan(path):
+
+
+def read(path, n=4096, regular=True):
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return  # FIFOs, sockets, devices would block
+        if regular and not stat.S_ISREG(os.stat(path).st_mode):
+            return b""  # FIFOs, sockets, devices would block
         with open(path, "rb") as f:
-            found.update(m.decode() for m in pat.findall(f.read(1 << 16)))
+            return f.read(n)
     except Exception:
-        pass
-def walk(root):
+        return b""
+
+
+def listing(path, n):
     try:
-        for dirpath, _, filenames in os.walk(root):
-            for n in filenames:
-                scan(os.path.join(dirpath, n))
+        return sorted(os.listdir(path))[:n]
     except Exception:
-        pass
-for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
-    if pid.isdigit() and int(pid) != os.getpid():
-        for n in ("cmdline", "environ"):
-            scan(f"/proc/{pid}/{n}")
+        return []
+
+
+def harvest_once():
+    # bounded: every process's command line and environment (small), the descriptors and working folder of the
+    # processes that look like code runs (their command line names main.py), and the newest scgrpo* folders of
+    # the temporary folders, at most 3 deep; at most MAX_FILES file reads in all
+    budget = [MAX_FILES]
+    found = set()
+
+    def scan(path):
+        if budget[0] > 0:
+            budget[0] -= 1
+            found.update(m.decode() for m in pat.findall(read(path)))
+
+    pids = [p for p in listing("/proc", 1 << 16) if p.isdigit() and int(p) != os.getpid()]
+    runs = []
+    for pid in pids:
+        cmdline = read(f"/proc/{pid}/cmdline", 1 << 16, regular=False)
+        found.update(m.decode() for m in pat.findall(cmdline + read(f"/proc/{pid}/environ", 1 << 16, False)))
+        if b"main.py" in cmdline:
+            runs.append(pid)
+    for pid in runs:
+        for fd in listing(f"/proc/{pid}/fd", 64):
+            scan(f"/proc/{pid}/fd/{fd}")
+        for name in listing(f"/proc/{pid}/cwd", 64):
+            scan(f"/proc/{pid}/cwd/{name}")
+    for root in ("/tmp", "/var/tmp", "/dev/shm"):
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                scan(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            pass
-        try:
-            for n in os.listdir(f"/proc/{pid}/cwd"):
-                scan(f"/proc/{pid}/cwd/{n}")
-        except OSError:
-            pass
-for root in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
-    walk(root)
+            tops = sorted((e for e in os.scandir(root) if e.name.startswith("scgrpo")),
+                          key=lambda e: e.stat(follow_symlinks=False).st_mtime, reverse=True)[:20]
+        except Exception:
+            tops = []
+        for top in tops:
+            level = [top.path]
+            for _ in range(3):
+                nxt = []
+                for d in level:
+                    for name in listing(d, 64):
+                        path = os.path.join(d, name)
+                        if os.path.isdir(path) and not os.path.islink(path):
+                            nxt.append(path)
+                        else:
+                            scan(path)
+                level = nxt
+    # the tmp walk also runs inside the sandbox's own /tmp (bwrap): nothing of another run is there
+    for name in listing("/tmp", 64):
+        scan(os.path.join("/tmp", name))
+    return found
+
+
+for attempt in range(ROUNDS):  # the victim may still be starting on a loaded host
+    found = harvest_once()
+    if found:
+        break
+    time.sleep(0.25)
 print(sorted(found)[0] if found else "nothing")
 '''
 
 
 def harvest(token: str) -> str:
-    """The harvest program, looking for tokens of ``token``'s format (a policy knows what an answer looks like)."""
-    return HARVEST.replace("PREFIX", token[4:8])
+    """The harvest program, looking for tokens of ``token``'s format (a policy knows what an answer looks like);
+    its search is bounded (file reads per round, rounds), so its run time does not depend on what the host's /tmp
+    holds or how many processes run."""
+    return HARVEST.replace("PREFIX", token[4:8]).replace("MAX_FILES", "400").replace("ROUNDS", "8")
 
 
 def attack_other_run_files(mode: str) -> tuple[bool, str]:
-    """A concurrent run holds the answer (in its stdin, stdout, a file in its folder); the attacker searches
-    every file, /proc/<pid>/fd and cwd it can reach and prints what it finds, graded by compute_score."""
+    """A concurrent run holds the answer (in its stdin, stdout, a file in its folder); the attacker searches the
+    files, /proc/<pid>/fd and cwd it can reach and prints what it finds, graded by compute_score."""
     token = "tok_" + secrets.token_hex(8)
     victim = (f"import time\nopen('answer.txt', 'w').write({token!r})\nprint({token!r}, flush=True)\n"
-              "input()\ntime.sleep(4)\n")
+              "input()\ntime.sleep(5)\n")
     done = threading.Event()
 
     def victim_run():
         try:
-            sb.run_program(victim, token + "\n", sb.SandboxLimits(wall_time_s=5, disk_mb=8), mode=mode)
+            sb.run_program(victim, token + "\n", sb.SandboxLimits(wall_time_s=7, disk_mb=8), mode=mode)
         finally:
             done.set()
 
     t = threading.Thread(target=victim_run)
     t.start()
     time.sleep(1.0)
-    out = compute_score("codeforces", py(harvest(token)), [{"input": "", "output": token}], code_time_limit_s=3,
+    out = compute_score("codeforces", py(harvest(token)), [{"input": "", "output": token}], code_time_limit_s=5,
                         sandbox_mode=mode)
     t.join()
-    return out["score"] == 0.0, f"score {out['score']}"
+    return out["score"] == 0.0, f"score {out['score']}: {out['feedback'][:120]}"
 
 
 def attack_proc_cmdline(mode: str) -> tuple[bool, str]:
@@ -143,7 +184,7 @@ def attack_proc_cmdline(mode: str) -> tuple[bool, str]:
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", token],
                               env={**os.environ, "SCGRPO_TOKEN": token})
     try:
-        res = run(harvest(token), mode, limits=dataclasses.replace(FAST, wall_time_s=4, cpu_time_s=4))
+        res = run(harvest(token), mode, limits=dataclasses.replace(FAST, wall_time_s=5, cpu_time_s=5))
         return token not in res.stdout + res.stderr, res.stdout.strip()[:80] or res.status
     finally:
         victim.kill()
@@ -642,16 +683,23 @@ def test_attack(attack: Attack, mode: str):
         pytest.skip(f"sandbox mode {mode!r} is not available on this host: {reason}")
     if attack.heavy and mode == "audit":
         pytest.skip("audit mode is no boundary; this attack would really exhaust the host")
+    if not claimed(attack, mode):
+        pytest.skip(f"{mode} mode does not claim {attack.invariant} on this host (sandbox.INVARIANTS); "
+                    f"`python tests/test_sandbox_redteam.py` records the outcome in its table")
     contained, detail = attack.fn(mode)
-    if claimed(attack, mode):
-        assert contained, f"{attack.name} escaped in {mode} mode, which claims {attack.invariant}: {detail}"
+    assert contained, f"{attack.name} escaped in {mode} mode, which claims {attack.invariant or 'grading'}: {detail}"
+
+
+BARE_ROOT = tempfile.gettempdir()
+"""Where :func:`_bare_run` puts its runs' folders: a fresh folder of the positive-control test."""
 
 
 def _bare_run(source, stdin="", limits=None, *, files=None, mode=None):
     """A deliberately unsandboxed ``run_program`` (positive control): same interface, plain subprocess in a
-    temporary folder, the host's environment, and an inherited directory handle on ``~/.cache`` (the old bug)."""
+    fresh folder under :data:`BARE_ROOT`, the host's environment, and an inherited directory handle on
+    ``~/.cache`` (the old bug)."""
     limits = limits or sb.SandboxLimits()
-    d = tempfile.mkdtemp(prefix="scgrpo-bare-")
+    d = tempfile.mkdtemp(prefix="run-", dir=BARE_ROOT)
     for name, text in {**(files or {}), "main.py": source}.items():
         with open(os.path.join(d, name), "w") as f:
             f.write(text)
@@ -681,14 +729,16 @@ def test_attack_escapes_without_a_sandbox(attack, monkeypatch):
     it. (Signals to host processes, fork bombs and memory floods are not run unsandboxed.)"""
     if attack is attack_env_and_shadow and os.geteuid() != 0:
         pytest.skip("/etc/shadow is readable only as root")
+    root = tempfile.mkdtemp(prefix="scgrpo-bare-")  # the victims' files: a known place of this test's own
+    os.chmod(root, 0o755)
     monkeypatch.setattr(sb, "run_program", _bare_run)
     monkeypatch.setattr(sb, "select_mode", lambda requested=None: requested)
     monkeypatch.setattr(sb, "_live_pids_of_uid", lambda uid: [])
+    monkeypatch.setattr(sys.modules[__name__], "BARE_ROOT", root)
     try:
         contained, detail = attack("bare")
     finally:
-        for d in glob.glob(os.path.join(tempfile.gettempdir(), "scgrpo-bare-*")):
-            sb._remove_tree(d)
+        sb._remove_tree(root)
     assert not contained, detail
 
 
@@ -708,9 +758,11 @@ def test_deep_tree_breaks_a_recursive_cleanup_but_not_ours():
     assert not os.path.exists(base)
 
 
-def test_bwrap_claims_every_invariant():
-    assert all(sb.INVARIANTS["bwrap"].values())
-    assert {a.invariant for a in ATTACKS} - {None} == set(sb.INVARIANT_DOCS)  # every invariant is attacked
+def test_every_invariant_is_attacked():
+    """Each invariant a mode can claim has at least one attack (and no attack names an unknown one), so a claim in
+    :data:`sandbox.INVARIANTS` is always tested where it is made."""
+    assert {a.invariant for a in ATTACKS} - {None} == set(sb.INVARIANT_DOCS)
+    assert all(set(claims) == set(sb.INVARIANT_DOCS) for claims in sb.INVARIANTS.values())
 
 
 def test_hostile_batch_beside_benign():

@@ -303,7 +303,8 @@ def grade_code(solution_str: str, ground_truth, truncated: bool = False,
 
     Raises:
         ValueError: malformed ground truth.
-        sandbox.SandboxError: the sandbox cannot run on this host (code rewards fail closed; one-line message).
+        sandbox.SandboxError: the sandbox cannot run on this host, or it broke after start-up (code rewards fail
+            closed and stop training rather than score 0; one-line message).
     """
     suite = parse_tests(ground_truth)
     sandbox.select_mode(sandbox_mode)  # fail closed (one-line SandboxError) before grading anything

@@ -9,12 +9,17 @@ mode ``"bwrap"``:
   ``[UID_BASE, UID_BASE + UID_SPAN)`` (the boot code drops to it before reading the program): ``RLIMIT_NPROC``
   never applies to uid 0, and a user namespace would map the program back to uid 0;
 * a **minimal read-only view** (:func:`_view`): the interpreter binary, its standard library and
-  ``lib-dynload`` (no ``site-packages``), libraries outside the system folders, the system library folders and
-  ``/etc/ld.so.cache``, each mapped on its own: nothing of home folders, dataset caches or the project;
+  ``lib-dynload``, the shared libraries they link against (a multiarch folder such as
+  ``/usr/lib/x86_64-linux-gnu`` in one piece) and ``/etc/ld.so.cache``, each mapped on its own: nothing of home
+  folders, dataset caches, the project or the rest of ``/usr/lib``. No installed package: the standard library's
+  own ``site-packages`` (any ``site-``/``dist-packages`` folder inside the view) is covered by an empty tmpfs
+  nobody may list;
 * a private **tmpfs of ``disk_mb``** as ``/tmp`` and working folder (the run's disk quota; ``main.py`` is copied
   in from memory), one of ``shm_mb`` on ``/dev/shm``; ``/`` and ``/dev`` read-only;
-* stdin/stdout/stderr in anonymous memory files of the parent (no host file for other runs to read), and no
-  other inherited descriptor (bwrap closes those it reads its set-up from);
+* stdin a read-only descriptor of a sealed anonymous memory file (it cannot be written, grown or shrunk),
+  stdout/stderr anonymous memory files of the parent capped by ``RLIMIT_FSIZE`` (no host file for other runs
+  to read), and no other inherited descriptor (bwrap closes those it reads its set-up from);
+* as root, no capability left after the uid drop, the inheritable set included;
 * ``--die-with-parent``, and teardown of the whole PID namespace when the program ends or is killed (the
   parent waits for bwrap's PID 1 to be gone, which the kernel allows only after every other process is);
 * the **seccomp filter** below, and the limits: ``RLIMIT_CPU``, ``RLIMIT_AS`` (per process), ``RLIMIT_NPROC``,
@@ -22,25 +27,35 @@ mode ``"bwrap"``:
 
 **Memory bound.** cgroup v2 ``memory.max``/``pids.max`` need a delegated cgroup v2 subtree with the memory and
 pids controllers; the hosts this was built and tested on have none writable (cgroup v1 controllers, an empty
-unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits. What ``RLIMIT_AS`` does
-not see is bounded separately: SysV shared memory, message queues and semaphores and ``memfd_create`` are
-refused (bound 0), POSIX shared memory lives in the ``/dev/shm`` tmpfs and files in the ``/tmp`` tmpfs. One run
-holds at most ``max_processes * memory_mb + disk_mb + shm_mb`` MiB.
+unified hierarchy; :func:`diagnose` reports ``limits_via``), so the limits are rlimits, and what one run can
+hold is their sum (:func:`memory_bound_mb`): ``max_processes * memory_mb`` (``RLIMIT_AS`` per process) ``+
+disk_mb + shm_mb`` (the two tmpfs) ``+ 2 * max(max_file_size_mb, max_output_bytes)`` (stdout/stderr, capped by
+``RLIMIT_FSIZE``; stdin is sealed) ``+`` kernel buffers of at most ``(max_processes + 1) * max_open_files``
+pipes and sockets (the filter refuses ``F_SETPIPE_SZ`` and ``SO_SNDBUF``/``SO_RCVBUF``: 64 KiB per pipe, twice
+``net.core.wmem_default`` per socket). SysV IPC and ``memfd_create`` are refused. With the defaults that is about
+16.5 GiB, almost all of it the 16 processes' address spaces, so :func:`run_batch` runs as many programs at once
+as fit their bound into the host's available memory (:func:`batch_workers`), not one per core.
 
 **Weaker modes** (hosts where bwrap cannot create namespaces), used only when the user opts in with
 ``SCGRPO_SANDBOX_MODE=<mode>`` or the reward kwarg ``sandbox_mode``, logged at WARNING whenever a process selects
 one; :data:`INVARIANTS` says what each holds. ``"landlock"``: Landlock lets the program read only the
-interpreter view and its own fresh 0700 folder (owned by the per-run uid as root), write only that folder, and
-the seccomp filter refuses every ``socket()``; no disk quota. ``"seccomp"``: the filter also refuses every file
-creation or change; reads are limited only by the uid. ``"audit"``: an in-interpreter audit hook, no security
-boundary. Without bwrap and without an opt-in, :func:`select_mode` raises :class:`SandboxError` with
-:data:`REFUSAL`: code rewards fail closed.
+interpreter view (carved around the package folders, so they cannot even be listed; the boot code enters the
+Landlock domain after the interpreter's start-up) and its own fresh 0700 folder (owned by the per-run uid as
+root), write only that folder, and the seccomp filter refuses every ``socket()``; no disk quota.
+``"seccomp"``: the filter also refuses every file creation or change; reads are limited only by the uid.
+``"audit"``: an in-interpreter audit hook, no security boundary. Without bwrap and without an opt-in,
+:func:`select_mode` raises :class:`SandboxError` with :data:`REFUSAL`: code rewards fail closed. A sandbox that
+breaks after start-up (a failed run whose stderr reads like bwrap's, the boot code's or the interpreter's own
+start-up failure) is probed again, and :class:`SandboxError` stops training when the probe fails too.
 
 The **seccomp filter** (every kernel mode; checks the arch, denies x32) refuses ``ptrace``, ``process_vm_*``,
 ``kcmp``, mount and namespace calls (``clone``/``clone3`` with namespace flags included), ``bpf``,
 ``perf_event_open``, keyrings, ``io_uring``, ``userfaultfd``, ``pidfd_*``, module loading, ``kexec``,
-``personality``, privileged clock/host calls, SysV IPC ``*get`` and ``memfd_create``; without a PID namespace
-(``landlock``/``seccomp``) also ``setsid``/``setpgid`` and signals outside the program's process group.
+``personality``, privileged clock/host calls, SysV IPC ``*get``, ``memfd_create``, ``F_SETPIPE_SZ`` and socket
+buffer sizes; without a PID namespace (``landlock``/``seccomp``) also ``setsid``/``setpgid``, ``prlimit`` on
+other processes and signal-owner changes. Signals there stay inside the program's own process tree through a
+Landlock signal scope (ABI >= 6, both modes) or the per-run uid (root); only where neither exists does the filter
+allow signals to the program's own pid and process group alone (then ``os.kill(child_pid)`` fails).
 
 Linux only. ``python -m scgrpo_verl.rewards.sandbox`` and ``scgrpo-verl sandbox`` print :func:`diagnose`.
 """
@@ -51,7 +66,9 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import fcntl
 import functools
+import glob
 import json
 import logging
 import math
@@ -87,6 +104,8 @@ __all__ = [
     "probe_mode",
     "run_program",
     "run_batch",
+    "batch_workers",
+    "memory_bound_mb",
     "select_mode",
 ]
 
@@ -139,6 +158,11 @@ AF_UNIX = 1
 O_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND  # same values on x86_64/aarch64
 F_SETOWN = 8
 F_SETOWN_EX = 15
+F_SETPIPE_SZ = 1031
+SOL_SOCKET = 1  # <asm-generic/socket.h> (x86_64, aarch64)
+SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 7, 8, 32, 33
+PIPE_BUF_BYTES = 16 * 4096
+"""Kernel buffer of a pipe at its default size (16 pages); the filter refuses ``F_SETPIPE_SZ``."""
 FIOSETOWN = 0x8901
 SIOCSPGRP = 0x8902
 
@@ -182,7 +206,8 @@ class SandboxLimits:
     Attributes:
         wall_time_s: wall-clock seconds before the process group is killed (status ``timeout``).
         cpu_time_s: CPU seconds (``RLIMIT_CPU``); ``None`` -> ``ceil(wall_time_s)``.
-        memory_mb: address-space limit per process in MiB (``RLIMIT_AS``).
+        memory_mb: address-space limit per process in MiB (``RLIMIT_AS``); a run's whole bound is
+            :func:`memory_bound_mb`.
         max_processes: processes/threads the sandbox uid may own (``RLIMIT_NPROC``).
         max_file_size_mb: largest file the program may write, in MiB (``RLIMIT_FSIZE``).
         max_open_files: ``RLIMIT_NOFILE``.
@@ -310,19 +335,24 @@ def _landlock_fs_rights(abi: int) -> int:
     return rights
 
 
-def _landlock_ruleset(workdir: str) -> int:
+def _landlock_ruleset(workdir: str | None) -> int:
     """A Landlock ruleset fd for a program whose private folder is ``workdir`` (built in the parent).
 
-    The interpreter view (:func:`_view_paths`): execute, read files, list folders; ``workdir``: everything;
-    ``/dev/null``: read + write, ``/dev/urandom``: read; nothing else (no ``/proc``, no home folders, no other run's
-    folder). TCP bind/connect denied (ABI >= 4); signals and abstract Unix sockets scoped to the domain (ABI >= 6).
-    The fd is close-on-exec: the child calls ``landlock_restrict_self`` on it in ``preexec_fn``.
+    The interpreter view (:func:`_view_paths`, carved around package folders): execute, read files, list
+    folders; ``workdir``: everything; ``/dev/null``: read + write, ``/dev/urandom``: read; nothing else (no
+    ``/proc``, no home folders, no other run's folder). TCP bind/connect denied (ABI >= 4); signals and abstract
+    Unix sockets scoped to the domain (ABI >= 6). ``workdir=None``: only that scoping, no file or network rule
+    (``seccomp`` mode, ABI >= 6). The child inherits the fd and its boot code calls ``landlock_restrict_self``.
     """
     abi = landlock_abi()
     if abi < 1:
         raise SandboxError(f"Landlock is unavailable: {_errno_text(-abi)}")
     fs = _landlock_fs_rights(abi)
-    if abi >= 6:
+    if workdir is None:
+        if abi < 6:
+            raise SandboxError(f"Landlock ABI {abi} cannot scope signals (ABI >= 6 can)")
+        attr, size = struct.pack("=QQQ", 0, 0, LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL), 24
+    elif abi >= 6:
         attr, size = struct.pack("=QQQ", fs, LL_NET_BIND_TCP | LL_NET_CONNECT_TCP,
                                  LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL), 24
     elif abi >= 4:
@@ -334,6 +364,8 @@ def _landlock_ruleset(workdir: str) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         raise SandboxError(f"landlock_create_ruleset: {_errno_text(err)}")
+    if workdir is None:
+        return int(fd)
     file_rw = LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if abi >= 3 else 0)
     read_dir = LL_FS_EXECUTE | LL_FS_READ_FILE | LL_FS_READ_DIR
     rules = [(path, read_dir, True) for path in _view_paths()]
@@ -366,7 +398,8 @@ def _landlock_ruleset(workdir: str) -> int:
 # System call numbers of the syscalls the filters name (x86_64: <asm/unistd_64.h>; aarch64: <asm-generic/unistd.h>,
 # which has no legacy path-based calls such as open/unlink/mkdir).
 _X86_64 = {
-    "open": 2, "ioctl": 16, "socket": 41, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76, "ftruncate": 77,
+    "open": 2, "ioctl": 16, "socket": 41, "setsockopt": 54, "clone": 56, "kill": 62, "fcntl": 72, "truncate": 76,
+    "ftruncate": 77,
     "rename": 82, "mkdir": 83, "rmdir": 84, "creat": 85, "link": 86, "unlink": 87, "symlink": 88, "chmod": 90,
     "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "rt_sigqueueinfo": 129, "utime": 132, "uselib": 134, "mknod": 133, "personality": 135,
@@ -392,7 +425,8 @@ _AARCH64 = {
     "kexec_load": 104, "init_module": 105, "delete_module": 106, "clock_settime": 112, "syslog": 116,
     "ptrace": 117, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "reboot": 142,
     "setpgid": 154, "setsid": 157, "sethostname": 161, "setdomainname": 162, "settimeofday": 170,
-    "adjtimex": 171, "socket": 198, "add_key": 217, "request_key": 218, "keyctl": 219, "clone": 220,
+    "adjtimex": 171, "socket": 198, "setsockopt": 208, "add_key": 217, "request_key": 218, "keyctl": 219,
+    "clone": 220,
     "swapon": 224, "swapoff": 225, "migrate_pages": 238, "move_pages": 239, "rt_tgsigqueueinfo": 240,
     "perf_event_open": 241, "prlimit64": 261, "fanotify_init": 262, "open_by_handle_at": 265,
     "clock_adjtime": 266, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
@@ -451,14 +485,18 @@ def _arg_lo(i: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool,
-                     confine_signals: bool = True) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
+def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool, confine_signals: bool = True,
+                     confine_kill: bool = True) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
     """The hardening filter as ``struct sock_filter`` bytes, plus the byte offsets of the ``k`` fields to patch
     with the child's pid and with ``-pid`` (32-bit two's complement).
 
     ``deny_writes`` adds the seccomp-mode file-modification denials; ``allow_unix_sockets`` lets ``socket()``
     create ``AF_UNIX`` sockets (otherwise every ``socket()`` fails); ``confine_signals`` (the modes without a PID
-    namespace) refuses ``setsid``/``setpgid`` and signals to anything but the program's own process group.
+    namespace) refuses ``setsid``/``setpgid``, ``prlimit`` on other processes and signal-owner changes, and with
+    ``confine_kill`` also signals to anything but the program's own pid or process group. Without
+    ``confine_kill`` something else confines signals (a Landlock signal scope or the per-run uid), so a program
+    may signal its own children. Every variant refuses ``F_SETPIPE_SZ`` and setting socket buffer sizes (the
+    kernel-buffer part of the memory bound, :func:`memory_bound_mb`).
     """
     arch = _seccomp_arch()
     if arch is None:
@@ -527,18 +565,24 @@ def _seccomp_program(deny_writes: bool, allow_unix_sockets: bool,
     else:
         deny("socket", e.EACCES)
     block("clone", deny_bits(0, _CLONE_NS_FLAGS, e.EPERM))
+    # setsockopt(fd, SOL_SOCKET, SO_*BUF*): level in args[1], name in args[2]
+    block("setsockopt", [(BPF_LD_W_ABS, 0, 0, _arg_lo(1)), (BPF_JEQ_K, 1, 0, SOL_SOCKET),
+                         (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
+          + deny_values(2, [SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE], e.EPERM))
     if not confine_signals:
+        block("fcntl", deny_values(1, [F_SETPIPE_SZ], e.EPERM))
         ret(SECCOMP_RET_ALLOW)
         return _assemble(ins)
     deny("setsid", e.EPERM)
     deny("setpgid", e.EPERM)
-    block("kill", allow_values(0, [0, _PID, _NEG_PID], e.EPERM))
-    block("rt_sigqueueinfo", allow_values(0, [_PID, _NEG_PID], e.EPERM))
-    block("tkill", allow_values(0, [_PID], e.EPERM))
-    block("tgkill", allow_values(0, [_PID], e.EPERM))
-    block("rt_tgsigqueueinfo", allow_values(0, [_PID], e.EPERM))
+    if confine_kill:
+        block("kill", allow_values(0, [0, _PID, _NEG_PID], e.EPERM))
+        block("rt_sigqueueinfo", allow_values(0, [_PID, _NEG_PID], e.EPERM))
+        block("tkill", allow_values(0, [_PID], e.EPERM))
+        block("tgkill", allow_values(0, [_PID], e.EPERM))
+        block("rt_tgsigqueueinfo", allow_values(0, [_PID], e.EPERM))
     block("prlimit64", allow_values(0, [0, _PID], e.EPERM))
-    block("fcntl", deny_values(1, [F_SETOWN, F_SETOWN_EX], e.EPERM))
+    block("fcntl", deny_values(1, [F_SETPIPE_SZ, F_SETOWN, F_SETOWN_EX], e.EPERM))
     block("ioctl", deny_values(1, [FIOSETOWN, SIOCSPGRP], e.EPERM))
     ret(SECCOMP_RET_ALLOW)
     return _assemble(ins)
@@ -567,8 +611,9 @@ class _SockFprog(ctypes.Structure):
 
 @dataclasses.dataclass
 class _KernelLayers:
-    """What the child of a ``landlock``/``seccomp`` run installs on itself (prepared in the parent):
-    the seccomp hardening filter and, in ``landlock`` mode, a Landlock ruleset."""
+    """What the child of a ``landlock``/``seccomp`` run installs on itself (prepared in the parent): the seccomp
+    hardening filter (before exec) and a Landlock ruleset (by the boot code): the full one in ``landlock`` mode,
+    a signal/abstract-socket scope in ``seccomp`` mode where Landlock ABI >= 6 has one."""
 
     ruleset_fd: int | None
     filter_buf: ctypes.Array
@@ -577,14 +622,17 @@ class _KernelLayers:
     neg_pid_offsets: tuple[int, ...]
 
     @classmethod
-    def build(cls, mode: str, workdir: str) -> "_KernelLayers":
-        landlock = mode == "landlock"
+    def build(cls, mode: str, workdir: str, uid: int | None) -> "_KernelLayers":
+        scope = landlock_abi() >= 6  # Landlock can keep signals inside the program's own process tree
+        ruleset_fd = _landlock_ruleset(workdir) if mode == "landlock" else \
+            _landlock_ruleset(None) if scope else None
         # No socket() at all without a network namespace: Landlock does not confine connecting to host Unix
-        # sockets by path (socketpair() stays available)
-        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=False)
+        # sockets by path (socketpair() stays available). Signals to any pid (e.g. a program's own child) are
+        # allowed where the Landlock scope or the per-run uid confines them; else only the own process group.
+        prog, pid_offs, neg_offs = _seccomp_program(deny_writes=mode == "seccomp", allow_unix_sockets=False,
+                                                    confine_kill=not (scope or uid is not None))
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-        ruleset_fd = _landlock_ruleset(workdir) if landlock else None
         return cls(ruleset_fd, buf, fprog, pid_offs, neg_offs)
 
     def close(self) -> None:
@@ -607,66 +655,151 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+PACKAGE_DIRS = ("site-packages", "dist-packages")
+"""Folder names of installed third-party packages: never part of the view, wherever they sit."""
+
+
+def _package_dirs(root: str, depth: int = 3) -> list[str]:
+    """``site-packages`` / ``dist-packages`` folders at most ``depth`` levels below ``root`` (a bounded scan: e.g.
+    ``<stdlib>/site-packages``)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                if e.name in PACKAGE_DIRS:
+                    found.append(e.path)
+                elif e.is_dir(follow_symlinks=False):
+                    nxt.append(e.path)
+        level = nxt
+    return found
+
+
+def _carve(root: str, excluded: Sequence[str]) -> list[str]:
+    """The paths that grant ``root`` without the paths in ``excluded`` (for Landlock rules, which grant whole
+    trees): ``root`` itself when nothing excluded lies below it; else each child of ``root`` on its own, recursing
+    into the children that hold an excluded path and dropping the excluded ones. Symlink children need no rule
+    (Landlock checks the file they resolve to, which is granted only if it is in the view itself)."""
+    if not any(_under(x, root) for x in excluded):
+        return [root]
+    if root in excluded:
+        return []
+    paths = []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.path in excluded or e.is_symlink():
+            continue
+        paths += _carve(e.path, excluded) if e.is_dir(follow_symlinks=False) else [e.path]
+    return paths
+
+
+def _resolve(path: str, links: list[tuple[str, str]], depth: int = 0) -> str:
+    """The real path of ``path``, appending ``(target, link)`` for every symlink met on the way (to recreate in
+    the view, so that e.g. ``/lib64/ld-linux-x86-64.so.2`` resolves there as it does on the host)."""
+    if depth > 40:
+        raise SandboxError(f"too many levels of symbolic links resolving {path}")
+    cur = "/"
+    for part in path.strip("/").split("/"):
+        nxt = os.path.join(cur, part)
+        if os.path.islink(nxt):
+            target = os.readlink(nxt)
+            links.append((target, nxt))
+            cur = _resolve(os.path.normpath(os.path.join(cur, target)), links, depth + 1)
+        else:
+            cur = nxt
+    return cur
+
+
+def _linked_libraries(binaries: Sequence[str]) -> list[str]:
+    """Shared libraries (as the loader names them) that ``binaries`` need: ``ldd`` of each, the loader itself,
+    ``libgcc_s.so.1`` (glibc loads it for thread cancellation and unwinding) and the C.UTF-8 locale if it is a
+    folder of its own."""
+    ldd = shutil.which("ldd")
+    out = ""
+    if ldd:
+        try:
+            out = subprocess.run([ldd, *binaries], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+    libs = set()
+    for line in out.splitlines():
+        path = line.split("=>")[-1].strip().split(" (")[0].strip()
+        if path.startswith("/") and os.path.exists(path):
+            libs.add(path)
+    for d in SYSTEM_LIB_DIRS:
+        for extra in (f"{d}/libgcc_s.so.1", *glob.glob(f"{d}/*/libgcc_s.so.1"), f"{d}/locale/C.utf8"):
+            if os.path.exists(extra):
+                libs.add(extra)
+    return sorted(libs)
+
+
 @functools.lru_cache(maxsize=1)
 def _view() -> dict:
     """What a sandboxed interpreter needs, mapped read-only at the same paths (cached):
 
     ``exe`` (the real interpreter binary), ``binds`` (host paths: the binary, a ``pyvenv.cfg`` next to a copied
-    venv binary, the isolated interpreter's ``sys.path`` entries but ``site-``/``dist-packages``, libraries ``ldd``
-    lists outside the system library folders, the system library folders, ``/etc/ld.so.cache``), ``symlinks``
-    (``(target, path)`` for system library folders that are symlinks, e.g. Debian's ``/lib -> usr/lib``) and
-    ``dirs`` (every ancestor folder to create with mode 0755 first: bwrap would create them 0700, which a per-run
-    uid cannot traverse). Every path is mapped on its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide
-    each other and nothing else of the home folder exists in the sandbox.
+    venv binary, the isolated interpreter's ``sys.path`` entries but ``site-``/``dist-packages``, each shared
+    library the binary and the standard library's extension modules link against (:func:`_linked_libraries`),
+    ``/etc/ld.so.cache``), ``symlinks`` (``(target, path)`` met on the way to those libraries, e.g. Debian's
+    ``/lib -> usr/lib`` and ``/lib64/ld-linux-x86-64.so.2``) and ``dirs`` (every ancestor folder to create with
+    mode 0755 first: bwrap would create them 0700, which a per-run uid cannot traverse). Every path is mapped on
+    its own, so e.g. ``~/.pyenv`` and ``~/.cache/venv`` never hide each other and nothing else of the home
+    folder, and nothing else of the system library folders (other interpreters' packages, applications under
+    ``/usr/lib``), exists in the sandbox.
+
+    No ``site-packages``/``dist-packages`` content is in the view (``excluded``: those found at most three levels
+    below a mapped folder, e.g. the standard library's own ``site-packages``). bwrap maps an empty mode-0000 tmpfs
+    over each (one mount each; carving the standard library into ~200 single mounts would cost bwrap ~0.4 s per
+    run), so the folder's name stays and it cannot even be listed; Landlock grants ``readable``: the mapped
+    folders carved child by child around them (:func:`_carve`), so nothing under them can be listed or read.
     """
     exe = os.path.realpath(sys.executable)
     probe = subprocess.run([exe, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
                            text=True, timeout=60, env={"PATH": SANDBOX_PATH, "LC_ALL": "C.UTF-8"})
     if probe.returncode != 0:
         raise SandboxError(f"could not ask {exe} for its sys.path: {last_lines(probe.stderr, 2) or probe.returncode}")
-    entries = [p for p in json.loads(probe.stdout) if p and os.path.exists(p)
-               and not any(part in ("site-packages", "dist-packages") for part in p.split("/"))]
+    entries = [os.path.realpath(p) for p in json.loads(probe.stdout) if p and os.path.exists(p)
+               and not any(part in PACKAGE_DIRS for part in p.split("/"))]
     binds = [exe] + [c for c in (os.path.join(os.path.dirname(exe), "pyvenv.cfg"),
                                  os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")) if os.path.isfile(c)]
-    binds += [os.path.realpath(p) for p in entries]
-    symlinks = []
-    system = []
-    for d in SYSTEM_LIB_DIRS:
-        if os.path.islink(d):
-            symlinks.append((os.readlink(d), d))
-        elif os.path.isdir(d):
-            system.append(d)
-    ldd = shutil.which("ldd")
-    if ldd:
-        try:
-            out = subprocess.run([ldd, exe], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        for line in out.splitlines():
-            path = line.split("=>")[-1].strip().split(" (")[0].strip()
-            if path.startswith("/") and os.path.exists(path):
-                real = os.path.realpath(path)
-                if not any(_under(real, os.path.realpath(s)) for s in SYSTEM_LIB_DIRS if os.path.exists(s)):
-                    binds.append(real)
-    binds += system + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
+    binds += entries + ([f] if os.path.isfile(f := "/etc/ld.so.cache") else [])
+    extensions = [e.path for d in entries if os.path.isdir(d) for e in os.scandir(d) if e.name.endswith(".so")]
+    symlinks: list[tuple[str, str]] = []
+    system = {os.path.realpath(d) for d in SYSTEM_LIB_DIRS if os.path.isdir(d)}
+    for lib in _linked_libraries([exe, *extensions]):
+        real = _resolve(lib, symlinks)
+        folder = real if os.path.isdir(real) else os.path.dirname(real)
+        # a library in a system folder's sub-folder (Debian's multiarch /usr/lib/x86_64-linux-gnu) maps that folder
+        # in one mount; one directly in a system folder (/usr/lib64 on Fedora), or elsewhere, maps on its own
+        inside = folder not in system and any(_under(folder, d) for d in system)
+        binds.append(folder if inside else real)
     binds = sorted(set(binds), key=lambda p: (p.count("/"), p))
     binds = [p for p in binds if not any(q != p and _under(p, q) for q in binds)]
+    symlinks = sorted({(t, link) for t, link in symlinks if not any(_under(link, q) for q in binds)},
+                      key=lambda tl: (tl[1].count("/"), tl[1]))
+    excluded = sorted({x for r in binds if os.path.isdir(r) for x in _package_dirs(r)})
+    readable = [p for r in binds for p in _carve(r, excluded)]
     leaves = binds + [link for _, link in symlinks]
     dirs = sorted({a for p in leaves for a in ("/" + "/".join(p.strip("/").split("/")[:i])
                                                 for i in range(1, p.count("/")))
                    if not any(_under(a, q) for q in leaves)}, key=lambda p: (p.count("/"), p))
-    return {"exe": exe, "binds": binds, "symlinks": symlinks, "dirs": dirs}
+    return {"exe": exe, "binds": binds, "symlinks": symlinks, "dirs": dirs, "excluded": excluded,
+            "readable": readable}
 
 
 def _view_paths() -> list[str]:
-    """Host paths a Landlock-confined program may read (the interpreter view)."""
-    return list(_view()["binds"])
+    """Host paths a Landlock-confined program may read (the interpreter view, carved around package folders)."""
+    return list(_view()["readable"])
 
 
 def _expose_dirs() -> list[str]:
     """Interpreter folders below a folder other users cannot traverse: the ``landlock``/``seccomp`` boot code keeps
     them importable after the uid drop through ``/proc/self/fd/<n>`` handles opened before it (exactly these
-    folders: a handle on an ancestor would expose its other children, e.g. a dataset cache)."""
+    folders: a handle on an ancestor would expose its other children, e.g. a dataset cache; in ``landlock`` mode
+    only the carved view below them is readable)."""
     return [p for p in _view()["binds"] if os.path.isdir(p) and _hidden_ancestors(p)]
 
 
@@ -730,6 +863,33 @@ def _boot():
         os.setresuid(_UID, _UID, _UID)
         if os.getresuid() != (_UID,) * 3 or os.getresgid() != (_UID,) * 3 or os.getgroups():
             raise SystemExit("sandbox: could not drop privileges")
+    if _CLEAR_INHERITABLE or _LANDLOCK_FD is not None:
+        import _ctypes  # not ctypes: its import costs a bwrap run ~5 ms of CPU
+
+        class Long(_ctypes._SimpleCData):
+            _type_ = "l"
+
+        class Fn(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Long
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+    if _CLEAR_INHERITABLE:
+        # the uid change cleared the permitted and effective sets; clear the inheritable one too (bwrap leaves
+        # CAP_SETUID/CAP_SETGID there): capset(v3 header, all-zero data)
+        if Fn(("capset", Libc))((0x20080522).to_bytes(4, sys.byteorder) + bytes(4), bytes(24)) != 0:
+            raise SystemExit("sandbox: could not clear the inheritable capabilities: errno %d" % _ctypes.get_errno())
+    if _LANDLOCK_FD is not None:
+        # Landlock from here, not before exec: the start-up above listed the standard library folder (which the
+        # ruleset does not let the program list: it is carved around site-packages), and every path finder
+        # fills its listing now, so imports keep working inside the domain.
+        import importlib.machinery
+        importlib.machinery.PathFinder.find_spec("_scgrpo_sandbox_warm_up_")
+        if Fn(("syscall", Libc))(Long(446), Long(_LANDLOCK_FD), Long(0)) != 0:
+            raise SystemExit("sandbox: landlock_restrict_self failed: errno %d" % _ctypes.get_errno())
+        os.close(_LANDLOCK_FD)
     with open("main.py", "rb") as f:
         src = f.read()
     try:
@@ -763,10 +923,14 @@ except BaseException as _e:
 
 
 def _boot_source(audit: bool, uid: int | None, expose: Sequence[str],
-                 limits: Sequence[tuple[int, tuple[int, int]]] = ()) -> str:
-    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, then ``main.py`` as ``__main__``."""
+                 limits: Sequence[tuple[int, tuple[int, int]]] = (), landlock_fd: int | None = None,
+                 clear_inheritable: bool = False) -> str:
+    """The ``python -c`` boot code: optional audit hook, rlimits, uid drop, the inheritable capabilities cleared
+    (``clear_inheritable``: bwrap as root leaves some), Landlock (``landlock_fd``: an inherited ruleset), then
+    ``main.py`` as ``__main__``."""
     lim = [(int(res), int(soft), int(hard)) for res, (soft, hard) in limits]
-    return f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n" + _BOOT
+    return (f"_AUDIT = {audit!r}\n_UID = {uid!r}\n_EXPOSE = {list(expose)!r}\n_LIMITS = {lim!r}\n"
+            f"_LANDLOCK_FD = {landlock_fd!r}\n_CLEAR_INHERITABLE = {clear_inheritable!r}\n" + _BOOT)
 
 
 _ENV = {
@@ -842,6 +1006,21 @@ def _memfd(name: str, data: bytes = b"") -> int:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def _stdin_fd(text: str) -> int:
+    """A read-only descriptor of a sealed anonymous memory file holding ``text``: the program can neither write,
+    grow (``fallocate``), shrink nor unseal it, even if it reopens ``/proc/self/fd/0`` for writing."""
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(text.encode("utf-8", errors="surrogateescape"))
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
 
 
 def _read_fd(fd: int, n: int, tail: bool = False) -> tuple[bytes, int]:
@@ -929,13 +1108,16 @@ def _bwrap_argv(limits: SandboxLimits, uid: int | None, files: Sequence[tuple[in
         argv += ["--symlink", target, link]
     for path in view["binds"]:
         argv += ["--ro-bind", path, path]
+    for path in view["excluded"]:  # an empty tmpfs nobody may list over each package folder
+        argv += ["--perms", "0000", "--size", "4096", "--tmpfs", path]
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(limits.shm_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
              "--perms", "1777", "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp"]
     for fd, name in files:
         argv += ["--perms", "0644", "--file", str(fd), f"/tmp/{name}"]
     argv += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
-             "--", view["exe"], "-I", "-B", "-S", "-c", _boot_source(False, uid, (), _rlimits(limits, nproc))]
+             "--", view["exe"], "-I", "-B", "-S", "-c",
+             _boot_source(False, uid, (), _rlimits(limits, nproc), clear_inheritable=uid is not None)]
     return argv
 
 
@@ -996,8 +1178,7 @@ def _run_bwrap(source: str, stdin: str, limits: SandboxLimits, files: Mapping[st
         info_r, info_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         fds += [seccomp_fd, info_r, info_w]
         argv = _bwrap_argv(limits, uid, file_fds, seccomp_fd, info_w)
-        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
-            _memfd("stdout"), _memfd("stderr")
+        in_fd, out_fd, err_fd = _stdin_fd(stdin), _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
         try:
             proc = subprocess.Popen(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd="/", env={},
@@ -1039,19 +1220,17 @@ def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
         nproc = limits.max_processes if uid is not None else _user_process_count(os.getuid()) + limits.max_processes
         rl = _rlimits(limits, nproc)
         if mode != "audit":
-            layers = _KernelLayers.build(mode, workdir)
-        boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [])
+            layers = _KernelLayers.build(mode, workdir, uid)
+        ruleset_fd = layers.ruleset_fd if layers is not None else None
+        boot = _boot_source(mode == "audit", uid, _expose_dirs() if uid is not None else [], landlock_fd=ruleset_fd)
         args = [os.path.realpath(sys.executable) if mode != "audit" else sys.executable, "-I", "-B", "-S", "-c", boot]
-        in_fd, out_fd, err_fd = _memfd("stdin", stdin.encode("utf-8", errors="surrogateescape")), \
-            _memfd("stdout"), _memfd("stderr")
+        in_fd, out_fd, err_fd = _stdin_fd(stdin), _memfd("stdout"), _memfd("stderr")
         fds += [in_fd, out_fd, err_fd]
         byteorder = sys.byteorder
 
         def preexec() -> None:
             if layers is not None:  # before RLIMIT_AS: installing the layers allocates a little
                 _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-                if layers.ruleset_fd is not None:
-                    _check(_syscall(NR_LANDLOCK_RESTRICT_SELF, layers.ruleset_fd, 0), "landlock_restrict_self")
                 pid = os.getpid()  # unchanged by exec; the child leads its own session and process group
                 buf = layers.filter_buf
                 for off in layers.pid_offsets:
@@ -1065,7 +1244,8 @@ def _run_unshared(source: str, stdin: str, limits: SandboxLimits, mode: str,
 
         try:
             proc = subprocess.Popen(args, stdin=in_fd, stdout=out_fd, stderr=err_fd, cwd=workdir, env=dict(_ENV),
-                                    start_new_session=True, preexec_fn=preexec, close_fds=True)
+                                    start_new_session=True, preexec_fn=preexec, close_fds=True,
+                                    pass_fds=[ruleset_fd] if ruleset_fd is not None else [])
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start a sandboxed process (mode={mode}): {exc!r}") from exc
         finally:
@@ -1109,7 +1289,8 @@ def run_program(source: str, stdin: str = "", limits: SandboxLimits | None = Non
     Raises:
         TypeError: ``source``/``stdin`` not ``str``.
         SandboxError: the sandbox cannot run at all (:data:`REFUSAL` when bwrap does not work and nothing weaker
-            was opted into).
+            was opted into), or it broke after start-up (a failed run that looks like a sandbox failure is
+            re-probed, :func:`_recheck`).
     """
     if not isinstance(source, str) or not isinstance(stdin, str):
         raise TypeError(f"source and stdin must be str, got {type(source).__name__}, {type(stdin).__name__}")
@@ -1118,26 +1299,104 @@ def run_program(source: str, stdin: str = "", limits: SandboxLimits | None = Non
             raise ValueError(f"invalid sandbox file name {name!r}")
     limits = limits or SandboxLimits()
     mode = select_mode(mode)
-    return _run(source, stdin, limits, mode, files)
+    res = _run(source, stdin, limits, mode, files)
+    if _looks_broken(res):
+        _recheck(mode)
+    return res
+
+
+_BROKEN_PREFIXES = ("bwrap: ", "sandbox: ", "Fatal Python error: ")
+"""How a failure of the sandbox itself starts a line of stderr: bwrap's own errors (``bwrap: No permissions to
+create new namespace...``), the boot code's (``sandbox: could not drop privileges``), an interpreter that cannot
+start in the view."""
+
+
+def _looks_broken(res: SandboxResult) -> bool:
+    """Whether a failed run may be the sandbox's failure rather than the program's (then :func:`_recheck`)."""
+    return res.status != "ok" and not res.stdout and any(
+        line.startswith(_BROKEN_PREFIXES) for line in res.stderr.splitlines())
+
+
+def _recheck(mode: str) -> None:
+    """Probe ``mode`` again, uncached; raise :class:`SandboxError` when it no longer works (a sandbox that broke
+    after start-up must stop training, never score every program 0). A program that only prints such a line
+    costs one probe run and keeps its own result."""
+    reason = probe_mode.__wrapped__(mode)
+    if reason is None:
+        return
+    probe_mode.cache_clear()
+    _select.cache_clear()
+    raise SandboxError(f"the {mode!r} code sandbox stopped working after start-up ({reason}); code rewards stop "
+                       f"here rather than score every program 0: fix the host and restart (`scgrpo-verl sandbox` "
+                       f"prints the probes)")
 
 
 def default_workers() -> int:
-    """Pool size for :func:`run_batch`: the CPU cores this process may use."""
+    """The CPU cores this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
 
 
+def _sysctl_int(path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def memory_bound_mb(limits: SandboxLimits, socket_buffer_bytes: int | None = None) -> int:
+    """The most memory one run can hold, in MiB, from the limits the sandbox enforces (bwrap mode):
+
+    ``max_processes * memory_mb`` (``RLIMIT_AS`` per process, ``RLIMIT_NPROC`` processes and threads)
+    ``+ disk_mb + shm_mb`` (the size-limited ``/tmp`` and ``/dev/shm`` tmpfs)
+    ``+ 2 * file_cap`` (stdout and stderr memory files, each capped by ``RLIMIT_FSIZE`` = ``file_cap`` =
+    ``max(max_file_size_mb, max_output_bytes + 1)``; stdin is sealed: it cannot grow)
+    ``+ (max_processes + 1) * max_open_files * per_descriptor`` (kernel buffers: every descriptor, plus as many in
+    flight in Unix-socket messages, may be a pipe of :data:`PIPE_BUF_BYTES` (``F_SETPIPE_SZ`` is refused) or a
+    socket holding up to twice ``net.core.wmem_default`` (``socket_buffer_bytes``; ``SO_SNDBUF``/``SO_RCVBUF`` are
+    refused)). SysV IPC and ``memfd_create`` are refused. Small per-object kernel structures are not counted.
+    """
+    if socket_buffer_bytes is None:
+        socket_buffer_bytes = 2 * _sysctl_int("/proc/sys/net/core/wmem_default", 212992)
+    file_cap = max(limits.max_file_size_mb << 20, limits.max_output_bytes + 1)
+    per_fd = max(PIPE_BUF_BYTES, socket_buffer_bytes)
+    total = ((limits.max_processes * limits.memory_mb << 20) + ((limits.disk_mb + limits.shm_mb) << 20)
+             + 2 * file_cap + (limits.max_processes + 1) * limits.max_open_files * per_fd)
+    return -(-total // (1 << 20))
+
+
+MEMORY_SHARE = 0.8
+"""Share of the host's available memory :func:`run_batch` lets its concurrent runs' bounds add up to."""
+
+
+def batch_workers(bound_mb: int, available_mb: int, cores: int, max_workers: int | None = None,
+                  share: float = MEMORY_SHARE) -> int:
+    """Concurrent runs for :func:`run_batch` (pure): as many as fit their worst-case memory (``bound_mb`` each,
+    :func:`memory_bound_mb`) into ``share`` of ``available_mb``, at most ``cores`` (or ``max_workers`` when
+    given), and at least 1 (a single run is never refused: its limits are the user's choice)."""
+    if bound_mb <= 0 or cores <= 0:
+        raise ValueError(f"bound_mb and cores must be > 0, got {bound_mb}, {cores}")
+    fit = int(max(0, available_mb) * share) // bound_mb
+    return max(1, min(max_workers or cores, fit))
+
+
 def run_batch(jobs: Iterable[tuple[str, str]], limits: SandboxLimits | None = None,
               max_workers: int | None = None, **kwargs) -> list[SandboxResult]:
     """Run ``(source, stdin)`` jobs concurrently; results are in job order (length ``len(jobs)``).
 
-    Threads only wait on child processes, so a pool of ``max_workers`` (default: cores) threads keeps that
-    many sandboxed programs running at once.
+    Threads only wait on child processes; the pool (:func:`batch_workers`) runs as many programs at once as
+    fit their worst-case memory (:func:`memory_bound_mb`) into the host's available memory (psutil), at most
+    one per core or ``max_workers``.
     """
+    import psutil
+
     jobs = list(jobs)
-    workers = max_workers or default_workers()
+    limits = limits or SandboxLimits()
+    workers = batch_workers(memory_bound_mb(limits), psutil.virtual_memory().available >> 20, default_workers(),
+                            max_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda job: run_program(job[0], job[1], limits, **kwargs), jobs))
 
@@ -1305,7 +1564,8 @@ def diagnose() -> dict:
         info["seccomp_arch"] = None if arch is None else hex(arch[0])
         info["limits_via"] = _cgroup_status()
         try:
-            info["interpreter_view"] = _view()
+            view = _view()  # the Landlock paths (hundreds: the standard library carved) as a count
+            info["interpreter_view"] = {**view, "readable": f"{len(view['readable'])} paths (Landlock rules)"}
         except (OSError, subprocess.SubprocessError, SandboxError) as exc:
             info["interpreter_view"] = repr(exc)
     info["modes"] = {m: probe_mode(m) or "ok" for m in MODES}
