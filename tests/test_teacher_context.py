@@ -562,8 +562,8 @@ def test_fast_builder_matches_landed_algorithm(tok, method, teacher, with_text):
         assert ctx.shortened == old["shortened"] and ctx.too_long == old["too_long"]
         assert list(ctx.teacher_messages) == old["messages"]
         assert ctx.mask.tolist() == [float(ids is not None) for ids in old["input_ids"]]
-        if not exact and method != "sdpg":  # most demonstrations reuse their ids; think blocks etc. re-tokenised
-            assert ctx.extra["fast_demonstrations"] > 0 and ctx.extra["retokenized_demonstrations"] > 0
+        if not exact and method != "sdpg":  # most demonstrations reuse their ids
+            assert ctx.extra["fast_demonstrations"] > 0
     if method != "sdpg":
         assert any(s >= 0 for s in old["sibling"])
     if "max_reprompt_len" in teacher:  # the length handling is exercised
