@@ -44,6 +44,7 @@ does not fit even with those texts reduced to the marker, the rollout gets no te
 from __future__ import annotations
 
 import json
+import operator
 import re
 import weakref
 from collections.abc import Sequence as SequenceABC
@@ -320,8 +321,7 @@ class _TokenTables:
     """Vocabulary facts of a byte-level BPE tokenizer, for the split rules of :func:`_split_candidates`."""
 
     special: np.ndarray  # (V,) bool: ids ``decode(skip_special_tokens=True)`` drops
-    flat: np.ndarray  # uint8: every token's bytes, one after the other
-    start: np.ndarray  # (V,) int64: where the token's bytes start in ``flat``
+    pieces: list  # (V,) bytes: every token's bytes
     nbytes: np.ndarray  # (V,) int64: the token's length in bytes
     newline_rule: bool  # the probes of each rule passed
     space_rule: bool
@@ -413,8 +413,7 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
         added=added,
         literal_split=re.compile("|".join(rules)),
         special=special,
-        flat=np.frombuffer(b"".join(raw), dtype=np.uint8),
-        start=np.concatenate([[0], np.cumsum(nbytes)[:-1]]).astype(np.int64),
+        pieces=raw,
         nbytes=nbytes,
         newline_rule=newline_rule,
         space_rule=space_rule,
@@ -428,14 +427,11 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
     )
 
 
-def _token_bytes(ids: np.ndarray, tables: _TokenTables) -> bytes:
-    """The bytes the ids decode to, gathered from the vocabulary's bytes in one vectorised step."""
-    lengths = tables.nbytes[ids]
-    ends = np.cumsum(lengths)
-    if len(ends) == 0 or ends[-1] == 0:
-        return b""
-    index = np.arange(ends[-1], dtype=np.int64) + np.repeat(tables.start[ids] - (ends - lengths), lengths)
-    return tables.flat[index].tobytes()
+def _token_bytes(ids: Sequence[int], tables: _TokenTables) -> bytes:
+    """The bytes the ids decode to, joined from the vocabulary's bytes (C-level lookups, no Python loop)."""
+    if len(ids) < 2:
+        return b"".join(tables.pieces[i] for i in ids)
+    return b"".join(operator.itemgetter(*ids)(tables.pieces))
 
 
 def _split_candidates(ids: np.ndarray, tables: _TokenTables) -> np.ndarray:
@@ -833,13 +829,11 @@ class _PromptBuilder:
                 found.append((row, ids, lo, candidates))
         if not found:
             return
-        # the response texts, as decode(skip_special_tokens=True) gives them (one batched call of the backend)
-        lists = [self.rollouts[row].response_ids[lo : lo + len(ids)] for row, ids, lo, _ in found]
-        if self._backend is not None:
-            texts = self._backend.decode_batch(lists, skip_special_tokens=False)
-        else:
-            texts = self.tokenizer.batch_decode(lists, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        for (row, ids, lo, candidates), text in zip(found, texts):
+        for row, ids, lo, candidates in found:
+            # the response's text as decode(skip_special_tokens=True) gives it: the byte-level decoder joins the
+            # tokens' bytes and replaces invalid ones
+            raw = _token_bytes(self.rollouts[row].response_ids[lo : lo + len(ids)], tables)
+            text = raw.decode("utf-8", "replace")
             rollout = self.rollouts[row]
             if rollout.response_text is not None and rollout.response_text != text:
                 continue  # the given text is not the ids' own: re-tokenise it
@@ -856,19 +850,17 @@ class _PromptBuilder:
                 c0, c1 = c0 + len(stripped) - len(stripped.lstrip()), c0 + len(stripped.rstrip())
                 if c1 - c0 != len(demo_text) or text[c0:c1] != demo_text:
                     continue
-            raw = text.encode("utf-8")
-            valid = len(raw)  # bytes and characters correspond up to the first invalid byte of the ids
+            valid = len(text)  # bytes and characters correspond up to the first invalid byte
             if "\ufffd" in text:
-                raw = _token_bytes(ids, tables)
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    valid = error.start
-            starts = np.cumsum(tables.nbytes[ids]) - tables.nbytes[ids]
-            if int(starts[-1] + tables.nbytes[ids[-1]]) != len(raw):
+                    valid = len(raw[: error.start].decode("utf-8"))
+            if c0 > valid:
                 continue
+            starts = np.cumsum(tables.nbytes[ids]) - tables.nbytes[ids]
             b0 = len(text[:c0].encode("utf-8"))
-            b1 = min(len(text[:c1].encode("utf-8")), valid)
+            b1 = len(text[: min(c1, valid)].encode("utf-8"))
             at = starts[candidates]
             inside = candidates[(at - 2 >= b0) & (at + 2 <= b1)]  # each rule's context inside the demonstration
             if len(inside) == 0:
