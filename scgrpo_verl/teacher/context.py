@@ -378,8 +378,11 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
         return None
     if (spec.get("model") or {}).get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
         return None
-    if '"add_prefix_space": true' in json.dumps(spec.get("pre_tokenizer")):
+    pre_tokenizer = json.dumps(spec.get("pre_tokenizer"))
+    if '"add_prefix_space": true' in pre_tokenizer:
         return None
+    if '"use_regex": true' not in pre_tokenizer and '"type": "Split"' not in pre_tokenizer:
+        return None  # no regex pre-tokeniser: merges may span any split
     newline_rule = _probes_pass(tokenizer, _PROBE_LEFT, _PROBE_RIGHT)
     space_rule = _probes_pass(tokenizer, _SPACE_PROBE_LEFT, _SPACE_PROBE_RIGHT)
     if not (newline_rule or space_rule):
