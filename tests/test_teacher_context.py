@@ -760,7 +760,8 @@ def realistic_batch(tok, kind, seed=0, groups=6, n=4):
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     rollouts = []
     for g in range(groups):
-        prompt = [{"role": "user", "content": f"Q{g}: " + response_text(rng, kind, 20).strip()}]
+        question = response_text(rng, kind, 300 if g % 2 else 20).strip()  # long ones are tokenised in pieces
+        prompt = [{"role": "user", "content": f"Q{g}: {question}"}]
         for i in range(n):
             ids = tok.encode(response_text(rng, kind, rng.randint(150, 500), think=rng.random() < 0.3),
                              add_special_tokens=False)

@@ -713,6 +713,7 @@ def build_teacher_contexts(
     )
 
 
+_CHUNK = 256  # characters: the template's far sides are tokenised in pieces of at least this length
 _SENTINELS = (
     tuple(f" \n<<scgrpo-teacher-piece-{k}-a>>\n " for k in range(2)),
     tuple(f"\t<<scgrpo-teacher-piece-{k}-b>> </think>\t" for k in range(2)),
@@ -738,6 +739,7 @@ class _PromptBuilder:
         self.exact = exact
         self._literals: dict = {}
         self._cuts: dict = {}
+        self._chunked: dict = {}
         self._demos: dict[int, _Demo] = {}
         backend = getattr(tokenizer, "backend_tokenizer", None)
         # the backend directly when the wrapper would not change its settings (no truncation / padding)
@@ -898,6 +900,36 @@ class _PromptBuilder:
             self._cuts[key] = cut
         return self._cuts[key]
 
+    def _chunks(self, text: str) -> tuple:
+        """``text`` in pieces that tokenise apart: cut at added tokens and split candidates, each piece from a cut to
+        the first cut at least ``_CHUNK`` characters later. A question shared by teacher prompts of several
+        templates is then tokenised once: the pieces of their common beginning are the same."""
+        if text not in self._chunked:
+            cuts = []
+            if self.tables is not None and len(text) >= 2 * _CHUNK:
+                bounds = [0, len(text)]
+                if self.tables.added is not None:
+                    bounds += [k for match in self.tables.added.finditer(text) for k in match.span()]
+                bounds = sorted(set(bounds))
+                found = set(bounds)
+                for a, b in zip(bounds, bounds[1:]):  # within the text between added tokens only
+                    found.update(a + match.start() for match in self.tables.literal_split.finditer(text[a:b]))
+                last = 0
+                for cut in sorted(found):
+                    if cut - last >= _CHUNK and len(text) - cut >= _CHUNK:
+                        cuts.append(cut)
+                        last = cut
+            ends = [0] + cuts + [len(text)]
+            self._chunked[text] = tuple(text[a:b] for a, b in zip(ends, ends[1:]) if b > a)
+        return self._chunked[text]
+
+    def _join(self, job: tuple, encoded: list, unique: dict) -> list:
+        """The ids of a job: its texts' encodings and the demonstration's reused ids (an int part), in order."""
+        ids: list = []
+        for part in job:
+            ids += encoded[unique[part]] if isinstance(part, str) else self._demos[part].ids
+        return ids
+
     def _encode(self, texts: list) -> list:
         if not texts:
             return []
@@ -935,30 +967,33 @@ class _PromptBuilder:
                 texts = plan.pieces if fast else self.piece_texts(plan)
                 rest = "".join(lit + text for lit, text in zip(parts[1:-1], texts[1:])) + parts[-1][:j]
                 if fast:
-                    jobs[row] = ("fast", parts[0][:i], parts[0][i:] + demo.head_text, first,
-                                 demo.tail_text + rest, parts[-1][j:])
+                    jobs[row] = (*self._chunks(parts[0][:i]), parts[0][i:] + demo.head_text, first,
+                                 demo.tail_text + rest, *self._chunks(parts[-1][j:]))
                 else:
-                    jobs[row] = ("text", parts[0][:i], parts[0][i:] + texts[0] + rest, parts[-1][j:])
+                    jobs[row] = (*self._chunks(parts[0][:i]), parts[0][i:] + texts[0] + rest,
+                                 *self._chunks(parts[-1][j:]))
             else:  # the chat template itself, as apply_chat_template(tokenize=True) does
                 msgs = self._builder(row, plan.flavor)(self.piece_texts(plan))
                 messages[row] = msgs
-                jobs[row] = ("text", "", self._render(msgs), "")
+                jobs[row] = (self._render(msgs),)
+        # each job: texts tokenised apart (each distinct one once) and a demonstration row whose ids are reused
         unique: dict[str, int] = {}
         for job in jobs.values():
-            for text in job[1:]:
+            for text in job:
                 if isinstance(text, str):
                     unique.setdefault(text, len(unique))
         encoded = self._encode(list(unique))
         fast_demos, slow_demos = set(), set()
+        made: dict = {}  # rows with the same job share one list of ids (read-only)
         for row, job in jobs.items():
-            if job[0] == "text":
-                ids = encoded[unique[job[1]]] + encoded[unique[job[2]]] + encoded[unique[job[3]]]
-                if isinstance(plans[row].pieces[0], int):
-                    slow_demos.add(plans[row].pieces[0])
-            else:
-                ids = (encoded[unique[job[1]]] + encoded[unique[job[2]]] + self._demos[job[3]].ids
-                       + encoded[unique[job[4]]] + encoded[unique[job[5]]])
-                fast_demos.add(job[3])
+            ids = made.get(job)
+            if ids is None:
+                ids = made[job] = self._join(job, encoded, unique)
+            demo = next((part for part in job if isinstance(part, int)), None)
+            if demo is not None:
+                fast_demos.add(demo)
+            elif isinstance(plans[row].pieces[0], int):
+                slow_demos.add(plans[row].pieces[0])
             if len(ids) <= self.max_len:
                 prompt_ids[row] = ids
                 continue
