@@ -25,15 +25,19 @@ index), so a seeded generator gives each (uid, index) the same teacher at any wo
 
 Speed. Each distinct teacher text is tokenised once per batch, in one batched call of the fast
 tokenizer; the chat template's text around the demonstration / feedback / hint is rendered once per
-(prompt, template). A demonstration is not re-tokenised: with a byte-level BPE tokenizer (GPT-2, Qwen,
-Llama-3 family; checked on probes, else every prompt is tokenised whole) the sibling's response ids
-are reused between its first and last "safe split" (a position after ``<printable ASCII>\n`` and before
-printable ASCII, where no pre-token can span), and only the text outside them, joined with the
-template's text, is tokenised. That gives the ids the chat template would give whenever the response
-ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
-tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same
-text); ``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded
-only where a template needs them (``Rollout.response_text`` may be ``None``).
+(prompt, template), and its far sides (question, instruction, template) are tokenised once per prompt, in
+pieces shared by every template. A demonstration is not re-tokenised: with a byte-level BPE tokenizer
+(GPT-2, Qwen, Llama-3 family; each split rule checked on probes, else every prompt is tokenised whole) the
+sibling's response ids are reused between its first and last split candidate -- a position where a
+pre-token starts whatever the text around it: before a space followed by a non-space character, or after
+``<printable ASCII>\n`` and before printable ASCII (:func:`_split_candidates`) -- and only the text outside
+them, joined with the template's text up to the nearest candidate there, is tokenised: a few tokens per
+junction, for code, indented text, LaTeX and mixed-language text alike. The demonstration's text comes from
+the vocabulary's bytes (no per-token Python). That gives the ids the chat template would give whenever the
+response ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
+tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same text);
+``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded only
+where a template needs them (``Rollout.response_text`` may be ``None``).
 
 Length: a teacher prompt longer than ``max_reprompt_len`` tokens has its demonstration / feedback /
 hint text shortened at the token level (beginning kept, the template's ``truncation_marker``
@@ -814,7 +818,6 @@ class _PromptBuilder:
         """Find each demonstration's ids that the teacher prompt reuses verbatim: from its first to its last split
         candidate (:func:`_split_candidates`) inside the demonstration's text; the text outside is re-tokenised."""
         tables = self.tables
-        found = []  # (row, ids without special ends, lo, split candidates)
         for row in rows:
             rollout = self.rollouts[row]
             response = rollout.response_ids
@@ -830,16 +833,12 @@ class _PromptBuilder:
                 lo = int(keep[0])
                 ids = ids[lo : int(keep[-1]) + 1]
             candidates = _split_candidates(ids, tables)
-            if len(candidates):
-                found.append((row, ids, lo, candidates))
-        if not found:
-            return
-        for row, ids, lo, candidates in found:
+            if len(candidates) == 0:
+                continue
             # the response's text as decode(skip_special_tokens=True) gives it: the byte-level decoder joins the
             # tokens' bytes and replaces invalid ones
-            raw = _token_bytes(self.rollouts[row].response_ids[lo : lo + len(ids)], tables)
+            raw = _token_bytes(response[lo : lo + len(ids)], tables)
             text = raw.decode("utf-8", "replace")
-            rollout = self.rollouts[row]
             if rollout.response_text is not None and rollout.response_text != text:
                 continue  # the given text is not the ids' own: re-tokenise it
             demo_text = strip_thinking(text) if self.remove_thinking else text
