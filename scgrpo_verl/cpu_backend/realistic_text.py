@@ -80,77 +80,68 @@ def _code_block(rng: random.Random) -> list[str]:
     return ["```python"] + lines + ["```"]
 
 
-def _code(rng: random.Random, chars: int) -> str:
-    parts = [f"Here is {_words(rng, 3, 8)}:\n"]
-    while sum(map(len, parts)) < chars:
-        parts.append("\n".join(_code_block(rng)) + "\n")
-        parts.append(f"\n{_words(rng, 8, 25).capitalize()}.\n" + ("\n" if rng.random() < 0.5 else ""))
-    return "".join(parts)
+def _code(rng: random.Random) -> str:
+    return ("\n".join(_code_block(rng)) + "\n"
+            + f"\n{_words(rng, 8, 25).capitalize()}.\n" + ("\n" if rng.random() < 0.5 else ""))
 
 
-def _indented(rng: random.Random, chars: int) -> str:
-    parts = []
-    while sum(map(len, parts)) < chars:
-        choice = rng.random()
-        if choice < 0.15:
-            parts.append(f"\n## {_words(rng, 2, 5).title()}\n\n")
-        elif choice < 0.45:
-            depth = rng.randint(0, 3)
-            parts.append("  " * depth + rng.choice("-*+") + f" {_words(rng, 4, 14)}\n")
-        elif choice < 0.6:
-            parts.append(f"{rng.randint(1, 9)}. **{_words(rng, 1, 3)}**: {_words(rng, 5, 15)}\n"
-                         f"   {_words(rng, 4, 10)}\n")
-        elif choice < 0.7:
-            parts.append(f"> {_words(rng, 6, 16)}\n>\n")
-        elif choice < 0.8:
-            parts.append(f"\t{_words(rng, 3, 8)}\n    {_words(rng, 3, 8)}\n")
-        else:
-            parts.append(f"{_words(rng, 10, 30).capitalize()}. {_words(rng, 5, 12)}, `{rng.choice(_NAMES)}`.\n\n")
-    return "".join(parts)
+def _indented(rng: random.Random) -> str:
+    choice = rng.random()
+    if choice < 0.15:
+        return f"\n## {_words(rng, 2, 5).title()}\n\n"
+    if choice < 0.45:
+        return "  " * rng.randint(0, 3) + rng.choice("-*+") + f" {_words(rng, 4, 14)}\n"
+    if choice < 0.6:
+        return f"{rng.randint(1, 9)}. **{_words(rng, 1, 3)}**: {_words(rng, 5, 15)}\n   {_words(rng, 4, 10)}\n"
+    if choice < 0.7:
+        return f"> {_words(rng, 6, 16)}\n>\n"
+    if choice < 0.8:
+        return f"\t{_words(rng, 3, 8)}\n    {_words(rng, 3, 8)}\n"
+    return f"{_words(rng, 10, 30).capitalize()}. {_words(rng, 5, 12)}, `{rng.choice(_NAMES)}`.\n\n"
 
 
-def _latex(rng: random.Random, chars: int) -> str:
-    parts = []
-    v = "xyzabnk"
-    while sum(map(len, parts)) < chars:
-        a, b, c = rng.sample(v, 3)
-        n = rng.randint(2, 12)
-        choice = rng.random()
-        if choice < 0.3:
-            parts.append(f"Let ${a}_{{{n}}} = \\frac{{{b}^{n} + {c}}}{{{n}{a} - 1}}$, so {_words(rng, 3, 8)}.\n")
-        elif choice < 0.55:
-            parts.append(f"\\[\n  \\sum_{{{a}=1}}^{{{n}}} {a}^2 = \\frac{{{n}({n}+1)(2\\cdot {n}+1)}}{{6}} "
-                         f"= {n * (n + 1) * (2 * n + 1) // 6}\n\\]\n")
-        elif choice < 0.75:
-            parts.append("\\begin{align*}\n"
-                         f"  {a}^2 + {b}^2 &= {c}^2 \\\\\n"
-                         f"  \\sqrt{{{a}^2 + {b}^2}} &\\le |{a}| + |{b}| \\quad \\text{{({_words(rng, 1, 3)})}} \\\\\n"
-                         f"  \\int_0^{{\\pi}} \\sin({n}{a})\\,d{a} &= \\left[-\\frac{{\\cos({n}{a})}}{{{n}}}\\right]_0^{{\\pi}}\n"
-                         "\\end{align*}\n")
-        else:
-            parts.append(f"Therefore $\\boxed{{{rng.randint(0, 999)}}}$ when ${a} \\geq {n}$ and "
-                         f"${b} \\in \\mathbb{{Z}}$; {_words(rng, 4, 10)}.\n\n")
-    return "".join(parts)
+def _latex(rng: random.Random) -> str:
+    a, b, c = rng.sample("xyzabnk", 3)
+    n = rng.randint(2, 12)
+    choice = rng.random()
+    if choice < 0.3:
+        return f"Let ${a}_{{{n}}} = \\frac{{{b}^{n} + {c}}}{{{n}{a} - 1}}$, so {_words(rng, 3, 8)}.\n"
+    if choice < 0.55:
+        return (f"\\[\n  \\sum_{{{a}=1}}^{{{n}}} {a}^2 = \\frac{{{n}({n}+1)(2\\cdot {n}+1)}}{{6}} "
+                f"= {n * (n + 1) * (2 * n + 1) // 6}\n\\]\n")
+    if choice < 0.75:
+        return ("\\begin{align*}\n"
+                f"  {a}^2 + {b}^2 &= {c}^2 \\\\\n"
+                f"  \\sqrt{{{a}^2 + {b}^2}} &\\le |{a}| + |{b}| \\quad \\text{{({_words(rng, 1, 3)})}} \\\\\n"
+                f"  \\int_0^{{\\pi}} \\sin({n}{a})\\,d{a} &= \\left[-\\frac{{\\cos({n}{a})}}{{{n}}}\\right]_0^{{\\pi}}\n"
+                "\\end{align*}\n")
+    return (f"Therefore $\\boxed{{{rng.randint(0, 999)}}}$ when ${a} \\geq {n}$ and "
+            f"${b} \\in \\mathbb{{Z}}$; {_words(rng, 4, 10)}.\n\n")
 
 
-def _mixed(rng: random.Random, chars: int) -> str:
-    parts = []
-    while sum(map(len, parts)) < chars:
-        choice = rng.random()
-        if choice < 0.35:
-            parts.append(rng.choice(_CJK) + rng.choice(("", " ", "\n")))
-        elif choice < 0.55:
-            parts.append(f"{_words(rng, 3, 10)} ({rng.choice(_LATIN)}) ")
-        elif choice < 0.75:
-            parts.append(rng.choice(_OTHER) + rng.choice((" ", "\n", "")))
-        elif choice < 0.85:
-            parts.append(f"\n- {rng.choice(_CJK)} {rng.choice(_LATIN)}\n")
-        else:
-            parts.append(f"{_words(rng, 5, 12).capitalize()}. ")
-    return "".join(parts)
+def _mixed(rng: random.Random) -> str:
+    choice = rng.random()
+    if choice < 0.35:
+        return rng.choice(_CJK) + rng.choice(("", " ", "\n"))
+    if choice < 0.55:
+        return f"{_words(rng, 3, 10)} ({rng.choice(_LATIN)}) "
+    if choice < 0.75:
+        return rng.choice(_OTHER) + rng.choice((" ", "\n", ""))
+    if choice < 0.85:
+        return f"\n- {rng.choice(_CJK)} {rng.choice(_LATIN)}\n"
+    return f"{_words(rng, 5, 12).capitalize()}. "
 
 
+# each writes one piece of its kind; a response is pieces up to the wanted length
 _WRITERS = {"code": _code, "indented": _indented, "latex": _latex, "mixed": _mixed}
+
+
+def _fill(rng: random.Random, kind: str, chars: int) -> str:
+    parts, size = [f"Here is {_words(rng, 3, 8)}:\n"] if kind == "code" else [], 0
+    while size < chars:
+        parts.append(_WRITERS[kind](rng))
+        size += len(parts[-1])
+    return "".join(parts)
 
 
 def response_text(rng: random.Random, kind: str, tokens: int, think: bool = False) -> str:
@@ -159,9 +150,9 @@ def response_text(rng: random.Random, kind: str, tokens: int, think: bool = Fals
     if kind not in _WRITERS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     chars = int(tokens * _CHARS_PER_TOKEN[kind])
-    text = _WRITERS[kind](rng, chars)
+    text = _fill(rng, kind, chars)
     if think:
-        text = f"<think>\n{_WRITERS[kind](rng, chars // 8).strip()}\n</think>\n\n{text}"
+        text = f"<think>\n{_fill(rng, kind, chars // 8).strip()}\n</think>\n\n{text}"
     return text
 
 
