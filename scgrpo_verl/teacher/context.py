@@ -135,7 +135,7 @@ class Rollout:
 class TeacherContexts:
     """Per-rollout teacher prompts; entries are ``None`` / ``-1`` where the rollout has no teacher."""
 
-    teacher_prompt_ids: list  # list[list[int] | None]
+    teacher_prompt_ids: list  # list[list[int] | None]; rows with the same teacher prompt share one list (read-only)
     teacher_input_ids: Sequence  # list[int] | None per rollout: teacher prompt ids + the SAME response ids (lazily)
     teacher_messages: Sequence  # list[dict] | None per rollout: the chat messages the prompt ids render (built lazily)
     mask: torch.Tensor  # (B,) float, 1 where the rollout has a teacher
