@@ -25,15 +25,19 @@ index), so a seeded generator gives each (uid, index) the same teacher at any wo
 
 Speed. Each distinct teacher text is tokenised once per batch, in one batched call of the fast
 tokenizer; the chat template's text around the demonstration / feedback / hint is rendered once per
-(prompt, template). A demonstration is not re-tokenised: with a byte-level BPE tokenizer (GPT-2, Qwen,
-Llama-3 family; checked on probes, else every prompt is tokenised whole) the sibling's response ids
-are reused between its first and last "safe split" (a position after ``<printable ASCII>\n`` and before
-printable ASCII, where no pre-token can span), and only the text outside them, joined with the
-template's text, is tokenised. That gives the ids the chat template would give whenever the response
-ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
-tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same
-text); ``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded
-only where a template needs them (``Rollout.response_text`` may be ``None``).
+(prompt, template), and its far sides (question, instruction, template) are tokenised once per prompt, in
+pieces shared by every template. A demonstration is not re-tokenised: with a byte-level BPE tokenizer
+(GPT-2, Qwen, Llama-3 family; each split rule checked on probes, else every prompt is tokenised whole) the
+sibling's response ids are reused between its first and last split candidate -- a position where a
+pre-token starts whatever the text around it: before a space followed by a non-space character, or after
+``<printable ASCII>\n`` and before printable ASCII (:func:`_split_candidates`) -- and only the text outside
+them, joined with the template's text up to the nearest candidate there, is tokenised: a few tokens per
+junction, for code, indented text, LaTeX and mixed-language text alike. The demonstration's text comes from
+the vocabulary's bytes (no per-token Python). That gives the ids the chat template would give whenever the
+response ids are the tokenizer's own encoding of their text. For sampled ids that are not (a non-canonical
+tokenisation), the teacher sees the student's own ids in the middle of the demonstration (the same text);
+``exact=True`` re-tokenises every demonstration from its text instead. Response texts are decoded only
+where a template needs them (``Rollout.response_text`` may be ``None``).
 
 Length: a teacher prompt longer than ``max_reprompt_len`` tokens has its demonstration / feedback /
 hint text shortened at the token level (beginning kept, the template's ``truncation_marker``
@@ -44,6 +48,7 @@ does not fit even with those texts reduced to the marker, the rollout gets no te
 from __future__ import annotations
 
 import json
+import operator
 import re
 import weakref
 from collections.abc import Sequence as SequenceABC
@@ -91,7 +96,9 @@ class Rollout:
 
     uid: Hashable  # group id (verl's ``uid``)
     prompt: list  # the student's chat messages, [{"role", "content"}, ...]
-    response_ids: list  # response token ids, reused verbatim after the teacher prompt
+    # response token ids, reused verbatim after the teacher prompt: a list of ints, or an integer tensor / array
+    # (made a list; a list is kept as given, not converted id by id)
+    response_ids: list
     # the decoded response (the demonstration text when a sibling uses it); None: the builder decodes
     # ``tokenizer.decode(response_ids, skip_special_tokens=True)`` itself, and only where a template needs it
     response_text: Optional[str]
@@ -104,11 +111,18 @@ class Rollout:
 
     def __post_init__(self):
         self.prompt = normalize_messages(self.prompt)
-        if torch.is_tensor(self.response_ids):
-            self.response_ids = self.response_ids.tolist()
-        self.response_ids = list(map(int, self.response_ids))
-        if not self.response_ids:
+        ids = self.response_ids
+        if torch.is_tensor(ids) or isinstance(ids, np.ndarray):
+            if ids.dtype.is_floating_point if torch.is_tensor(ids) else ids.dtype.kind not in "iu":
+                raise ValueError(f"rollout of group {self.uid!r}: response_ids must be integers, got {ids.dtype}")
+            ids = ids.reshape(-1).tolist()
+        elif not isinstance(ids, list):
+            ids = list(ids)
+        if not ids:
             raise ValueError(f"rollout of group {self.uid!r} has an empty response")
+        if not isinstance(ids[0], (int, np.integer)) or not isinstance(ids[-1], (int, np.integer)):
+            raise ValueError(f"rollout of group {self.uid!r}: response_ids must be integers, got {type(ids[0]).__name__}")
+        self.response_ids = ids
         if self.response_text is not None and not isinstance(self.response_text, str):
             raise ValueError(f"response_text must be a string or None, got {type(self.response_text).__name__}")
         self.score = float(self.score)
@@ -121,7 +135,7 @@ class Rollout:
 class TeacherContexts:
     """Per-rollout teacher prompts; entries are ``None`` / ``-1`` where the rollout has no teacher."""
 
-    teacher_prompt_ids: list  # list[list[int] | None]
+    teacher_prompt_ids: list  # list[list[int] | None]; rows with the same teacher prompt share one list (read-only)
     teacher_input_ids: Sequence  # list[int] | None per rollout: teacher prompt ids + the SAME response ids (lazily)
     teacher_messages: Sequence  # list[dict] | None per rollout: the chat messages the prompt ids render (built lazily)
     mask: torch.Tensor  # (B,) float, 1 where the rollout has a teacher
@@ -278,24 +292,52 @@ def bytes_to_unicode() -> dict[int, str]:
 # -- fast tokenisation: per-tokenizer tables ---------------------------------------------------------
 _ASCII_NONWS = np.zeros(256, dtype=bool)
 _ASCII_NONWS[0x21:0x7F] = True  # printable ASCII other than space: never (part of) a white-space character
-# probes of the split rule below: every left text ends with <non-space>"\n", every right text starts with
-# printable ASCII; the tokenizer must encode each joined pair as the two encodings side by side
+# Probes of the two split rules of :func:`_split_candidates`: the tokenizer must encode each joined pair as the
+# two encodings side by side. Newline rule: every left text ends with <non-space>"\n", every right text starts
+# with printable ASCII. Space rule: every right text starts with " " + a non-space character, the left texts end
+# with anything.
 _PROBE_LEFT = ("x\n", "Answer: 42.\n", "  indented code(a, b)\n", "123\n", "é à\n", "\t\tx;\n", "'s\n", "?!\n")
 _PROBE_RIGHT = ("The", "x = 1", "'s", "123", "a  ", "(a)", "-- b", "#", "Ünïcode", "}\n\n", "A\n")
+_SPACE_PROBE_LEFT = _PROBE_LEFT + ("x", "a  ", "42", "\t", "(", "'", "é", "答案", "。", "e", " ", "\n\n", "\\[", "&")
+_SPACE_PROBE_RIGHT = (" x = 1", " 5", " 12.5", " (a)", " é", " 答案", " \\frac{a}{b}", " ≤ 2", " 🎉 ok", " 's", " -- b",
+                      " \u0301x", " Ünïcode", " }\n", " \"quoted\"", " Поэтому")
+# pre-token starts in any text: "<printable ASCII>\n|<printable ASCII>" and "| <non-space character>"
+_LITERAL_SPLITS = {"newline": r"(?<=[!-~]\n)(?=[!-~])", "space": r"(?= \S)"}
+
+
+def _starts_with_non_space(data: bytes) -> bool:
+    """Whether ``data`` starts with a whole character that is not white space (for Python, whose white space
+    includes the regex engines' ``\\s``): printable ASCII, or a complete non-space multi-byte character."""
+    if not data:
+        return False
+    lead = data[0]
+    if lead < 0x80:
+        return bool(_ASCII_NONWS[lead])
+    size = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    try:
+        return not data[:size].decode("utf-8").isspace()
+    except UnicodeDecodeError:
+        return False
 
 
 @dataclass
 class _TokenTables:
-    """Vocabulary facts of a byte-level BPE tokenizer, for the split rule of :func:`_safe_splits`."""
+    """Vocabulary facts of a byte-level BPE tokenizer, for the split rules of :func:`_split_candidates`."""
 
     special: np.ndarray  # (V,) bool: ids ``decode(skip_special_tokens=True)`` drops
+    pieces: list  # (V,) bytes: every token's bytes
+    nbytes: np.ndarray  # (V,) int64: the token's length in bytes
+    newline_rule: bool  # the probes of each rule passed
+    space_rule: bool
     start_ok: np.ndarray  # (V,) bool: the token's first byte is printable non-space ASCII
     end_ok: np.ndarray  # (V,) bool: last byte printable non-space ASCII
     end_nl_after_ok: np.ndarray  # (V,) bool: ends with <printable non-space ASCII> + "\n"
     is_nl: np.ndarray  # (V,) bool: the token is exactly "\n"
-    has_gt: np.ndarray  # (V,) bool: contains ">" (every think tag does)
-    nbytes: np.ndarray  # (V,) int64: the token's length in bytes
+    space_start: np.ndarray  # (V,) bool: " " + a non-space character
+    is_space: np.ndarray  # (V,) bool: the token is exactly " "
+    nonspace_start: np.ndarray  # (V,) bool: starts with a whole non-space character
     added: Optional["re.Pattern"] = None  # the added tokens' texts (longest first) that may cut a literal
+    literal_split: Optional["re.Pattern"] = None  # the split rules on text (literals of the chat template)
 
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -305,8 +347,8 @@ def _byte_level_tables(tokenizer) -> Optional[_TokenTables]:
     """Tables for ``tokenizer`` when the fast path is exact for it, else ``None`` (cached per tokenizer).
 
     The fast path needs a fast byte-level BPE tokenizer (GPT-2 / Qwen / Llama-3 family: no normaliser or
-    NFC, a regex + ByteLevel pre-tokeniser without a prefix space) for which a position right after
-    "<printable ASCII>\\n" and before printable ASCII is always a pre-token boundary; the probes check that.
+    NFC, a regex + ByteLevel pre-tokeniser without a prefix space) for which the split rules of
+    :func:`_split_candidates` hold; probes check each rule.
     """
     try:
         return _TABLES[tokenizer]
@@ -324,6 +366,13 @@ def _byte_level_tables(tokenizer) -> Optional[_TokenTables]:
     return tables
 
 
+def _probes_pass(tokenizer, lefts: Sequence[str], rights: Sequence[str]) -> bool:
+    pairs = [(left, right) for left in lefts for right in rights]
+    texts = [t for left, right in pairs for t in (left, right, left + right)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return all(list(ids[3 * k + 2]) == list(ids[3 * k]) + list(ids[3 * k + 1]) for k in range(len(pairs)))
+
+
 def _build_tables(tokenizer) -> Optional[_TokenTables]:
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "clean_up_tokenization_spaces", False):
         return None
@@ -333,13 +382,15 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
         return None
     if (spec.get("model") or {}).get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
         return None
-    if '"add_prefix_space": true' in json.dumps(spec.get("pre_tokenizer")):
+    pre_tokenizer = json.dumps(spec.get("pre_tokenizer"))
+    if '"add_prefix_space": true' in pre_tokenizer:
         return None
-    for left in _PROBE_LEFT:
-        for right in _PROBE_RIGHT:
-            a, b, ab = tokenizer([left, right, left + right], add_special_tokens=False)["input_ids"]
-            if list(ab) != list(a) + list(b):
-                return None
+    if '"use_regex": true' not in pre_tokenizer and '"type": "Split"' not in pre_tokenizer:
+        return None  # no regex pre-tokeniser: merges may span any split
+    newline_rule = _probes_pass(tokenizer, _PROBE_LEFT, _PROBE_RIGHT)
+    space_rule = _probes_pass(tokenizer, _SPACE_PROBE_LEFT, _SPACE_PROBE_RIGHT)
+    if not (newline_rule or space_rule):
+        return None
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
     raw: list = [b""] * size
@@ -352,6 +403,7 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
     first = np.array([b[0] if b else 0 for b in raw], dtype=np.int64)
     last = np.array([b[-1] if b else 0 for b in raw], dtype=np.int64)
     before_last = np.array([b[-2] if len(b) >= 2 else 0 for b in raw], dtype=np.int64)
+    nbytes = np.array([len(b) for b in raw], dtype=np.int64)
     special = np.zeros(size, dtype=bool)
     special[[i for i in tokenizer.all_special_ids if 0 <= i < size]] = True
     # added tokens split the text before anything else; a literal may be cut right before / after one that
@@ -363,34 +415,57 @@ def _build_tables(tokenizer) -> Optional[_TokenTables]:
         and not any(token.content in other and token.content != other for other in contents)
     ]
     added = re.compile("|".join(re.escape(c) for c in sorted(clean, key=len, reverse=True))) if clean else None
+    rules = [_LITERAL_SPLITS[name] for name, on in (("newline", newline_rule), ("space", space_rule)) if on]
     return _TokenTables(
         added=added,
+        literal_split=re.compile("|".join(rules)),
         special=special,
+        pieces=raw,
+        nbytes=nbytes,
+        newline_rule=newline_rule,
+        space_rule=space_rule,
         start_ok=_ASCII_NONWS[first],
         end_ok=_ASCII_NONWS[last],
         end_nl_after_ok=(last == 0x0A) & _ASCII_NONWS[before_last],
         is_nl=np.array([b == b"\n" for b in raw], dtype=bool),
-        has_gt=np.array([b">" in b for b in raw], dtype=bool),
-        nbytes=np.array([len(b) for b in raw], dtype=np.int64),
+        space_start=np.array([b[:1] == b" " and _starts_with_non_space(b[1:]) for b in raw], dtype=bool),
+        is_space=np.array([b == b" " for b in raw], dtype=bool),
+        nonspace_start=np.array([_starts_with_non_space(b) for b in raw], dtype=bool),
     )
 
 
-def _safe_splits(ids: np.ndarray, tables: _TokenTables) -> np.ndarray:
-    """Token positions i where the text splits as ``...<printable ASCII>\\n | <printable ASCII>...``.
-
-    For the byte-level regex pre-tokenisers (GPT-2, cl100k, Qwen, Llama-3) no pre-token spans such a
-    position and the pre-tokens before it do not depend on the text after it, so the ids of a text are
-    the ids of its two sides joined there (checked on probes by :func:`_byte_level_tables`).
-    """
+def _token_bytes(ids: Sequence[int], tables: _TokenTables) -> bytes:
+    """The bytes the ids decode to, joined from the vocabulary's bytes (C-level lookups, no Python loop)."""
     if len(ids) < 2:
+        return b"".join(tables.pieces[i] for i in ids)
+    return b"".join(operator.itemgetter(*ids)(tables.pieces))
+
+
+def _split_candidates(ids: np.ndarray, tables: _TokenTables) -> np.ndarray:
+    """Token positions k >= 1 where a pre-token starts whatever the text before it and after the next character.
+
+    Two rules, for the byte-level regex pre-tokenisers (GPT-2, cl100k, Qwen, Llama-3): (1) the text splits as
+    ``...<printable ASCII>\\n | <printable ASCII>...`` (no pre-token spans that); (2) token k starts with a space
+    followed by a non-space character: no pattern puts a space after another character of its pre-token unless
+    that character is white space too, and a white-space run followed by " <non-space>" stops before that space.
+    A split at such a position gives the ids of a text as the ids of its two sides, joined (checked on probes by
+    :func:`_byte_level_tables`; a rule whose probes fail is not used). Rule (1) reads the two characters before
+    the split, rule (2) the character after the space.
+    """
+    n = len(ids)
+    candidate = np.zeros(n, dtype=bool)
+    if n < 2:
         return np.zeros(0, dtype=np.int64)
-    start_ok = tables.start_ok[ids[1:]]
-    prev = ids[:-1]
-    newline_end = tables.end_nl_after_ok[prev]
-    lone_newline = np.zeros_like(newline_end)
-    if len(ids) >= 3:
-        lone_newline[1:] = tables.is_nl[prev[1:]] & tables.end_ok[ids[:-2]]
-    return np.nonzero(start_ok & (newline_end | lone_newline))[0] + 1
+    if tables.space_rule:
+        candidate |= tables.space_start[ids]
+        candidate[:-1] |= tables.is_space[ids[:-1]] & tables.nonspace_start[ids[1:]]
+    if tables.newline_rule:
+        after = tables.start_ok[ids[1:]]
+        candidate[1:] |= after & tables.end_nl_after_ok[ids[:-1]]
+        if n >= 3:
+            candidate[2:] |= after[1:] & tables.is_nl[ids[1:-1]] & tables.end_ok[ids[:-2]]
+    candidate[0] = False
+    return np.nonzero(candidate)[0]
 
 
 @dataclass
@@ -399,13 +474,9 @@ class _Demo:
 
     row: int
     text: Optional[str] = None  # the demonstration text (decoded on demand)
-    ids: Optional[list] = None  # fast path: the response ids the demonstration's text re-tokenises to
-    head: int = 0  # fast path: the first / last safe split; the text outside [head, tail) is re-tokenised
-    tail: int = 0
-    head_text: str = ""
+    ids: Optional[list] = None  # fast path: the response ids reused verbatim in the middle of the demonstration
+    head_text: str = ""  # fast path: the demonstration's text before / after those ids (re-tokenised)
     tail_text: str = ""
-    lo: int = 0  # fast path: the response ids without their leading / trailing special tokens: [lo, hi)
-    hi: int = 0
 
 
 # -- the builder ---------------------------------------------------------------------------------------
@@ -646,6 +717,7 @@ def build_teacher_contexts(
     )
 
 
+_CHUNK = 256  # characters: the template's far sides are tokenised in pieces of at least this length
 _SENTINELS = (
     tuple(f" \n<<scgrpo-teacher-piece-{k}-a>>\n " for k in range(2)),
     tuple(f"\t<<scgrpo-teacher-piece-{k}-b>> </think>\t" for k in range(2)),
@@ -671,6 +743,7 @@ class _PromptBuilder:
         self.exact = exact
         self._literals: dict = {}
         self._cuts: dict = {}
+        self._chunked: dict = {}
         self._demos: dict[int, _Demo] = {}
         backend = getattr(tokenizer, "backend_tokenizer", None)
         # the backend directly when the wrapper would not change its settings (no truncation / padding)
@@ -742,75 +815,76 @@ class _PromptBuilder:
         return self._demos[row]
 
     def _prepare_fast(self, rows: Sequence[int]) -> None:
-        """Find the reusable middle of each demonstration's ids (see :func:`_safe_splits`)."""
+        """Find each demonstration's ids that the teacher prompt reuses verbatim: from its first to its last split
+        candidate (:func:`_split_candidates`) inside the demonstration's text; the text outside is re-tokenised."""
         tables = self.tables
-        decode_batch = []
         for row in rows:
-            demo = self._demo(row)
             rollout = self.rollouts[row]
-            ids = np.asarray(rollout.response_ids, dtype=np.int64)
+            response = rollout.response_ids
+            ids = np.fromiter(response, dtype=np.int64, count=len(response))
             if ids.min() < 0 or ids.max() >= len(tables.special):
                 continue
             special = tables.special[ids]
-            demo.lo, demo.hi = 0, len(ids)
+            lo = 0
             if special.any():  # dropped by decode(skip_special_tokens=True): fine at the ends only
                 keep = np.nonzero(~special)[0]
                 if len(keep) == 0 or not (~special[keep[0] : keep[-1] + 1]).all():
                     continue
-                demo.lo, demo.hi = int(keep[0]), int(keep[-1]) + 1
-                ids = ids[demo.lo : demo.hi]
-            splits = _safe_splits(ids, tables)
-            if len(splits) == 0:
+                lo = int(keep[0])
+                ids = ids[lo : int(keep[-1]) + 1]
+            candidates = _split_candidates(ids, tables)
+            if len(candidates) == 0:
                 continue
-            head, tail = int(splits[0]), int(splits[-1])
-            demo.ids, demo.head, demo.tail = ids, head, tail
-            decode_batch.append(demo)
-        if not decode_batch:
-            return
-        # texts to check: the given response text must be the ids' own text; think tags need a look
-        checks = []
-        for demo in decode_batch:
-            ids = demo.ids
-            rollout = self.rollouts[demo.row]
-            whole = rollout.response_text is not None or (self.remove_thinking and self.tables.has_gt[ids].any())
-            checks.append(whole)
-        texts = self.tokenizer.batch_decode(
-            [self.rollouts[d.row].response_ids[d.lo : d.hi] if w else d.ids[: d.head].tolist()
-             for d, w in zip(decode_batch, checks)]
-            + [d.ids[d.tail :].tolist() for d in decode_batch],
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
-        )
-        m = len(decode_batch)
-        for i, (demo, whole) in enumerate(zip(decode_batch, checks)):
-            rollout = self.rollouts[demo.row]
-            first, tail_text = texts[i], texts[m + i]
-            if whole:
-                if rollout.response_text is not None and first != rollout.response_text:
-                    demo.ids = None
+            # the response's text as decode(skip_special_tokens=True) gives it: the byte-level decoder joins the
+            # tokens' bytes and replaces invalid ones
+            raw = _token_bytes(response[lo : lo + len(ids)], tables)
+            text = raw.decode("utf-8", "replace")
+            if rollout.response_text is not None and rollout.response_text != text:
+                continue  # the given text is not the ids' own: re-tokenise it
+            demo_text = strip_thinking(text) if self.remove_thinking else text
+            # the demonstration as a slice [c0, c1) of the text (strip_thinking keeps the text after the last
+            # closing tag, up to an unclosed opening one, stripped) -- when it is one
+            c0, c1 = 0, len(text)
+            if self.remove_thinking:
+                close = text.rfind("</think>")
+                c0 = close + len("</think>") if close >= 0 else 0
+                opened = text.find("<think>", c0)
+                c1 = opened if opened >= 0 else len(text)
+                stripped = text[c0:c1]
+                c0, c1 = c0 + len(stripped) - len(stripped.lstrip()), c0 + len(stripped.rstrip())
+                if c1 - c0 != len(demo_text) or text[c0:c1] != demo_text:
                     continue
-                if self.remove_thinking and ("<think>" in first or "</think>" in first):
-                    head_text = self._after_thinking(demo, first)
-                    if head_text is None:
-                        demo.ids = None
-                        continue
-                else:
-                    head_text = self.tokenizer.decode(
-                        demo.ids[: demo.head].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
-                    )
-            else:
-                head_text = first
-            if self.remove_thinking:  # strip_thinking() ends with .strip(); the splits sit between non-spaces
-                head_text, tail_text = head_text.lstrip(), tail_text.rstrip()
-            demo.head_text, demo.tail_text = head_text, tail_text
-            demo.ids = rollout.response_ids[demo.lo : demo.hi]
+            valid = len(text)  # bytes and characters correspond up to the first invalid byte
+            if "\ufffd" in text:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    valid = len(raw[: error.start].decode("utf-8"))
+            if c0 > valid:
+                continue
+            starts = np.cumsum(tables.nbytes[ids]) - tables.nbytes[ids]
+            b0 = len(text[:c0].encode("utf-8"))
+            b1 = len(text[: min(c1, valid)].encode("utf-8"))
+            at = starts[candidates]
+            inside = candidates[(at - 2 >= b0) & (at + 2 <= b1)]  # each rule's context inside the demonstration
+            if len(inside) == 0:
+                continue
+            head, tail = int(inside[0]), int(inside[-1])
+            head_chars = len(raw[: int(starts[head])].decode("utf-8"))
+            tail_chars = len(text) - len(raw[int(starts[tail]) :].decode("utf-8", "replace"))
+            demo = self._demo(row)
+            demo.text, demo.head_text, demo.tail_text = demo_text, text[c0:head_chars], text[tail_chars:c1]
+            demo.ids = rollout.response_ids[lo + head : lo + tail]
 
     def _cut(self, text: str, last: bool) -> int:
-        """Where ``text`` may be cut so that its two sides tokenise apart: after its last added token
-        (``last``) or before its first; 0 / ``len(text)`` when it has none."""
+        """Where ``text`` may be cut so that its two sides tokenise apart, as near its end (``last``) or its start
+        as the split rules allow: a split candidate after its last added token / before its first, else at that
+        added token; 0 / ``len(text)`` when it has neither."""
         key = (text, last)
         if key not in self._cuts:
             cut = 0 if last else len(text)
+            if self.tables is None:
+                return cut
             if self.tables.added is not None:
                 if last:
                     for match in self.tables.added.finditer(text):
@@ -818,8 +892,42 @@ class _PromptBuilder:
                 else:
                     match = self.tables.added.search(text)
                     cut = match.start() if match else cut
+            section = text[cut:] if last else text[:cut]
+            found = [m.start() for m in self.tables.literal_split.finditer(section)]
+            if found:
+                cut = cut + found[-1] if last else found[0]
             self._cuts[key] = cut
         return self._cuts[key]
+
+    def _chunks(self, text: str) -> tuple:
+        """``text`` in pieces that tokenise apart: cut at added tokens and split candidates, each piece from a cut to
+        the first cut at least ``_CHUNK`` characters later. A question shared by teacher prompts of several
+        templates is then tokenised once: the pieces of their common beginning are the same."""
+        if text not in self._chunked:
+            cuts = []
+            if self.tables is not None and len(text) >= 2 * _CHUNK:
+                bounds = [0, len(text)]
+                if self.tables.added is not None:
+                    bounds += [k for match in self.tables.added.finditer(text) for k in match.span()]
+                bounds = sorted(set(bounds))
+                found = set(bounds)
+                for a, b in zip(bounds, bounds[1:]):  # within the text between added tokens only
+                    found.update(a + match.start() for match in self.tables.literal_split.finditer(text[a:b]))
+                last = 0
+                for cut in sorted(found):
+                    if cut - last >= _CHUNK and len(text) - cut >= _CHUNK:
+                        cuts.append(cut)
+                        last = cut
+            ends = [0] + cuts + [len(text)]
+            self._chunked[text] = tuple(text[a:b] for a, b in zip(ends, ends[1:]) if b > a)
+        return self._chunked[text]
+
+    def _join(self, job: tuple, encoded: list, unique: dict) -> list:
+        """The ids of a job: its texts' encodings and the demonstration's reused ids (an int part), in order."""
+        ids: list = []
+        for part in job:
+            ids += encoded[unique[part]] if isinstance(part, str) else self._demos[part].ids
+        return ids
 
     def _encode(self, texts: list) -> list:
         if not texts:
@@ -828,35 +936,14 @@ class _PromptBuilder:
             return [encoding.ids for encoding in self._backend.encode_batch(texts, add_special_tokens=False)]
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def _after_thinking(self, demo: _Demo, text: str) -> Optional[str]:
-        """Fast path for a demonstration with think tags: the text after the last ``</think>``, when that is
-        what :func:`strip_thinking` keeps (no ``<think>`` after it) and a safe split follows it. Moves
-        ``demo.head`` to that split and returns the text from the cut to it; ``None``: re-tokenise instead."""
-        close = text.rfind("</think>")
-        if close < 0 or "<think>" in text[close:] or "\ufffd" in text:
-            return None
-        cut = close + len("</think>")
-        if text[cut:].strip() != strip_thinking(text):
-            return None
-        data = text.encode("utf-8")
-        offsets = np.cumsum(self.tables.nbytes[demo.ids])
-        if int(offsets[-1]) != len(data):
-            return None
-        cut_bytes = len(text[:cut].encode("utf-8"))
-        splits = _safe_splits(demo.ids, self.tables)
-        after = splits[offsets[splits - 1] >= cut_bytes]
-        if len(after) == 0:
-            return None
-        demo.head = int(after[0])
-        return data[cut_bytes : int(offsets[demo.head - 1])].decode("utf-8")
-
     # -- the batch ------------------------------------------------------------------------------------
     def build(self, plans: Sequence[Optional[_Plan]]):
         n = len(plans)
         prompt_ids: list = [None] * n
         messages: dict = {}
         shortened, too_long = [False] * n, [False] * n
-        # what to tokenise, per row: ("text", text) or ("fast", left text, demo row, right text)
+        # what to tokenise, per row: ("text", left, middle, right): the three texts side by side, or ("fast", left,
+        # before the reused ids, demo row, after them, right); left / right are the same for every row of a prompt
         jobs: dict = {}
         literals = {row: self._literal_parts(row, plan) for row, plan in enumerate(plans) if plan is not None}
         if self.tables is not None:
@@ -871,37 +958,41 @@ class _PromptBuilder:
             parts = literals[row]
             first = plan.pieces[0]
             demo = self._demos.get(first) if isinstance(first, int) else None
-            if parts is not None and demo is not None and demo.ids is not None:
-                left = parts[0]
-                right = parts[1] + "".join(text + literal for text, literal in zip(plan.pieces[1:], parts[2:]))
-                i, j = self._cut(left, last=True), self._cut(right, last=False)
-                jobs[row] = ("fast", left[:i], left[i:] + demo.head_text, first, demo.tail_text + right[:j], right[j:])
-            elif parts is not None and not self.exact:
-                texts = self.piece_texts(plan)
-                jobs[row] = ("text", parts[0] + "".join(t + lit for t, lit in zip(texts, parts[1:])))
+            fast = parts is not None and demo is not None and demo.ids is not None
+            if fast or (parts is not None and not self.exact):
+                # the literals' far sides (question, instruction, template) are tokenised once per prompt; each
+                # row tokenises only the text between them, or around the demonstration's reused ids
+                i, j = self._cut(parts[0], last=True), self._cut(parts[-1], last=False)
+                texts = plan.pieces if fast else self.piece_texts(plan)
+                rest = "".join(lit + text for lit, text in zip(parts[1:-1], texts[1:])) + parts[-1][:j]
+                if fast:
+                    jobs[row] = (*self._chunks(parts[0][:i]), parts[0][i:] + demo.head_text, first,
+                                 demo.tail_text + rest, *self._chunks(parts[-1][j:]))
+                else:
+                    jobs[row] = (*self._chunks(parts[0][:i]), parts[0][i:] + texts[0] + rest,
+                                 *self._chunks(parts[-1][j:]))
             else:  # the chat template itself, as apply_chat_template(tokenize=True) does
                 msgs = self._builder(row, plan.flavor)(self.piece_texts(plan))
                 messages[row] = msgs
-                jobs[row] = ("text", self._render(msgs))
+                jobs[row] = (self._render(msgs),)
+        # each job: texts tokenised apart (each distinct one once) and a demonstration row whose ids are reused
         unique: dict[str, int] = {}
         for job in jobs.values():
-            for text in (job[1:2] if job[0] == "text" else (job[1], job[2], job[4], job[5])):
-                unique.setdefault(text, len(unique))
+            for text in job:
+                if isinstance(text, str):
+                    unique.setdefault(text, len(unique))
         encoded = self._encode(list(unique))
         fast_demos, slow_demos = set(), set()
-        mids: dict = {}
+        made: dict = {}  # rows with the same job share one list of ids (read-only)
         for row, job in jobs.items():
-            if job[0] == "text":
-                ids = list(encoded[unique[job[1]]])
-                if isinstance(plans[row].pieces[0], int):
-                    slow_demos.add(plans[row].pieces[0])
-            else:
-                if job[3] not in mids:
-                    demo = self._demos[job[3]]
-                    mids[job[3]] = demo.ids[demo.head : demo.tail]
-                ids = (encoded[unique[job[1]]] + encoded[unique[job[2]]] + mids[job[3]]
-                       + encoded[unique[job[4]]] + encoded[unique[job[5]]])
-                fast_demos.add(job[3])
+            ids = made.get(job)
+            if ids is None:
+                ids = made[job] = self._join(job, encoded, unique)
+            demo = next((part for part in job if isinstance(part, int)), None)
+            if demo is not None:
+                fast_demos.add(demo)
+            elif isinstance(plans[row].pieces[0], int):
+                slow_demos.add(plans[row].pieces[0])
             if len(ids) <= self.max_len:
                 prompt_ids[row] = ids
                 continue
