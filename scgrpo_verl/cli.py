@@ -105,14 +105,25 @@ def _plugin_options(self_teacher, loss_mode: str) -> list[str]:
     return lines
 
 
-def _check(args: argparse.Namespace) -> int:
-    from scgrpo_verl.compose import compose_config, validate
-    from scgrpo_verl.startup_checks import run_startup_checks
+def progress(command: str, message: str) -> None:
+    """One ``[command] message`` line on stderr, at once (what a command is doing while it takes seconds)."""
+    print(f"[{command}] {message}", file=sys.stderr, flush=True)
 
-    config = compose_config(args.config_name, args.overrides)
-    actor = validate(config)
+
+def _check(args: argparse.Namespace) -> int:
+    from scgrpo_verl.errors import deferred_warnings
+
+    progress("check", f"composing {args.config_name!r} on verl's ppo_trainer (importing verl: 10-60 s)")
+    from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.startup_checks import CHECKS, run_startup_checks, skipped_from_env
+
     skip = [name for item in args.skip for name in item.split(",") if name]
-    run_startup_checks(config, skip=skip)
+    with deferred_warnings():  # verl's notices (e.g. "Disabled critic ...") only if every check passes
+        config = compose_config(args.config_name, args.overrides)
+        progress("check", "verl's validate_config and the plugin's options")
+        actor = validate(config)
+        progress("check", "start-up checks: " + ", ".join(n for n in CHECKS if n not in set(skip) | skipped_from_env()))
+        run_startup_checks(config, skip=skip)
     skipped = f" (skipped: {', '.join(skip)})" if skip else ""
     print(f"config {args.config_name!r}: composed on verl's ppo_trainer, passed verl's validate_config and the "
           f"start-up checks{skipped}")
@@ -262,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compose a config; run verl's validation and the start-up checks")
     check.add_argument("--config-name", required=True, help=CONFIG_HELP)
     check.add_argument("--skip", action="append", default=[], metavar="CHECK[,CHECK]",
-                       help="start-up checks to skip: data_files, data_sources, rollout_name, gpus (e.g. --skip gpus "
+                       help="start-up checks to skip: data_files, data_sources, rollout_name, model, attention, gpus (e.g. --skip gpus "
                             "to check a GPU recipe on a CPU machine)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)

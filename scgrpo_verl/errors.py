@@ -58,3 +58,24 @@ def config_error_message(error: BaseException) -> str:
     if isinstance(root, AssertionError) and not str(root).strip():
         message = "verl's validate_config failed an assertion without a message (run with --debug to see which)"
     return one_line(message)
+
+
+class deferred_warnings:  # noqa: N801 - used as a context manager
+    """Hold the warnings raised inside the block (verl's ``UserWarning: Disabled critic ...`` while a config is
+    validated) and show them only when the block ends without an error: an error line comes first and alone."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()  # the filters in force (the CLI's noise filters) still apply
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        import warnings
+
+        self._catcher.__exit__(kind, value, traceback)
+        if kind is None:
+            for item in self._caught:
+                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+        return False

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import ENV
+from . import ENV, STAGE_MARK
 from .assets import AssetPaths, prepare_assets
 
 CONFIG_PATH = "pkg://scgrpo_verl.configs"
@@ -51,10 +51,16 @@ class CpuRunResult:
     checkpoint_dir: str
     assets: AssetPaths
     command: list[str] = field(default_factory=list)
+    fatal: Optional[str] = None  # a killed or dead Ray worker (fatal_cause), when that ended the run
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.fatal is None
+
+    @property
+    def training_steps(self) -> list[int]:
+        """The training steps that logged metrics (step 0 is the validation before training)."""
+        return sorted(step for step in self.metrics if step > 0)
 
     def tail(self, n: int = 60) -> str:
         try:
@@ -86,6 +92,78 @@ def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
         except ValueError:
             continue
     return int(match.group(1)), values
+
+
+# what each trainer stage is called in cpu-run's progress lines (the stage names of verl's marked_timer)
+STAGE_LABELS = {
+    "gen": "rollout",
+    "reward": "reward",
+    "old_log_prob": "old log-probs (SC-GRPO's teacher pass too)",
+    "ref": "reference log-probs",
+    "adv": "advantages",
+    "update_actor": "actor update (SDPO / SDPG: with the teacher pass)",
+    "save_checkpoint": "checkpoint",
+    "testing": "validation",
+}
+RAY_UP = "Started a local Ray instance"
+# a Ray worker killed for memory (the raylet's and the driver's wording) or dead for another reason
+_OOM = re.compile(r"OutOfMemoryError|killed due to memory pressure|running low on memory")
+_WORKER_DIED = re.compile(r"ActorDiedError|RayActorError|The actor died unexpectedly|WorkerCrashedError|"
+                          r"SYSTEM_ERROR|worker died or was killed")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def fatal_cause(line: str) -> Optional[str]:
+    """One line naming why the run cannot go on, for a log line that says a Ray worker was killed or died."""
+    text = _ANSI.sub("", line).strip()
+    if _OOM.search(text):
+        detail = text.split("OutOfMemoryError:", 1)[-1].strip() if "OutOfMemoryError:" in text else text
+        return f"Ray killed a worker for lack of memory (ray.exceptions.OutOfMemoryError: {detail[:300]})"
+    if _WORKER_DIED.search(text):
+        return f"a Ray worker died: {text[:300]}"
+    return None
+
+
+class Progress:
+    """Turns the run's output lines into cpu-run's progress lines: Ray up, then per step the stage that starts
+    (rollout, teacher, update, validation), each with the seconds since launch."""
+
+    def __init__(self, steps: int, start: Optional[float] = None):
+        self.steps = steps
+        self.start = time.monotonic() if start is None else start
+        self.step = 0
+        self.last = "starting main_ppo"
+        self.last_time = self.start
+
+    def __call__(self, line: str) -> Optional[str]:
+        text = _ANSI.sub("", line)
+        message = None
+        if RAY_UP in text:
+            message = "Ray is up; starting the workers (model, rollout server, reward loop)"
+        elif STAGE_MARK in text:
+            stage = text.split(STAGE_MARK, 1)[1].strip()
+            if stage == "gen":
+                self.step += 1
+            label = STAGE_LABELS.get(stage, stage)
+            message = f"step {self.step}/{self.steps}: {label}"
+        elif STEP_LINE.search(text):
+            step = STEP_LINE.search(text).group(1)
+            message = f"step {step}/{self.steps} done" if step != "0" else "validation before training done"
+        if message:
+            self.last, self.last_time = message, time.monotonic()
+            return f"[cpu-run] {self.elapsed():4.0f}s {message}"
+        return None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def heartbeat(self, every: float) -> Optional[str]:
+        """A 'still running' line when nothing was said for ``every`` seconds."""
+        now = time.monotonic()
+        if now - self.last_time < every:
+            return None
+        self.last_time = now
+        return f"[cpu-run] {self.elapsed():4.0f}s still running (last: {self.last})"
 
 
 def parse_metrics(lines: Iterable[str]) -> dict[int, dict[str, float]]:
@@ -239,6 +317,9 @@ def cpu_run(
     ray_stop: bool = False,
     check: bool = False,
     preflight: bool = True,
+    progress: bool = False,
+    heartbeat: float = 60,
+    fatal_grace: float = 30,
 ) -> CpuRunResult:
     """Run ``main_ppo`` with ``config_name`` from ``scgrpo_verl/configs`` on the CPU backend for ``steps`` steps.
 
@@ -246,6 +327,9 @@ def cpu_run(
     ``save_freq=steps`` saves the actor at the end under ``result.checkpoint_dir``. ``check`` raises on failure.
     ``preflight`` composes the run's config here first and runs verl's validation and the start-up checks
     (:func:`preflight_check`), so that a bad option or a missing data file fails in seconds with one line.
+    ``progress`` prints :class:`Progress` lines (Ray up, each step's stages) and a 'still running' line after
+    ``heartbeat`` quiet seconds. A log line saying that Ray killed a worker for memory, or that a worker died
+    (:func:`fatal_cause`), ends the run ``fatal_grace`` seconds later if it has not ended by itself.
     """
     workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="scgrpo_cpu_run_"))
     os.makedirs(workdir, exist_ok=True)
@@ -271,6 +355,9 @@ def cpu_run(
     lines: list[str] = []
     start = time.monotonic()
     timed_out = False
+    tracker = Progress(steps, start)
+    fatal: list[tuple[float, str]] = []  # (when, cause) of the first killed / dead worker
+    ended_by_fatal = False
     with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
@@ -291,6 +378,14 @@ def cpu_run(
                 lines.append(line)
                 log.write(line)
                 log.flush()
+                if not fatal:
+                    cause = fatal_cause(line)
+                    if cause:
+                        fatal.append((time.monotonic(), cause))
+                if progress:
+                    said = tracker(line)
+                    if said:
+                        print(said, flush=True)
                 if echo and (STEP_LINE.search(line) or "Traceback" in line or "Error:" in line[:200]):
                     sys.stdout.write(line)
                     sys.stdout.flush()
@@ -298,14 +393,23 @@ def cpu_run(
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while proc.poll() is None:  # poll, so that a dead worker or a silent wait is noticed before the timeout
+                if time.monotonic() - start > timeout:
+                    timed_out = True
+                    break
+                if fatal and time.monotonic() - fatal[0][0] > fatal_grace:
+                    ended_by_fatal = True  # verl may wait forever on a dead actor
+                    break
+                if progress:
+                    beat = tracker.heartbeat(heartbeat)
+                    if beat:
+                        print(beat, flush=True)
+                time.sleep(0.5)
         except BaseException:
             _kill_run(proc, ray_tmp, ray_stop)
             raise
         finally:
-            if timed_out or proc.returncode not in (0, None):
+            if timed_out or ended_by_fatal or proc.returncode != 0:
                 _kill_run(proc, ray_tmp, ray_stop)
             else:
                 # a clean exit shuts Ray down itself; kill whatever of this run is left anyway
@@ -315,9 +419,11 @@ def cpu_run(
             reader.join(timeout=10)
             if timed_out:
                 log.write(f"\n[scgrpo_verl.cpu_backend] killed after the {timeout}s timeout\n")
+            elif ended_by_fatal:
+                log.write(f"\n[scgrpo_verl.cpu_backend] killed {fatal_grace}s after: {fatal[0][1]}\n")
     shutil.rmtree(ray_tmp, ignore_errors=True)
     result = CpuRunResult(
-        returncode=None if timed_out else proc.returncode,
+        returncode=None if timed_out or ended_by_fatal else proc.returncode,  # None: killed here
         timed_out=timed_out,
         wall_s=time.monotonic() - start,
         metrics=parse_metrics(lines),
@@ -326,10 +432,12 @@ def cpu_run(
         checkpoint_dir=checkpoint_dir,
         assets=assets,
         command=command,
+        fatal=fatal[0][1] if fatal and (ended_by_fatal or timed_out or proc.returncode != 0) else None,
     )
     if check and not result.ok:
         raise RuntimeError(
-            f"CPU run failed (returncode={result.returncode}, timed_out={timed_out}); log {log_path}:\n{result.tail()}"
+            f"CPU run failed (returncode={result.returncode}, timed_out={timed_out}"
+            f"{'; ' + result.fatal if result.fatal else ''}); log {log_path}:\n{result.tail()}"
         )
     return result
 
@@ -338,11 +446,14 @@ def preflight_check(config_name: str, overrides: Sequence[str]) -> None:
     """Compose the run's config in this process, run verl's ``validate_config`` and the plugin's start-up checks
     (not the GPU count: the run fakes one GPU; not the rollout: 'hf' is registered in the run's processes). Raises :class:`scgrpo_verl.errors.UserError` naming the key."""
     from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.errors import deferred_warnings
     from scgrpo_verl.startup_checks import run_startup_checks
 
-    config = compose_config(config_name, list(overrides))
-    validate(config)
-    run_startup_checks(config, skip=["gpus", "rollout_name"])  # the run's own processes register the 'hf' rollout
+    with deferred_warnings():  # verl's "Disabled critic ..." only when the config passes
+        config = compose_config(config_name, list(overrides))
+        validate(config)
+        run_startup_checks(config, skip=["gpus", "rollout_name"])  # the run's own processes register 'hf'
+
 
 
 def last_error_line(text: str) -> str:
@@ -370,6 +481,16 @@ def write_metrics_json(metrics: dict[int, dict[str, float]], path: str) -> str:
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
     return path
+
+
+RUN_MEMORY_GIB = 5  # what one cpu-run holds at its peak (driver, TaskRunner, actor, rollout and reward workers)
+
+
+def free_memory_gib() -> float:
+    """Memory available to a new run now (``MemAvailable``), in GiB."""
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
 
 
 STEP_SUMMARY_KEYS = ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean")
@@ -406,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    print(f"[cpu-run] {args.config_name}: composing and checking the config, building the tiny model and data",
+          flush=True)
     result = cpu_run(
         config_name=args.config_name,
         steps=args.steps,
@@ -415,11 +538,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shaped_reward=not args.no_shaped_reward,
         save_freq=args.save_freq,
         ray_stop=args.ray_stop,
+        echo=False,
+        progress=True,
     )
     if args.metrics_json:
         write_metrics_json(result.metrics, args.metrics_json)
-    status = "ok" if result.ok else ("timed out" if result.timed_out else f"failed (rc={result.returncode})")
-    print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.metrics)} step(s); log: {result.log_path}")
+    status = ("ok" if result.ok else "timed out" if result.timed_out else "stopped" if result.returncode is None
+              else f"failed (rc={result.returncode})")
+    print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.training_steps)} of {args.steps} training "
+          f"step(s); log: {result.log_path}")
     for step in sorted(result.metrics):
         m = result.metrics[step]
         keys = [*STEP_SUMMARY_KEYS, *sorted(k for k in m if "self_teacher/" in k)]  # the plugin's teacher metrics
@@ -429,6 +556,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not result.ok:
         if args.debug:
             print(result.tail(), file=sys.stderr)
+        elif result.fatal:
+            print(f"[cpu-run] {result.fatal}; free memory now: {free_memory_gib():.1f} GiB, a run needs about "
+                  f"{RUN_MEMORY_GIB} GiB (full log: {result.log_path})", file=sys.stderr)
         else:
             cause = last_error_line(result.tail(400))
             print(f"[cpu-run] {cause or 'no error line in the log'} (full log: {result.log_path}; --debug prints "

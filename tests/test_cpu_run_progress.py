@@ -1,0 +1,84 @@
+"""cpu-run's progress lines, and a killed Ray worker reported as one line instead of a silent wait until the timeout
+(no real verl run: the launched process is a stand-in that prints what verl's driver prints)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import scgrpo_verl.cpu_backend.run as run
+from scgrpo_verl.cpu_backend import STAGE_MARK
+
+OOM_LINE = ("\x1b[36m(raylet)\x1b[0m ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on "
+            "memory. Memory on the node (IP: 10.0.0.2) where the task (actor ID: 7f, name=WorkerDict.__init__, "
+            "pid=4242, memory used=3.1GB) was running was 22.9GB / 24.0GB (0.954), which exceeds the memory usage "
+            "threshold of 0.95.")
+
+
+def test_progress_names_ray_and_each_stage_of_each_step():
+    progress = run.Progress(steps=2)
+    lines = [
+        "2026-12-04 20:34:37,361\tINFO worker.py:2029 -- Started a local Ray instance. View the dashboard at ...",
+        "[transformers] Accessing `initialize_global_process_group_ray` from `.models.aria` ...",
+        f"\x1b[36m(TaskRunnerV1 pid=6242)\x1b[0m {STAGE_MARK}gen",
+        f"(TaskRunnerV1 pid=6242) {STAGE_MARK}old_log_prob",
+        f"(TaskRunnerV1 pid=6242) {STAGE_MARK}update_actor",
+        "(TaskRunnerV1 pid=6242) step:1 - actor/pg_loss:0.1 - critic/score/mean:0.5",
+        f"(TaskRunnerV1 pid=6242) {STAGE_MARK}gen",
+        f"(TaskRunnerV1 pid=6242) {STAGE_MARK}testing",
+    ]
+    said = [progress(line) for line in lines]
+    messages = [s.split("s ", 1)[1] if s else None for s in said]
+    assert messages == ["Ray is up; starting the workers (model, rollout server, reward loop)", None,
+                        "step 1/2: rollout", "step 1/2: old log-probs (SC-GRPO's teacher pass too)",
+                        "step 1/2: actor update (SDPO / SDPG: with the teacher pass)", "step 1/2 done",
+                        "step 2/2: rollout", "step 2/2: validation"]
+    assert all(s.startswith("[cpu-run] ") for s in said if s)
+    progress.last_time -= 61
+    assert progress.heartbeat(60).endswith("still running (last: step 2/2: validation)")
+    assert progress.heartbeat(60) is None  # once per quiet minute
+
+
+def test_fatal_cause_names_an_oom_kill_and_a_dead_worker():
+    assert run.fatal_cause(OOM_LINE).startswith("Ray killed a worker for lack of memory (ray.exceptions."
+                                                "OutOfMemoryError: Task was killed due to the node running low")
+    assert run.fatal_cause("(raylet) Workers (tasks / actors) killed due to memory pressure (OOM), 1 worker(s)")
+    assert run.fatal_cause("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert run.fatal_cause("(TaskRunnerV1 pid=1) step:1 - actor/pg_loss:0.1") is None
+    assert run.fatal_cause("Traceback (most recent call last):") is None
+
+
+def _fake_launch(monkeypatch, tmp_path, script: str):
+    """cpu_run launches ``script`` instead of main_ppo (no assets built, no preflight)."""
+    assets = types.SimpleNamespace(train_file="t.parquet", val_file="v.parquet", model=str(tmp_path))
+    monkeypatch.setattr(run, "prepare_assets", lambda folder: assets)
+    real = subprocess.Popen
+    monkeypatch.setattr(run.subprocess, "Popen", lambda command, **kw: real([sys.executable, "-c", script], **kw))
+
+
+def test_a_killed_worker_ends_the_run_early_with_one_line(monkeypatch, tmp_path, capsys):
+    # verl's driver after an OOM kill: the line, then a wait on the dead actor that never ends
+    _fake_launch(monkeypatch, tmp_path, f"import time; print({OOM_LINE!r}, flush=True); time.sleep(300)")
+    result = run.cpu_run("grpo", steps=2, workdir=str(tmp_path), timeout=200, echo=False, preflight=False,
+                         progress=True, fatal_grace=1)
+    assert not result.ok and not result.timed_out and result.wall_s < 60
+    assert result.fatal.startswith("Ray killed a worker for lack of memory")
+    assert "killed 1s after: Ray killed a worker" in open(result.log_path).read()
+
+    monkeypatch.setattr(run, "cpu_run", lambda **kwargs: result)
+    assert run.main(["--steps", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "[cpu-run] stopped in " in out and "0 of 2 training step(s)" in out
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("[cpu-run] Ray killed a worker for lack of memory (ray.exceptions.OutOfMemoryError: ")
+    assert "a run needs about 5 GiB" in err and result.log_path in err
+
+
+def test_a_quiet_run_prints_that_it_is_still_running(monkeypatch, tmp_path, capsys):
+    _fake_launch(monkeypatch, tmp_path, "import time; time.sleep(3); print('step:1 - actor/pg_loss:0.5')")
+    result = run.cpu_run("grpo", steps=1, workdir=str(tmp_path), timeout=60, echo=False, preflight=False,
+                         progress=True, heartbeat=1)
+    assert result.ok and result.training_steps == [1]
+    out = capsys.readouterr().out
+    assert "still running (last: starting main_ppo)" in out and "step 1/1 done" in out
