@@ -17,7 +17,7 @@ OOM_LINE = ("\x1b[36m(raylet)\x1b[0m ray.exceptions.OutOfMemoryError: Task was k
 
 
 def test_progress_names_ray_and_each_stage_of_each_step():
-    progress = run.Progress(steps=2)
+    progress = run.Progress(steps=2, loss_mode="sc_grpo")
     lines = [
         "2026-12-04 20:34:37,361\tINFO worker.py:2029 -- Started a local Ray instance. View the dashboard at ...",
         "[transformers] Accessing `initialize_global_process_group_ray` from `.models.aria` ...",
@@ -31,13 +31,26 @@ def test_progress_names_ray_and_each_stage_of_each_step():
     said = [progress(line) for line in lines]
     messages = [s.split("s ", 1)[1] if s else None for s in said]
     assert messages == ["Ray is up; starting the workers (model, rollout server, reward loop)", None,
-                        "step 1/2: rollout", "step 1/2: old log-probs (SC-GRPO's teacher pass too)",
-                        "step 1/2: actor update (SDPO / SDPG: with the teacher pass)", "step 1/2 done",
+                        "step 1/2: rollout", "step 1/2: old log-probs with the teacher pass",
+                        "step 1/2: actor update", "step 1/2 done",
                         "step 2/2: rollout", "step 2/2: validation"]
     assert all(s.startswith("[cpu-run] ") for s in said if s)
     progress.last_time -= 61
     assert progress.heartbeat(60).endswith("still running (last: step 2/2: validation)")
     assert progress.heartbeat(60) is None  # once per quiet minute
+    sdpo = run.Progress(steps=1, loss_mode="sdpo")
+    assert sdpo(f"{STAGE_MARK}update_actor").endswith("step 0/1: actor update with the teacher pass")
+    assert run.Progress(steps=1)(f"{STAGE_MARK}old_log_prob").endswith("old log-probs")  # GRPO: no teacher
+
+
+def test_the_summary_counts_training_steps_of_those_asked(monkeypatch, tmp_path, capsys):
+    log = tmp_path / "run.log"
+    log.write_text("")
+    result = run.CpuRunResult(returncode=0, timed_out=False, wall_s=3.0, metrics={0: {"val": 1}, 1: {}, 2: {}},
+                              workdir=str(tmp_path), log_path=str(log), checkpoint_dir="", assets=None)
+    monkeypatch.setattr(run, "cpu_run", lambda **kwargs: result)
+    assert run.main(["--steps", "2"]) == 0
+    assert "[cpu-run] ok in 3s, 2 of 2 training step(s)" in capsys.readouterr().out  # step 0: validation
 
 
 def test_fatal_cause_names_an_oom_kill_and_a_dead_worker():
@@ -52,7 +65,7 @@ def test_fatal_cause_names_an_oom_kill_and_a_dead_worker():
 def _fake_launch(monkeypatch, tmp_path, script: str):
     """cpu_run launches ``script`` instead of main_ppo (no assets built, no preflight)."""
     assets = types.SimpleNamespace(train_file="t.parquet", val_file="v.parquet", model=str(tmp_path))
-    monkeypatch.setattr(run, "prepare_assets", lambda folder: assets)
+    monkeypatch.setattr(run, "prepare_assets", lambda folder, task: assets)
     real = subprocess.Popen
     monkeypatch.setattr(run.subprocess, "Popen", lambda command, **kw: real([sys.executable, "-c", script], **kw))
 
@@ -82,3 +95,9 @@ def test_a_quiet_run_prints_that_it_is_still_running(monkeypatch, tmp_path, caps
     assert result.ok and result.training_steps == [1]
     out = capsys.readouterr().out
     assert "still running (last: starting main_ppo)" in out and "step 1/1 done" in out
+
+
+def test_the_demo_runs_the_task_where_groups_get_a_verified_rollout():
+    """README's first line (``cpu-run --config-name sc_grpo``) runs the parity task: the tiny model is right about
+    half the time, so groups mix verified and failed rollouts (tests/test_miniature.py checks the assets)."""
+    assert run.build_parser().parse_args([]).task == "parity"

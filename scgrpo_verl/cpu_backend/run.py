@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from . import ENV, STAGE_MARK
-from .assets import AssetPaths, prepare_assets
+from .assets import TASKS, AssetPaths, prepare_assets
 
 CONFIG_PATH = "pkg://scgrpo_verl.configs"
 AUTOLOAD_MODULE = "scgrpo_verl.cpu_backend.autoload"
@@ -98,13 +98,15 @@ def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
 STAGE_LABELS = {
     "gen": "rollout",
     "reward": "reward",
-    "old_log_prob": "old log-probs (SC-GRPO's teacher pass too)",
+    "old_log_prob": "old log-probs",
     "ref": "reference log-probs",
     "adv": "advantages",
-    "update_actor": "actor update (SDPO / SDPG: with the teacher pass)",
+    "update_actor": "actor update",
     "save_checkpoint": "checkpoint",
     "testing": "validation",
 }
+# the stage that runs the self-teacher's forward pass, per loss mode (scgrpo_verl/trainer.py)
+TEACHER_STAGE = {"sc_grpo": "old_log_prob", "sdpo": "update_actor", "sdpg": "update_actor"}
 RAY_UP = "Started a local Ray instance"
 # a Ray worker killed for memory (the raylet's and the driver's wording) or dead for another reason
 _OOM = re.compile(r"OutOfMemoryError|killed due to memory pressure|running low on memory")
@@ -128,8 +130,9 @@ class Progress:
     """Turns the run's output lines into cpu-run's progress lines: Ray up, then per step the stage that starts
     (rollout, teacher, update, validation), each with the seconds since launch."""
 
-    def __init__(self, steps: int, start: Optional[float] = None):
+    def __init__(self, steps: int, start: Optional[float] = None, loss_mode: Optional[str] = None):
         self.steps = steps
+        self.teacher_stage = TEACHER_STAGE.get(loss_mode or "")
         self.start = time.monotonic() if start is None else start
         self.step = 0
         self.last = "starting main_ppo"
@@ -144,7 +147,7 @@ class Progress:
             stage = text.split(STAGE_MARK, 1)[1].strip()
             if stage == "gen":
                 self.step += 1
-            label = STAGE_LABELS.get(stage, stage)
+            label = STAGE_LABELS.get(stage, stage) + (" with the teacher pass" if stage == self.teacher_stage else "")
             message = f"step {self.step}/{self.steps}: {label}"
         elif STEP_LINE.search(text):
             step = STEP_LINE.search(text).group(1)
@@ -320,6 +323,7 @@ def cpu_run(
     progress: bool = False,
     heartbeat: float = 60,
     fatal_grace: float = 30,
+    task: str = "math",
 ) -> CpuRunResult:
     """Run ``main_ppo`` with ``config_name`` from ``scgrpo_verl/configs`` on the CPU backend for ``steps`` steps.
 
@@ -327,16 +331,19 @@ def cpu_run(
     ``save_freq=steps`` saves the actor at the end under ``result.checkpoint_dir``. ``check`` raises on failure.
     ``preflight`` composes the run's config here first and runs verl's validation and the start-up checks
     (:func:`preflight_check`), so that a bad option or a missing data file fails in seconds with one line.
+    ``task``: the tiny assets' task (:func:`.assets.prepare_assets`: ``math`` never gets a verified rollout from
+    the random model; ``parity`` gets some in most groups, so every method's mechanism runs).
     ``progress`` prints :class:`Progress` lines (Ray up, each step's stages) and a 'still running' line after
     ``heartbeat`` quiet seconds. A log line saying that Ray killed a worker for memory, or that a worker died
     (:func:`fatal_cause`), ends the run ``fatal_grace`` seconds later if it has not ended by itself.
     """
     workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="scgrpo_cpu_run_"))
     os.makedirs(workdir, exist_ok=True)
-    assets = prepare_assets(os.path.join(workdir, "assets"))
+    assets = prepare_assets(os.path.join(workdir, "assets"), task=task)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
+    loss_mode = None
     if preflight:
-        preflight_check(config_name, [*cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward,
+        loss_mode = preflight_check(config_name, [*cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward,
                                                      save_freq=save_freq), *overrides])
     # short: Ray puts unix sockets under it (107-byte limit)
     ray_tmp = tempfile.mkdtemp(prefix="scgrpo_ray_", dir="/tmp")
@@ -355,7 +362,7 @@ def cpu_run(
     lines: list[str] = []
     start = time.monotonic()
     timed_out = False
-    tracker = Progress(steps, start)
+    tracker = Progress(steps, start, loss_mode)
     fatal: list[tuple[float, str]] = []  # (when, cause) of the first killed / dead worker
     ended_by_fatal = False
     with open(log_path, "w") as log:
@@ -442,18 +449,20 @@ def cpu_run(
     return result
 
 
-def preflight_check(config_name: str, overrides: Sequence[str]) -> None:
+def preflight_check(config_name: str, overrides: Sequence[str]) -> Optional[str]:
     """Compose the run's config in this process, run verl's ``validate_config`` and the plugin's start-up checks
-    (not the GPU count: the run fakes one GPU; not the rollout: 'hf' is registered in the run's processes). Raises :class:`scgrpo_verl.errors.UserError` naming the key."""
+    (not the GPU count: the run fakes one GPU; not the rollout: 'hf' is registered in the run's processes). Raises
+    :class:`scgrpo_verl.errors.UserError` naming the key; returns the self-teacher's loss mode (None without one)."""
     from scgrpo_verl.compose import compose_config, validate
     from scgrpo_verl.errors import deferred_warnings
     from scgrpo_verl.startup_checks import run_startup_checks
 
     with deferred_warnings():  # verl's "Disabled critic ..." only when the config passes
         config = compose_config(config_name, list(overrides))
-        validate(config)
+        actor = validate(config)
         run_startup_checks(config, skip=["gpus", "rollout_name"])  # the run's own processes register 'hf'
-
+    teacher = getattr(actor.policy_loss, "self_teacher", None)
+    return actor.policy_loss.loss_mode if teacher is not None and teacher.enable else None
 
 
 def last_error_line(text: str) -> str:
@@ -499,13 +508,18 @@ STEP_SUMMARY_KEYS = ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scgrpo-verl cpu-run",
-        description="Run verl's main_ppo on the CPU debugging backend with a tiny random model and 16 arithmetic "
-                    "prompts (scgrpo_verl configs; about 2 minutes and 5 GB of RAM for 2 steps). Prints each step's "
-                    "metrics; the full log is <workdir>/run.log.",
+        description="Run verl's main_ppo on the CPU debugging backend with a tiny model and 16 prompts of a tiny "
+                    "task (scgrpo_verl configs; 2-5 minutes and 5 GB of RAM for 2 steps). Prints its progress and "
+                    "each step's metrics; the full log is <workdir>/run.log.",
     )
     parser.add_argument("--config-name", default="grpo",
                         help="grpo | dapo | sc_grpo | sdpo | sdpg (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2, help="training steps (default: %(default)s)")
+    parser.add_argument("--task", choices=TASKS, default="parity",
+                        help="the tiny task: parity (\"is n odd?\"; the tiny model is right about half the time, so "
+                             "groups mix verified and failed rollouts and SC-GRPO's weighting, SDPO's and SDPG's "
+                             "teachers all run) or math (arithmetic the random model never solves) "
+                             "(default: %(default)s)")
     parser.add_argument("--workdir", default=None,
                         help="folder for the tiny assets, run.log and checkpoints/ (default: a new temp folder)")
     parser.add_argument("--timeout", type=float, default=600,
@@ -540,6 +554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ray_stop=args.ray_stop,
         echo=False,
         progress=True,
+        task=args.task,
     )
     if args.metrics_json:
         write_metrics_json(result.metrics, args.metrics_json)
