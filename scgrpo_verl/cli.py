@@ -171,10 +171,16 @@ def _explain(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(args.model_path, "config.json")):
         raise UserError(f"--model-path {args.model_path}: not a Hugging Face checkpoint folder (no config.json); "
                         "`scgrpo-verl dry-run --config-name sc_grpo --workdir DIR` leaves a tiny one in DIR/tiny_qwen2")
+    from scgrpo_verl.explain import untrained_warning
+
     credit = explain(args.model_path, text(args.prompt, "--prompt"), text(args.rollout, "--rollout"),
-                     text(args.solution, "--solution"), args.out, system=args.system, top_k=args.top_k)
+                     text(args.solution, "--solution"), args.out, system=args.system, top_k=args.top_k,
+                     ground_truth=args.ground_truth, data_source=args.data_source)
     print(f"wrote {args.out}: {len(credit.tokens)} tokens, c={credit.c:.4g}, "
-          f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}")
+          f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}; {credit.verdict}")
+    warning = untrained_warning(credit)
+    if warning:
+        print(f"scgrpo-verl explain: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -302,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument("--rollout", required=True, help="the rollout to explain (or @file)")
     page.add_argument("--solution", required=True, help="a verified solution of the same question (or @file)")
     page.add_argument("--system", default=None, help="optional system prompt")
+    page.add_argument("--ground-truth", default=None,
+                      help="the answer the rollout is graded against (default: the solution's final \\boxed{} answer)")
+    page.add_argument("--data-source", default="math500",
+                      help="which of the plugin's graders decides whether the rollout is right (a data_source that "
+                           "data_prep writes, e.g. math500, gsm8k, sciknoweval; default: %(default)s)")
     page.add_argument("--top-k", type=int, default=10, help="most pivotal tokens listed with their context")
     page.add_argument("--out", default="token_credit.html", help="the HTML file to write")
     page.set_defaults(func=_explain)
