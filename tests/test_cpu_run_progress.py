@@ -101,3 +101,24 @@ def test_the_demo_runs_the_task_where_groups_get_a_verified_rollout():
     """README's first line (``cpu-run --config-name sc_grpo``) runs the parity task: the tiny model is right about
     half the time, so groups mix verified and failed rollouts (tests/test_miniature.py checks the assets)."""
     assert run.build_parser().parse_args([]).task == "parity"
+
+
+def test_a_slow_run_waits_for_memory_and_says_so(monkeypatch):
+    import pytest
+
+    import conftest
+
+    free = iter([1.0, 2.0, 9.0])
+    monkeypatch.setattr(run, "free_memory_gib", lambda: next(free))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    said = []
+    terminal = types.SimpleNamespace(write_line=said.append)
+    item = types.SimpleNamespace(nodeid="tests/x.py::test_run", get_closest_marker=lambda name: name == "slow" or None,
+                                 config=types.SimpleNamespace(pluginmanager=types.SimpleNamespace(
+                                     get_plugin=lambda name: terminal)))
+    conftest.pytest_runtest_setup(item)  # returns once 9 GiB are available
+    assert said == ["tests/x.py::test_run: 1.0 GiB available, a verl run needs 6: waiting up to 600 s for memory"]
+    monkeypatch.setattr(run, "free_memory_gib", lambda: 1.0)
+    monkeypatch.setattr(conftest, "MEMORY_WAIT_S", 0)
+    with pytest.raises(pytest.skip.Exception, match="needs 6 GiB of available memory for a verl run; the host"):
+        conftest.pytest_runtest_setup(item)

@@ -69,3 +69,22 @@ def test_dry_run_commands_parse_and_match_the_recipe(script, tmp_path):
         assert args.max_new_tokens == config.data.max_response_length, run
         assert args.enable_thinking == config.data.apply_chat_template_kwargs.enable_thinking, run
     assert evals or script.endswith("ttsd.sh")
+
+
+def test_no_package_registry_host_is_named_in_the_repository():
+    """Say "the public package index" / "PyTorch's CPU wheel index" instead (the hosts are assembled here so that
+    this file does not name them either)."""
+    hosts = [".".join(parts) for parts in (("pypi", "org"), ("files", "pythonhosted", "org"),
+                                           ("download", "pytorch", "org"))]
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    found = []
+    for name in listed.stdout.splitlines():
+        path = os.path.join(REPO, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8", errors="ignore").lower()
+        found += [f"{name}: {host}" for host in hosts if host in text]
+    assert not found, found
