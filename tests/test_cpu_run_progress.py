@@ -122,3 +122,12 @@ def test_a_slow_run_waits_for_memory_and_says_so(monkeypatch):
     monkeypatch.setattr(conftest, "MEMORY_WAIT_S", 0)
     with pytest.raises(pytest.skip.Exception, match="needs 6 GiB of available memory for a verl run; the host"):
         conftest.pytest_runtest_setup(item)
+
+
+def test_a_worker_death_the_run_goes_on_after_is_not_fatal(monkeypatch, tmp_path):
+    died = "(raylet) A worker died or was killed while executing a task by an unexpected system error."
+    _fake_launch(monkeypatch, tmp_path, f"import time; print({died!r}, flush=True); time.sleep(0.2); "
+                                        "print('step:1 - actor/pg_loss:0.5', flush=True); time.sleep(6)")
+    result = run.cpu_run("grpo", steps=1, workdir=str(tmp_path), timeout=60, echo=False, preflight=False,
+                         fatal_grace=3)
+    assert result.ok and result.fatal is None and result.training_steps == [1]

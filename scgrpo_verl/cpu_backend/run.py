@@ -343,8 +343,8 @@ def cpu_run(
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     loss_mode = None
     if preflight:
-        loss_mode = preflight_check(config_name, [*cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward,
-                                                     save_freq=save_freq), *overrides])
+        planned = cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward, save_freq=save_freq)
+        loss_mode = preflight_check(config_name, [*planned, *overrides])
     # short: Ray puts unix sockets under it (107-byte limit)
     ray_tmp = tempfile.mkdtemp(prefix="scgrpo_ray_", dir="/tmp")
     command = [
@@ -385,14 +385,15 @@ def cpu_run(
                 lines.append(line)
                 log.write(line)
                 log.flush()
+                said = tracker(line)
+                if said and fatal:
+                    fatal.clear()  # the run went on after the worker died (e.g. a restarted actor): not fatal
                 if not fatal:
                     cause = fatal_cause(line)
                     if cause:
                         fatal.append((time.monotonic(), cause))
-                if progress:
-                    said = tracker(line)
-                    if said:
-                        print(said, flush=True)
+                if progress and said:
+                    print(said, flush=True)
                 if echo and (STEP_LINE.search(line) or "Traceback" in line or "Error:" in line[:200]):
                     sys.stdout.write(line)
                     sys.stdout.flush()
@@ -572,8 +573,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             print(result.tail(), file=sys.stderr)
         elif result.fatal:
-            print(f"[cpu-run] {result.fatal}; free memory now: {free_memory_gib():.1f} GiB, a run needs about "
-                  f"{RUN_MEMORY_GIB} GiB (full log: {result.log_path})", file=sys.stderr)
+            memory = (f"; free memory now: {free_memory_gib():.1f} GiB, a run needs about {RUN_MEMORY_GIB} GiB"
+                      if "memory" in result.fatal else "")
+            print(f"[cpu-run] {result.fatal}{memory} (full log: {result.log_path})", file=sys.stderr)
         else:
             cause = last_error_line(result.tail(400))
             print(f"[cpu-run] {cause or 'no error line in the log'} (full log: {result.log_path}; --debug prints "
