@@ -122,7 +122,8 @@ def _check(args: argparse.Namespace) -> int:
         config = compose_config(args.config_name, args.overrides)
         progress("check", "verl's validate_config and the plugin's options")
         actor = validate(config)
-        progress("check", "start-up checks: " + ", ".join(n for n in CHECKS if n not in set(skip) | skipped_from_env()))
+        skipped_now = set(skip) | skipped_from_env()
+        progress("check", "start-up checks: " + ", ".join(n for n in CHECKS if n not in skipped_now))
         run_startup_checks(config, skip=skip)
     skipped = f" (skipped: {', '.join(skip)})" if skip else ""
     print(f"config {args.config_name!r}: composed on verl's ppo_trainer, passed verl's validate_config and the "
@@ -279,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compose a config; run verl's validation and the start-up checks")
     check.add_argument("--config-name", required=True, help=CONFIG_HELP)
     check.add_argument("--skip", action="append", default=[], metavar="CHECK[,CHECK]",
-                       help="start-up checks to skip: data_files, data_sources, rollout_name, model, attention, gpus (e.g. --skip gpus "
-                            "to check a GPU recipe on a CPU machine)")
+                       help="start-up checks to skip: data_files, data_sources, rollout_name, model, attention, gpus "
+                            "(e.g. --skip gpus to check a GPU recipe on a CPU machine)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
 

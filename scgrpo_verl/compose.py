@@ -48,7 +48,7 @@ def _did_you_mean(config_name: str, error: BaseException) -> str:
     """`` (did you mean <key>?)`` for an override of a key that the config lacks (``Key 'beta_bas' is not in
     struct``): the nearest key of the same section in the config composed without overrides; else ''."""
     from hydra import compose
-    from omegaconf import DictConfig as _DictConfig
+
     root = innermost(error)
     full_key = getattr(root, "full_key", None) or getattr(error, "full_key", None)
     if "not in struct" not in str(root) or not full_key:
@@ -60,7 +60,7 @@ def _did_you_mean(config_name: str, error: BaseException) -> str:
             section = section[part]
     except Exception:  # noqa: BLE001 - a suggestion is optional
         return ""
-    guess = nearest(leaf, section.keys()) if isinstance(section, _DictConfig) else None
+    guess = nearest(leaf, section.keys()) if isinstance(section, DictConfig) else None
     return f" (did you mean {parent + '.' if parent else ''}{guess}?)" if guess else ""
 
 

@@ -11,7 +11,9 @@ validated into that one line (the innermost message, which names the key).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 EXIT_USER_ERROR = 2
 
@@ -60,22 +62,12 @@ def config_error_message(error: BaseException) -> str:
     return one_line(message)
 
 
-class deferred_warnings:  # noqa: N801 - used as a context manager
+@contextlib.contextmanager
+def deferred_warnings():
     """Hold the warnings raised inside the block (verl's ``UserWarning: Disabled critic ...`` while a config is
-    validated) and show them only when the block ends without an error: an error line comes first and alone."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()  # the filters in force (the CLI's noise filters) still apply
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        import warnings
-
-        self._catcher.__exit__(kind, value, traceback)
-        if kind is None:
-            for item in self._caught:
-                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
-        return False
+    validated) and show them only when the block ends without an error: an error line comes first and alone. The
+    filters in force (the CLI's noise filters) still apply."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for item in caught:
+        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
