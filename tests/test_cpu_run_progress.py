@@ -21,6 +21,7 @@ def test_progress_names_ray_and_each_stage_of_each_step():
     lines = [
         "2026-12-04 20:34:37,361\tINFO worker.py:2029 -- Started a local Ray instance. View the dashboard at ...",
         "[transformers] Accessing `initialize_global_process_group_ray` from `.models.aria` ...",
+        "(TaskRunnerV1 pid=25265) INFO:2026-12-04 20:53:23,356:all initialize finished, ready to fit",
         f"\x1b[36m(TaskRunnerV1 pid=6242)\x1b[0m {STAGE_MARK}gen",
         f"(TaskRunnerV1 pid=6242) {STAGE_MARK}old_log_prob",
         f"(TaskRunnerV1 pid=6242) {STAGE_MARK}update_actor",
@@ -31,6 +32,7 @@ def test_progress_names_ray_and_each_stage_of_each_step():
     said = [progress(line) for line in lines]
     messages = [s.split("s ", 1)[1] if s else None for s in said]
     assert messages == ["Ray is up; starting the workers (model, rollout server, reward loop)", None,
+                        "workers ready; first rollout",
                         "step 1/2: rollout", "step 1/2: old log-probs with the teacher pass",
                         "step 1/2: actor update", "step 1/2 done",
                         "step 2/2: rollout", "step 2/2: validation"]

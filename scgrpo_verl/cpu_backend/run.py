@@ -108,6 +108,12 @@ STAGE_LABELS = {
 # the stage that runs the self-teacher's forward pass, per loss mode (scgrpo_verl/trainer.py)
 TEACHER_STAGE = {"sc_grpo": "old_log_prob", "sdpo": "update_actor", "sdpg": "update_actor"}
 RAY_UP = "Started a local Ray instance"
+# verl's start-up milestones after Ray is up (its INFO lines), as cpu-run says them
+MILESTONES = (
+    ("train and validate dataloader initialized", "data loaded; starting the actor worker (FSDP2 model)"),
+    ("actor and ref model engine initialized", "actor ready; starting the reward loop and the rollout server"),
+    ("all initialize finished, ready to fit", "workers ready; first rollout"),
+)
 # a Ray worker killed for memory (the raylet's and the driver's wording) or dead for another reason
 _OOM = re.compile(r"OutOfMemoryError|killed due to memory pressure|running low on memory")
 _WORKER_DIED = re.compile(r"ActorDiedError|RayActorError|The actor died unexpectedly|WorkerCrashedError|"
@@ -141,8 +147,11 @@ class Progress:
     def __call__(self, line: str) -> Optional[str]:
         text = _ANSI.sub("", line)
         message = None
+        milestone = next((said for marker, said in MILESTONES if marker in text), None)
         if RAY_UP in text:
             message = "Ray is up; starting the workers (model, rollout server, reward loop)"
+        elif milestone:
+            message = milestone
         elif STAGE_MARK in text:
             stage = text.split(STAGE_MARK, 1)[1].strip()
             if stage == "gen":
