@@ -64,7 +64,7 @@ def test_unknown_key_and_bad_override_syntax(capsys):
 
 
 def test_check_fails_on_a_missing_data_file(capsys):
-    code, _, lines = run_cli(capsys, "check", "--config-name", "sc_grpo", "--skip", "gpus",
+    code, _, lines = run_cli(capsys, "check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
                              "actor_rollout_ref.rollout.name=vllm", "data.train_files=/nonexistent",
                              "data.val_files=null")
     assert code == 2
@@ -163,7 +163,7 @@ def run_subprocess(*args, timeout=300):
 @pytest.mark.timeout(300)
 def test_check_prints_the_active_method_only_without_noise():
     result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip",
-                            "gpus,data_files", "actor_rollout_ref.rollout.name=vllm")
+                            "gpus,data_files,attention", "actor_rollout_ref.rollout.name=vllm")
     assert result.returncode == 0, result.stderr[-2000:]
     out, err = result.stdout, result.stderr
     assert "self_teacher.sc_grpo.c_min = 0.0001" in out and "self_teacher.teacher.weights = live" in out
@@ -176,7 +176,7 @@ def test_check_prints_the_active_method_only_without_noise():
 @pytest.mark.timeout(300)
 def test_check_error_comes_alone_after_progress_lines(tmp_path):
     """No warning (verl's "Disabled critic ...") before an error: stderr is progress lines, then the one error."""
-    result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip", "gpus",
+    result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
                             "actor_rollout_ref.rollout.name=vllm", f"data.train_files={tmp_path / 'no.parquet'}",
                             "data.val_files=null")
     assert result.returncode == 2

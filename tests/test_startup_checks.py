@@ -196,7 +196,7 @@ def test_all_problems_at_once_and_skips(monkeypatch, tmp_path):
                                           "trainer.n_gpus_per_node"]
     assert len(str(error.value).splitlines()) == 3
     assert keys(find_problems(config, skip=["gpus", "rollout_name"])) == ["data.train_files"]
-    monkeypatch.setenv("SCGRPO_VERL_SKIP_CHECKS", "gpus,data_files")
+    monkeypatch.setenv("SCGRPO_VERL_SKIP_CHECKS", "gpus,data_files,attention")
     assert keys(find_problems(config)) == ["actor_rollout_ref.rollout.name"]
     with pytest.raises(Exception, match="unknown start-up check 'gpu'"):
         find_problems(config, skip=["gpu"])
