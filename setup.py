@@ -33,9 +33,9 @@ EXTRAS_REQUIRE = {
     "gpu": [
         f"verl[vllm]=={VERL_VERSION}",
     ],
-    # flash-attn 2.8.3 (the version verl's `flash-attn-cu130torch211` extra names) has no binary wheel on PyPI: it
-    # compiles against the installed torch and CUDA toolkit (`pip install -e ".[flash-attn]" --no-build-isolation`
-    # after `.[gpu]`). Optional: without it verl uses pure-torch padding helpers and the model runs with
+    # flash-attn 2.8.3 (the version verl's `flash-attn-cu130torch211` extra names) has no binary wheel on the public
+    # package index: it compiles against the installed torch and CUDA toolkit
+    # (`pip install -e ".[flash-attn]" --no-build-isolation` after `.[gpu]`). Optional: without it verl uses pure-torch padding helpers and the model runs with
     # +actor_rollout_ref.model.override_config.attn_implementation=sdpa.
     "flash-attn": [
         "flash-attn==2.8.3",

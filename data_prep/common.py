@@ -147,6 +147,20 @@ def _split_name(filename: str) -> str:
     return stem.split("-")[0] if "-of-" in stem else stem
 
 
+def program() -> str:
+    """``data_prep.<benchmark>``, the module the user ran (``python -m data_prep.<benchmark>``)."""
+    name = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else ""))[0]
+    return f"data_prep.{name}" if name and name not in ("-c", "common", "__main__") else "data_prep"
+
+
+def hub_failure(source: str, error: BaseException) -> str:
+    """One line for a hub dataset that cannot be loaded: what failed, and how to give a local copy instead."""
+    bench = program().partition(".")[2] or "<benchmark>"
+    cause = " ".join(str(error).split())[:200] or type(error).__name__
+    return (f"{program()}: error: cannot load the hub dataset {source!r} ({type(error).__name__}: {cause}); "
+            f"give a local copy with --source FILE_OR_FOLDER (examples/*.sh: SOURCE_{bench.upper()}=path)")
+
+
 def load_source(source: str, config: str | None = None, revision: str | None = None,
                 limit: int | None = None) -> Loaded:
     """Load a hub dataset or a local file/folder into ``{split: rows}`` (order preserved).
@@ -161,7 +175,7 @@ def load_source(source: str, config: str | None = None, revision: str | None = N
                 files += [os.path.join(root, n) for n in names if n.endswith(LOCAL_EXTENSIONS)]
             files.sort()
             if not files:
-                raise SystemExit(f"no .json/.jsonl/.parquet files under {source}")
+                raise SystemExit(f"{program()}: error: --source {source}: no .json/.jsonl/.parquet files under it")
         else:
             files = [source]
         for path in files:
@@ -173,7 +187,12 @@ def load_source(source: str, config: str | None = None, revision: str | None = N
         import datasets  # imported lazily: local runs do not need the hub machinery
 
         kwargs = {"revision": revision} if revision else {}
-        dd = datasets.load_dataset(source, config, **kwargs) if config else datasets.load_dataset(source, **kwargs)
+        print(f"{program()}: loading the hub dataset {source!r} (no network? give a local copy with --source)",
+              file=sys.stderr, flush=True)
+        try:
+            dd = datasets.load_dataset(source, config, **kwargs) if config else datasets.load_dataset(source, **kwargs)
+        except Exception as error:  # noqa: BLE001 - network, hub and cache errors all end in the same advice
+            raise SystemExit(hub_failure(source, error)) from None
         if isinstance(dd, datasets.Dataset):
             dd = datasets.DatasetDict({"train": dd})
         for split in dd:

@@ -66,13 +66,18 @@ last_checkpoint() {  # the actor folder of the run's last saved step (verl write
   fi
 }
 
-evaluate() {  # evaluate RUN_NAME N TEMPERATURE TOP_P VAL_FILE...: scgrpo-verl eval of the last checkpoint per file
-  local name=$1 n=$2 temperature=$3 top_p=$4; shift 4
+evaluate() {  # evaluate RUN_NAME N TEMPERATURE TOP_P MAX_NEW_TOKENS THINKING(on|off) VAL_FILE...
+  # scgrpo-verl eval of the last checkpoint on each file, with the recipe's validation sampling
+  # (rollout.val_kwargs), response length (data.max_response_length) and chat template's enable_thinking;
+  # tests/test_examples.py checks these arguments against the composed recipe
+  local name=$1 n=$2 temperature=$3 top_p=$4 max_new_tokens=$5 thinking=$6; shift 6
   local ckpt
   ckpt=$(last_checkpoint "$name")
   for val in "$@"; do
+    # shellcheck disable=SC2086
     run scgrpo-verl eval --model-path "$ckpt" --data "$val" --n "$n" --temperature "$temperature" --top-p "$top_p" \
-      --out "$RUNS/$name/eval/$(basename "$(dirname "$val")")" ${EVAL_ARGS:-}
+      --max-new-tokens "$max_new_tokens" "--$( [ "$thinking" = on ] && echo enable || echo disable )-thinking" \
+      --verl-log "$RUNS/$name" --out "$RUNS/$name/eval/$(basename "$(dirname "$val")")" ${EVAL_ARGS:-}
   done
 }
 

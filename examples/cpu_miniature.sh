@@ -9,7 +9,8 @@
 #   3. scgrpo-verl eval of every final checkpoint (verl's FSDP checkpoint merged to HF first);
 #   4. scgrpo-verl report for each paper's layout: Markdown + CSV table and PNG/SVG plots under <out>/report/<paper>.
 # Usage: examples/cpu_miniature.sh [OUT_DIR]
-#   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=900 (per run), PARALLEL=2 (runs at a time)
+#   env: STEPS=2, METHODS="grpo sc_grpo sdpo sdpg", TIMEOUT=900 (per run), PARALLEL=2 (runs at a time; 1 when the
+#   available memory is below what two runs need)
 # lr 1e-3 (not the papers' 1e-6) so that two steps move the tiny model past bf16 rounding and the methods differ.
 # The parity task lets every mechanism fire: ~45% of samples are right by chance, so groups have some verified
 # rollouts (SC-GRPO's KL weighting, SDPO's sibling reprompting) and some without (solve-none, feedback-only teachers).
@@ -19,7 +20,15 @@ OUT=$(realpath -m "${1:-$(mktemp -d /tmp/scgrpo_miniature_XXXXXX)}")
 STEPS=${STEPS:-2}
 METHODS=${METHODS:-"grpo sc_grpo sdpo sdpg"}
 TIMEOUT=${TIMEOUT:-900}
-PARALLEL=${PARALLEL:-2}
+RUN_GIB=6  # one cpu-run at its peak (~5 GB) plus headroom; Ray kills workers when the node runs low on memory
+free_gib=$(awk '/^MemAvailable:/ {printf "%d", $2 / 1048576}' /proc/meminfo)
+if [ -z "${PARALLEL:-}" ]; then
+  PARALLEL=2
+  if [ "$free_gib" -lt $((2 * RUN_GIB)) ]; then
+    PARALLEL=1
+    echo "== $free_gib GiB of memory available, two runs at a time need $((2 * RUN_GIB)): one run at a time"
+  fi
+fi
 mkdir -p "$OUT/runs" "$OUT/eval"
 start=$(date +%s)
 
@@ -28,7 +37,7 @@ python -m scgrpo_verl.cpu_backend.assets --task parity --out "$OUT/assets" --n-t
 python -m data_prep.gsm8k --source tests/fixtures/data_prep/gsm8k --out "$OUT/data/gsm8k" --max-invalid 0.5  # invalid rows on purpose
 MODEL="$OUT/assets/tiny_qwen2"
 
-train() {  # train METHOD: STEPS real main_ppo steps; verl's console output goes to <run>.out
+train() {  # train METHOD: STEPS real main_ppo steps; cpu-run's output goes to <run>.out, its progress lines here
   local method=$1 run="$OUT/runs/$1" extra=()
   case $method in
     sdpg) extra+=(self_teacher.sdpg.warmup_steps=0) ;;  # beta(k) > 0 from the first of the few steps
@@ -43,7 +52,7 @@ train() {  # train METHOD: STEPS real main_ppo steps; verl's console output goes
     actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \
     "trainer.logger=[console,file]" trainer.project_name=miniature "trainer.experiment_name=$method" \
     "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=$run/metrics.jsonl" \
-    "${extra[@]}" > "$run.out" 2>&1
+    "${extra[@]}" 2>&1 | tee "$run.out" | sed -un "s/^\[cpu-run\]/[$method]/p"
 }
 
 # PARALLEL runs at a time (each its own Ray cluster and temp dir; ~5 GB RAM each)
@@ -59,7 +68,6 @@ for ((i = 0; i < ${#methods[@]}; i += PARALLEL)); do
   for j in "${!pids[@]}"; do
     wait "${pids[j]}" || { failed=1; echo "!! ${batch[j]} failed: tail of $OUT/runs/${batch[j]}.out"; tail -40 "$OUT/runs/${batch[j]}.out"; }
   done
-  for method in "${batch[@]}"; do grep '^\[cpu-run\]' "$OUT/runs/$method.out" || true; done
   [ "$failed" = 0 ] || exit 1
 done
 echo "== trained in $(( $(date +%s) - start ))s"

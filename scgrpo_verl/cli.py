@@ -105,14 +105,26 @@ def _plugin_options(self_teacher, loss_mode: str) -> list[str]:
     return lines
 
 
-def _check(args: argparse.Namespace) -> int:
-    from scgrpo_verl.compose import compose_config, validate
-    from scgrpo_verl.startup_checks import run_startup_checks
+def progress(command: str, message: str) -> None:
+    """One ``[command] message`` line on stderr, at once (what a command is doing while it takes seconds)."""
+    print(f"[{command}] {message}", file=sys.stderr, flush=True)
 
-    config = compose_config(args.config_name, args.overrides)
-    actor = validate(config)
+
+def _check(args: argparse.Namespace) -> int:
+    from scgrpo_verl.errors import deferred_warnings
+
+    progress("check", f"composing {args.config_name!r} on verl's ppo_trainer (importing verl: 10-60 s)")
+    from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.startup_checks import CHECKS, run_startup_checks, skipped_from_env
+
     skip = [name for item in args.skip for name in item.split(",") if name]
-    run_startup_checks(config, skip=skip)
+    with deferred_warnings():  # verl's notices (e.g. "Disabled critic ...") only if every check passes
+        config = compose_config(args.config_name, args.overrides)
+        progress("check", "verl's validate_config and the plugin's options")
+        actor = validate(config)
+        skipped_now = set(skip) | skipped_from_env()
+        progress("check", "start-up checks: " + ", ".join(n for n in CHECKS if n not in skipped_now))
+        run_startup_checks(config, skip=skip)
     skipped = f" (skipped: {', '.join(skip)})" if skip else ""
     print(f"config {args.config_name!r}: composed on verl's ppo_trainer, passed verl's validate_config and the "
           f"start-up checks{skipped}")
@@ -160,10 +172,16 @@ def _explain(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(args.model_path, "config.json")):
         raise UserError(f"--model-path {args.model_path}: not a Hugging Face checkpoint folder (no config.json); "
                         "`scgrpo-verl dry-run --config-name sc_grpo --workdir DIR` leaves a tiny one in DIR/tiny_qwen2")
+    from scgrpo_verl.explain import untrained_warning
+
     credit = explain(args.model_path, text(args.prompt, "--prompt"), text(args.rollout, "--rollout"),
-                     text(args.solution, "--solution"), args.out, system=args.system, top_k=args.top_k)
+                     text(args.solution, "--solution"), args.out, system=args.system, top_k=args.top_k,
+                     ground_truth=args.ground_truth, data_source=args.data_source)
     print(f"wrote {args.out}: {len(credit.tokens)} tokens, c={credit.c:.4g}, "
-          f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}")
+          f"mean f(D)={sum(credit.weights) / max(len(credit.weights), 1):.3f}; {credit.verdict}")
+    warning = untrained_warning(credit)
+    if warning:
+        print(f"scgrpo-verl explain: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -262,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compose a config; run verl's validation and the start-up checks")
     check.add_argument("--config-name", required=True, help=CONFIG_HELP)
     check.add_argument("--skip", action="append", default=[], metavar="CHECK[,CHECK]",
-                       help="start-up checks to skip: data_files, data_sources, rollout_name, gpus (e.g. --skip gpus "
-                            "to check a GPU recipe on a CPU machine)")
+                       help="start-up checks to skip: data_files, data_sources, rollout_name, model, attention, gpus "
+                            "(e.g. --skip gpus to check a GPU recipe on a CPU machine)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
 
@@ -291,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument("--rollout", required=True, help="the rollout to explain (or @file)")
     page.add_argument("--solution", required=True, help="a verified solution of the same question (or @file)")
     page.add_argument("--system", default=None, help="optional system prompt")
+    page.add_argument("--ground-truth", default=None,
+                      help="the answer the rollout is graded against (default: the solution's final \\boxed{} answer)")
+    page.add_argument("--data-source", default="math500",
+                      help="which of the plugin's graders decides whether the rollout is right (a data_source that "
+                           "data_prep writes, e.g. math500, gsm8k, sciknoweval; default: %(default)s)")
     page.add_argument("--top-k", type=int, default=10, help="most pivotal tokens listed with their context")
     page.add_argument("--out", default="token_credit.html", help="the HTML file to write")
     page.set_defaults(func=_explain)

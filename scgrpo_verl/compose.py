@@ -11,24 +11,57 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
-from scgrpo_verl.errors import ConfigError, config_error_message, one_line
+from scgrpo_verl.errors import ConfigError, config_error_message, innermost, one_line
 
 METHOD_CONFIGS = ("grpo", "dapo", "sc_grpo", "sdpo", "sdpg")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def available_configs() -> list[str]:
-    """Names ``--config-name`` accepts: every YAML under ``scgrpo_verl/configs`` with a ``defaults`` list (the
-    fragments ``self_teacher_defaults`` / ``setup_*`` are merged into those, not composed on their own)."""
+    """Names ``--config-name`` offers: the method configs and the paper recipes -- every YAML under
+    ``scgrpo_verl/configs`` with a ``defaults`` list, except the method bodies ``methods/*`` (included by the
+    configs, not launched on their own) and the fragments (``self_teacher_defaults``, ``setup_*``, ``recipes/_*``)."""
     names = []
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
         name = path.relative_to(CONFIG_DIR).with_suffix("").as_posix()
-        if path.stem == "self_teacher_defaults":
+        if path.stem == "self_teacher_defaults" or path.stem.startswith("_") or name.startswith("methods/"):
             continue
         text = path.read_text(encoding="utf-8")
         if any(line.startswith("defaults:") for line in text.splitlines()):
             names.append(name)
     return names
+
+
+def nearest(word: str, choices) -> Optional[str]:
+    """The choice closest to a mistyped ``word`` (difflib's ratio >= 0.6), or None."""
+    import difflib
+
+    found = difflib.get_close_matches(word, [str(c) for c in choices], n=5, cutoff=0.6)
+    if not found:
+        return None
+    best = difflib.SequenceMatcher(None, word, found[0]).ratio()
+    tied = [c for c in found if difflib.SequenceMatcher(None, word, c).ratio() == best]
+    return next((c for c in tied if sorted(c) == sorted(word)), tied[0])  # a transposition wins a tie
+
+
+def _did_you_mean(config_name: str, error: BaseException) -> str:
+    """`` (did you mean <key>?)`` for an override of a key that the config lacks (``Key 'beta_bas' is not in
+    struct``): the nearest key of the same section in the config composed without overrides; else ''."""
+    from hydra import compose
+
+    root = innermost(error)
+    full_key = getattr(root, "full_key", None) or getattr(error, "full_key", None)
+    if "not in struct" not in str(root) or not full_key:
+        return ""
+    parent, _, leaf = str(full_key).rpartition(".")
+    try:
+        section = compose(config_name=config_name)
+        for part in parent.split(".") if parent else ():
+            section = section[part]
+    except Exception:  # noqa: BLE001 - a suggestion is optional
+        return ""
+    guess = nearest(leaf, section.keys()) if isinstance(section, DictConfig) else None
+    return f" (did you mean {parent + '.' if parent else ''}{guess}?)" if guess else ""
 
 
 def compose_config(config_name: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
@@ -44,14 +77,17 @@ def compose_config(config_name: str, overrides: Optional[Sequence[str]] = None) 
             return compose(config_name=config_name, overrides=list(overrides or []))
         except MissingConfigException as error:
             known = available_configs()
-            if config_name not in known:
-                raise ConfigError(f"--config-name {config_name!r}: no such config; valid names: "
-                                  f"{', '.join(known)}") from error
+            if config_name not in known and not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+                guess = nearest(config_name, known)
+                raise ConfigError(f"--config-name {config_name!r}: no such config; "
+                                  + (f"did you mean {guess}? " if guess else "")
+                                  + f"valid names: {', '.join(known)}") from error
             raise ConfigError(config_error_message(error)) from error
         except OverrideParseException as error:  # "Error parsing override '<it>'" + the grammar's complaint
             raise ConfigError(f"override {getattr(error, 'override', '?')!r}: {one_line(str(error))}") from error
         except (HydraException, OmegaConfBaseException, ValueError) as error:
-            raise ConfigError(f"{config_error_message(error)} (config {config_name!r})") from error
+            raise ConfigError(f"{config_error_message(error)}{_did_you_mean(config_name, error)} "
+                              f"(config {config_name!r})") from error
 
 
 def validate(config: DictConfig):

@@ -201,7 +201,9 @@ def dry_run(
         raise ValueError(f"groups must be >= 1, got {groups}")
     timings: dict[str, float] = {}
     model_path, overrides = _split_model_path(overrides)
-    with _timed(timings, "compose_validate"):
+    from scgrpo_verl.errors import deferred_warnings
+
+    with _timed(timings, "compose_validate"), deferred_warnings():  # verl's notices only for a valid config
         config = compose_config(config_name, overrides)
         # the plugin section first, so a bad plugin option fails with the key it names
         settings = validate_self_teacher_config(config)[0] if "self_teacher" in config else SelfTeacherConfig()

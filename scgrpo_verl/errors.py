@@ -11,7 +11,9 @@ validated into that one line (the innermost message, which names the key).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 EXIT_USER_ERROR = 2
 
@@ -58,3 +60,14 @@ def config_error_message(error: BaseException) -> str:
     if isinstance(root, AssertionError) and not str(root).strip():
         message = "verl's validate_config failed an assertion without a message (run with --debug to see which)"
     return one_line(message)
+
+
+@contextlib.contextmanager
+def deferred_warnings():
+    """Hold the warnings raised inside the block (verl's ``UserWarning: Disabled critic ...`` while a config is
+    validated) and show them only when the block ends without an error: an error line comes first and alone. The
+    filters in force (the CLI's noise filters) still apply."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for item in caught:
+        warnings.showwarning(item.message, item.category, item.filename, item.lineno)

@@ -27,6 +27,43 @@ class TokenCredit:
     c: float
     teacher_prompt: str
     student_prompt: str
+    verdict: str = ""  # whether the rollout is right (grade_rollout)
+    correct: Optional[bool] = None
+
+
+UNTRAINED_MAX_D = 1e-2
+"""Below this, every token's D says the teacher barely differs from the student: an untrained model's predictions
+do not depend on the solution in its prompt (a random tiny model gives D ~ 1e-3 everywhere)."""
+
+
+def grade_rollout(rollout: str, solution: str, ground_truth: Optional[str] = None,
+                  data_source: str = "math500") -> tuple[Optional[bool], str]:
+    """(correct or None, one sentence): the rollout graded by the plugin's reward for ``data_source`` against
+    ``ground_truth``, by default the final answer (``\\boxed{...}``) of the verified solution."""
+    from scgrpo_verl.rewards import compute_score
+    from scgrpo_verl.rewards.math_answers import extract_final_answer
+
+    if ground_truth is None:
+        ground_truth = extract_final_answer(solution)
+        if ground_truth is None:
+            return None, ("the rollout is not graded: the solution has no final answer (\\boxed{...}); give "
+                          "--ground-truth (and --data-source)")
+        against = f"the solution's final answer {ground_truth!r}"
+    else:
+        against = f"--ground-truth {ground_truth!r}"
+    correct = compute_score(data_source, rollout, ground_truth)["acc"] >= 1.0
+    return correct, (f"the rollout is {'correct' if correct else 'wrong'} (graded as {data_source} against "
+                     f"{against})")
+
+
+def untrained_warning(credit: "TokenCredit") -> str:
+    """A warning when every D is tiny (:data:`UNTRAINED_MAX_D`), else ''."""
+    top = max(credit.divergence, default=0.0)
+    if top >= UNTRAINED_MAX_D:
+        return ""
+    return (f"every D is below {UNTRAINED_MAX_D:g} (max {_fmt(top)}): the teacher barely differs from the student, "
+            "as with an untrained model whose predictions ignore the solution in its prompt; the colours show "
+            "noise, not pivotal tokens")
 
 
 D_COLORMAP = "cividis"  # perceptual, colour-blind safe; D on a log scale (it spans orders of magnitude)
@@ -128,6 +165,7 @@ def render_token_credit_html(credit: TokenCredit, title: str = "SC-GRPO token cr
     colour scale each, the top-k pivotal tokens in context, every token's D and f(D) in a table (readable without
     hover, in a screenshot and in print), and the prompts."""
     weight_scale, d_scale = colour_scales(credit)
+    warning = untrained_warning(credit)
 
     def row(values: Sequence[float], scale: ColourScale, label: str, row_id: str) -> str:
         spans = []
@@ -157,6 +195,7 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 70em; color: #111; }}
 .row {{ font-family: monospace; white-space: pre-wrap; line-height: 1.9; border: 1px solid #ccc; padding: 0.5em; }}
 .tok {{ border-right: 1px solid rgba(255, 255, 255, 0.35); }}
 .legend {{ margin: 0.4em 0 1.2em 0; width: 26em; }}
+.warning {{ border-left: 0.4em solid #b00; padding-left: 0.6em; font-weight: bold; }}
 .legend-label {{ font-size: 0.9em; margin-bottom: 0.2em; }}
 .bar {{ height: 1.1em; border: 1px solid #777; }}
 .ticks {{ position: relative; height: 1.3em; font-size: 0.8em; }}
@@ -177,6 +216,8 @@ pre {{ background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; }}
 }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+<p id="verdict">{html.escape(credit.verdict[:1].upper() + credit.verdict[1:]) or "The rollout is not graded."}</p>
+{f'<p id="warning" class="warning">Warning: {html.escape(warning)}.</p>' if warning else ""}
 <p id="summary">{len(credit.tokens)} response tokens; c = max(P75 of D, c_min) = {_fmt(credit.c)};
 mean f(D) = {mean_w:.3f}; max D = {_fmt(max(credit.divergence, default=0.0))}.
 D = KL(teacher &#8214; student) per token; f(D) = D / (D + c) is the weight SC-GRPO puts on that token's loss term.</p>
@@ -233,8 +274,11 @@ def explain(
     out_path: str,
     system: Optional[str] = None,
     top_k: int = 10,
+    ground_truth: Optional[str] = None,
+    data_source: str = "math500",
 ) -> TokenCredit:
-    """Load a local checkpoint, build the SC-GRPO teacher prompt from ``solution`` and write the page."""
+    """Load a local checkpoint, build the SC-GRPO teacher prompt from ``solution``, grade the rollout
+    (:func:`grade_rollout`) and write the page."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scgrpo_verl.teacher.context import chat_template_ids
@@ -252,6 +296,7 @@ def explain(
 
         raise UserError("--rollout: empty after tokenisation; give the response text to explain")
     credit = token_credit(model, tokenizer, student_ids, teacher_ids, response_ids)
+    credit.correct, credit.verdict = grade_rollout(rollout, solution, ground_truth, data_source)
     with open(out_path, "w", encoding="utf-8") as handle:
         handle.write(render_token_credit_html(credit, top_k=top_k))
     return credit

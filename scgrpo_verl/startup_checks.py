@@ -10,6 +10,9 @@ TransferQueue actors. Each check here returns :class:`Problem` s naming the conf
 - :func:`check_data_sources`: every ``data_source`` in those files can be graded by the configured reward function
   (only the ``data_source`` column is read, with pyarrow: seconds for the largest sets);
 - :func:`check_rollout_name`: ``actor_rollout_ref.rollout.name`` is set (not ``???``) and registered with verl;
+- :func:`check_model_path`: a local-looking ``actor_rollout_ref.model.path`` exists and holds a ``config.json``;
+- :func:`check_attention`: on a CUDA machine, verl's default ``flash_attention_2`` has flash-attn installed (else
+  one line: install it, or override the attention to ``sdpa``);
 - :func:`check_gpus`: the machine (or the Ray cluster) has the ``trainer.n_gpus_per_node * trainer.nnodes`` GPUs
   the run asks for. Skipped on the CPU debugging backend (``scgrpo-verl cpu-run``), which fakes one GPU.
 
@@ -262,6 +265,51 @@ def gpus_available(config: Any) -> tuple[Optional[int], str]:
     return int(torch.cuda.device_count()), where
 
 
+MODEL_KEY = "actor_rollout_ref.model.path"
+ATTENTION_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
+
+
+def looks_local(path: str) -> bool:
+    """A path, not a hub id (``org/name``): absolute, ``~``, ``./`` / ``../`` or ``file://``."""
+    return path.startswith(("/", "~", "./", "../", "file://")) or path in (".", "..")
+
+
+def check_model_path(config: Any) -> list[Problem]:
+    """``actor_rollout_ref.model.path`` that looks like a local folder exists and holds a ``config.json`` (a hub id
+    such as ``Qwen/Qwen3-8B`` is left to the download at start-up)."""
+    path = _get(config, MODEL_KEY)
+    if not isinstance(path, str) or not looks_local(path):
+        return []
+    local = os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
+    if not os.path.exists(local):
+        return [Problem(MODEL_KEY, f"{path} does not exist (a local checkpoint folder; a hub model is named "
+                                   "org/name, e.g. Qwen/Qwen3-8B)")]
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        return [Problem(MODEL_KEY, f"{path} is not a Hugging Face checkpoint folder (no config.json)")]
+    return []
+
+
+def check_attention(config: Any) -> list[Problem]:
+    """On a machine with CUDA GPUs, verl's default ``flash_attention_2`` needs flash-attn, which ``.[gpu]`` does not
+    install; without it the model load fails inside a worker, after Ray and the rollout servers are up."""
+    import importlib.util
+
+    from scgrpo_verl.cpu_backend import is_enabled
+
+    if is_enabled() or str(_get(config, "trainer.device", "cuda") or "cuda") != "cuda":
+        return []
+    wanted = _get(config, ATTENTION_KEY) or "flash_attention_2"
+    if wanted != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None:
+        return []
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        return []  # checking a GPU recipe elsewhere: flash-attn matters on the GPU machine
+    return [Problem(ATTENTION_KEY, "flash_attention_2 (verl's default) needs flash-attn, which is not installed: "
+                                   "pip install -e '.[flash-attn]' --no-build-isolation, or override "
+                                   f"+{ATTENTION_KEY}=sdpa")]
+
+
 def check_gpus(config: Any) -> list[Problem]:
     from scgrpo_verl.cpu_backend import is_enabled
 
@@ -285,6 +333,8 @@ CHECKS: dict[str, Callable[[Any], list[Problem]]] = {
     "data_files": check_data_files,
     "data_sources": check_data_sources,
     "rollout_name": check_rollout_name,
+    "model": check_model_path,
+    "attention": check_attention,
     "gpus": check_gpus,
 }
 

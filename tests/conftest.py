@@ -125,3 +125,34 @@ def teacher_loss(model, micro_batch, loss_fn, teacher_fn=stored_teacher):
                                                                  or "teacher_hidden" in micro_batch.keys()):
         return engine_loss(model, micro_batch, loss_fn, teacher_fn=teacher_fn)
     return engine_loss(model, micro_batch, loss_fn)
+
+
+# --------------------------------------------------------------------------- memory for the slow verl runs
+
+SLOW_RUN_MEMORY_GIB = 6  # one cpu-run at its peak (~5 GB) plus headroom; the miniature sizes its own parallelism
+MEMORY_WAIT_S = 600
+
+
+def pytest_runtest_setup(item):
+    """A slow test starts a real multi-process verl run: wait (up to MEMORY_WAIT_S) until the host has the memory
+    one run needs, saying so, and skip with the numbers if it never does -- instead of Ray killing workers midway
+    (``ray.exceptions.OutOfMemoryError``) on a host that other jobs keep busy."""
+    if item.get_closest_marker("slow") is None:
+        return
+    import time
+
+    from scgrpo_verl.cpu_backend.run import free_memory_gib
+
+    deadline = time.monotonic() + MEMORY_WAIT_S
+    said = False
+    while (free := free_memory_gib()) < SLOW_RUN_MEMORY_GIB:
+        if time.monotonic() > deadline:
+            pytest.skip(f"needs {SLOW_RUN_MEMORY_GIB} GiB of available memory for a verl run; the host has had "
+                        f"{free:.1f} GiB for {MEMORY_WAIT_S} s (other jobs)")
+        if not said:
+            message = (f"{item.nodeid}: {free:.1f} GiB available, a verl run needs {SLOW_RUN_MEMORY_GIB}: waiting up "
+                       f"to {MEMORY_WAIT_S} s for memory")
+            terminal = item.config.pluginmanager.get_plugin("terminalreporter")
+            terminal.write_line(message) if terminal else print(message, flush=True)
+            said = True
+        time.sleep(10)

@@ -36,10 +36,24 @@ def test_range_error_is_one_line(capsys):
 def test_wrong_config_name_lists_the_valid_ones(capsys):
     code, _, lines = run_cli(capsys, "check", "--config-name", "sc-grpo")
     assert code == 2 and len(lines) == 1
-    assert "--config-name 'sc-grpo': no such config; valid names:" in lines[0]
+    assert "--config-name 'sc-grpo': no such config; did you mean sc_grpo? valid names:" in lines[0]
     for name in ("grpo", "dapo", "sc_grpo", "sdpo", "sdpg"):
         assert name in lines[0]
     assert "self_teacher_defaults" not in lines[0] and "setup_math" not in lines[0]
+
+
+def test_config_names_offered_are_the_launchable_ones(capsys):
+    code, _, lines = run_cli(capsys, "check", "--config-name", "scgrpo")
+    assert code == 2 and len(lines) == 1
+    assert "no such config; did you mean sc_grpo? valid names:" in lines[0]
+    assert "methods/" not in lines[0] and "recipes/_" not in lines[0] and "recipes/sdpg_math_urkl" in lines[0]
+
+
+def test_a_key_typo_names_the_nearest_key(capsys):
+    code, _, lines = run_cli(capsys, "check", "--config-name", "sdpg", "self_teacher.sdpg.beta_bas=1")
+    assert code == 2 and len(lines) == 1 and "(did you mean self_teacher.sdpg.beta_base?)" in lines[0]
+    code, _, lines = run_cli(capsys, "check", "--config-name", "sdpg", "self_teacher.sdgp.beta_base=1")
+    assert code == 2 and "(did you mean self_teacher.sdpg?)" in lines[0]
 
 
 def test_unknown_key_and_bad_override_syntax(capsys):
@@ -50,7 +64,7 @@ def test_unknown_key_and_bad_override_syntax(capsys):
 
 
 def test_check_fails_on_a_missing_data_file(capsys):
-    code, _, lines = run_cli(capsys, "check", "--config-name", "sc_grpo", "--skip", "gpus",
+    code, _, lines = run_cli(capsys, "check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
                              "actor_rollout_ref.rollout.name=vllm", "data.train_files=/nonexistent",
                              "data.val_files=null")
     assert code == 2
@@ -86,6 +100,7 @@ def test_explain_names_a_missing_checkpoint_and_file(capsys, tmp_path):
 def test_cpu_run_fails_fast_on_a_missing_data_file(capsys, monkeypatch, tmp_path):
     """Before: 54 s and a 60-line traceback from inside the run. Now the preflight stops it before verl starts."""
     import scgrpo_verl.cpu_backend.run as run
+    import verl.trainer.config  # noqa: F401 - imported before Popen is blocked (importing verl runs subprocesses)
 
     def no_launch(*args, **kwargs):
         raise AssertionError("main_ppo must not be launched")
@@ -148,7 +163,7 @@ def run_subprocess(*args, timeout=300):
 @pytest.mark.timeout(300)
 def test_check_prints_the_active_method_only_without_noise():
     result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip",
-                            "gpus,data_files", "actor_rollout_ref.rollout.name=vllm")
+                            "gpus,data_files,attention", "actor_rollout_ref.rollout.name=vllm")
     assert result.returncode == 0, result.stderr[-2000:]
     out, err = result.stdout, result.stderr
     assert "self_teacher.sc_grpo.c_min = 0.0001" in out and "self_teacher.teacher.weights = live" in out
@@ -156,6 +171,19 @@ def test_check_prints_the_active_method_only_without_noise():
     assert "self_teacher.teacher.templates = shipped defaults" in out and "\n\n" not in out
     assert "engine is not available" not in err and "No supported accelerator" not in err
     assert "is registered but not available" not in err
+
+
+@pytest.mark.timeout(300)
+def test_check_error_comes_alone_after_progress_lines(tmp_path):
+    """No warning (verl's "Disabled critic ...") before an error: stderr is progress lines, then the one error."""
+    result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
+                            "actor_rollout_ref.rollout.name=vllm", f"data.train_files={tmp_path / 'no.parquet'}",
+                            "data.val_files=null")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert [line[:8] for line in lines[:-1]] == ["[check] "] * 3, lines
+    assert lines[-1] == (f"scgrpo-verl check: error: data.train_files: file {tmp_path / 'no.parquet'} does not "
+                         "exist (data_prep/<set>.py --out DIR writes DIR/<split>.parquet)")
 
 
 def test_noise_filter_keeps_other_warnings(caplog):

@@ -380,3 +380,25 @@ def test_every_written_ground_truth_is_accepted_by_its_grader(tmp_path, capsys):
         for rel in output_files(tmp_path / name):
             for row in rows_of(tmp_path / name / rel):
                 assert ground_truth_problem(row["data_source"], row["reward_model"]["ground_truth"]) is None
+
+
+def test_an_unreachable_hub_ends_in_one_line_naming_the_local_source(monkeypatch, capsys):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'HuggingFaceH4/aime_2024' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(sys, "argv", ["/repo/data_prep/aime2024.py"])  # python -m data_prep.aime2024
+    with pytest.raises(SystemExit) as stop:
+        common.load_source("HuggingFaceH4/aime_2024")
+    assert str(stop.value) == (
+        "data_prep.aime2024: error: cannot load the hub dataset 'HuggingFaceH4/aime_2024' (ConnectionError: "
+        "Couldn't reach 'HuggingFaceH4/aime_2024' on the Hub (LocalEntryNotFoundError)); give a local copy with "
+        "--source FILE_OR_FOLDER (examples/*.sh: SOURCE_AIME2024=path)")
+
+
+def test_an_empty_source_folder_is_named_with_the_program(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["/repo/data_prep/gsm8k.py"])
+    with pytest.raises(SystemExit, match=r"^data_prep\.gsm8k: error: --source .*: no \.json/\.jsonl/\.parquet files"):
+        common.load_source(str(tmp_path))

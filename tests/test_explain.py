@@ -194,8 +194,14 @@ def test_cli_explain_reads_files(model_path, tmp_path, capsys):
     out = tmp_path / "page.html"
     assert main(["explain", "--model-path", model_path, "--prompt", "What is 4 + 5?", "--rollout",
                  f"@{tmp_path / 'rollout.txt'}", "--solution", "4 + 5 = 9 #### 9", "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out and "the rollout is correct (graded as math500 against the solution's final " \
+        "answer '9')" in printed.out
+    # the tiny random model: teacher and student barely differ, which the page and the command say
+    assert printed.err.splitlines()[-1].startswith("scgrpo-verl explain: warning: every D is below 0.01 (max ")
     page = out.read_text()
+    assert '<p id="verdict">The rollout is correct (graded as math500' in page
+    assert '<p id="warning" class="warning">Warning: every D is below 0.01' in page
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained
     assert page.count('class="tok"') == 2 * len("It is 9. #### 9")  # byte-level: one token per byte
     assert "@media print" in page and "print-color-adjust: exact" in page  # colours survive printing
@@ -227,3 +233,17 @@ def test_colour_scales_are_perceptual_and_readable():
     log = ColourScale("cividis", 1e-4, 1.0, log=True)
     assert log.ticks() == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     assert log.css(1e-2) == "rgb(%d, %d, %d)" % tuple(round(c * 255) for c in colormaps["cividis"](0.5)[:3])
+
+
+def test_the_verdict_says_wrong_or_not_graded_and_no_warning_for_a_trained_model():
+    from scgrpo_verl.explain import TokenCredit, grade_rollout, render_token_credit_html, untrained_warning
+
+    assert grade_rollout("It is 8. #### 8", "4 + 5 = 9 #### 9")[0] is False
+    assert grade_rollout("The answer is B", "see the notes", ground_truth="B", data_source="sciknoweval")[0] is True
+    correct, verdict = grade_rollout("It is 9", "no final answer here")
+    assert correct is None and "give --ground-truth" in verdict
+    credit = TokenCredit(tokens=["a", "b"], divergence=[0.5, 2.0], weights=[0.3, 0.6], c=1.0, teacher_prompt="t",
+                         student_prompt="s", verdict="the rollout is wrong (graded as math500 against '9')")
+    assert untrained_warning(credit) == ""
+    page = render_token_credit_html(credit)
+    assert '<p id="verdict">The rollout is wrong' in page and 'id="warning"' not in page

@@ -37,6 +37,7 @@ def test_registration_failure_is_logged_at_warning():
     assert "scgrpo_verl.losses" in result.stderr  # the cause is named
 
 
+@pytest.mark.slow  # a Ray cluster (raylet, GCS, a worker): multi-process, ~40 s on a busy 2-core host
 @pytest.mark.timeout(300)
 def test_registration_inside_a_ray_worker():
     code = (

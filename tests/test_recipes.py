@@ -146,7 +146,7 @@ def test_check_command_names_what_a_recipe_lacks_here(capsys, tmp_path, monkeypa
     from scgrpo_verl.cli import main
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert main(["check", "--skip", "gpus", "--config-name", "recipes/sdpg_math_urkl"]) == 2
+    assert main(["check", "--skip", "gpus,attention", "--config-name", "recipes/sdpg_math_urkl"]) == 2
     err = capsys.readouterr().err
     assert "data.train_files" in err and "does not exist" in err
 
@@ -244,7 +244,7 @@ def test_example_script_writes_and_trains_on_the_recipes_data(script, prepared_h
             # included: files, data_source vs reward function, rollout name); GPUs are skipped on this CPU machine
             from scgrpo_verl.cli import main
 
-            assert main(["check", "--skip", "gpus", "--config-name", f"recipes/{recipe}"]) == 0, recipe
+            assert main(["check", "--skip", "gpus,attention", "--config-name", f"recipes/{recipe}"]) == 0, recipe
     assert "scgrpo-verl report" in result.stdout and "scgrpo-verl eval" in result.stdout
 
 

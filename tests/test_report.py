@@ -127,9 +127,9 @@ def test_plots_hold_the_logged_series(tmp_path, monkeypatch):
     assert f_panel["sdpo:chemistry sc_weight_mean"]["y"] == pytest.approx([0.4 + 0.01 * s for s in range(1, 6)])
 
     coverage = plots["teacher_coverage"]["teacher coverage: sdpo:chemistry"]
-    assert set(coverage) == {"frac_groups_with_success", "frac_rollouts_with_teacher", "frac_feedback_used",
-                             "num_too_long"}
+    assert set(coverage) == {"frac_groups_with_success", "frac_rollouts_with_teacher", "frac_feedback_used"}
     assert coverage["frac_rollouts_with_teacher"]["y"] == pytest.approx([0.2 * s for s in range(1, 6)])
+    assert set(plots["teacher_coverage"]["teacher contexts cut (count): sdpo:chemistry"]) == {"num_too_long"}
 
 
 def test_sc_grpo_table_takes_eval_outputs_and_compares_the_claims(tmp_path, monkeypatch):
@@ -213,3 +213,25 @@ def test_cumulative_time_excludes_step_zero_and_sums_in_order():
                                           1: {"timing_s/step": 1.5}})
     assert run.cumulative_time() == {0: 0.0, 1: 1.5, 2: 4.5}
     assert not math.isnan(run.cumulative_time()[2])
+
+
+def test_validation_plot_has_chance_n_per_point_and_notes_coinciding_lines(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    history = {s: {"val-core/tiny_parity/acc/mean@4": 0.5 + 0.05 * s, "timing_s/step": 10.0} for s in range(3)}
+    evaluation = {"data_sources": {"tiny_parity": {"num_questions": 8, "n": 8}}}
+    runs = [rp.Run(label, label, None, str(tmp_path), history, evaluation) for label in ("grpo", "sc_grpo")]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to read them back
+    drawn = rp.make_plots(runs, str(tmp_path))
+    panel = drawn["val_vs_step"]["val-core/tiny_parity"]
+    assert set(panel) == {"grpo acc/mean@4", "sc_grpo acc/mean@4"}  # the chance line is not a run's line
+    ax = figures[0].axes[0]
+    chance = [line for line in ax.get_lines() if line.get_label() == "_chance 0.5"]
+    assert chance and list(chance[0].get_ydata()) == [0.5, 0.5]
+    texts = [t.get_text() for t in ax.texts]
+    assert "chance 0.5" in texts
+    assert "per point grpo: n=8x4=32; sc_grpo: n=8x4=32 (bars: +-1 binomial s.e.)" in texts
+    assert "same values: grpo acc/mean@4 = sc_grpo acc/mean@4" in texts
+    hidden = [line for line in ax.get_lines() if line.get_label() == "sc_grpo acc/mean@4"][0]
+    assert hidden.get_linestyle() == "--" and hidden.get_markerfacecolor() == "none"

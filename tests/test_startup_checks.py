@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scgrpo_verl.compose import compose_config
-from scgrpo_verl.startup_checks import (StartupCheckError, check_data_files, check_data_sources, check_gpus,
+from scgrpo_verl.startup_checks import (ATTENTION_KEY, MODEL_KEY, StartupCheckError, check_attention,
+                                        check_data_files, check_data_sources, check_gpus, check_model_path,
                                         check_rollout_name, find_problems, read_data_sources, run_startup_checks,
                                         verl_default_can_grade)
 
@@ -126,6 +127,32 @@ def test_unset_rollout_name_is_named():
     assert "unknown rollout 'vlm'" in str(check_rollout_name(compose("sc_grpo", "actor_rollout_ref.rollout.name=vlm"))[0])
 
 
+def test_a_local_model_path_must_be_a_checkpoint_folder(tmp_path):
+    missing = check_model_path(compose("sc_grpo", f"{MODEL_KEY}=/models/Qwen3-4B"))
+    assert [str(p) for p in missing] == [f"{MODEL_KEY}: /models/Qwen3-4B does not exist (a local checkpoint folder; "
+                                         "a hub model is named org/name, e.g. Qwen/Qwen3-8B)"]
+    assert check_model_path(compose("sc_grpo", f"{MODEL_KEY}=Qwen/Qwen3-4B")) == []  # a hub id: downloaded later
+    assert "no config.json" in str(check_model_path(compose("sc_grpo", f"{MODEL_KEY}={tmp_path}"))[0])
+    (tmp_path / "config.json").write_text("{}")
+    assert check_model_path(compose("sc_grpo", f"{MODEL_KEY}={tmp_path}")) == []
+
+
+def test_flash_attention_without_flash_attn_on_a_gpu_machine(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.delenv("SCGRPO_VERL_CPU_BACKEND", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    problems = check_attention(compose("sc_grpo"))  # verl's default: flash_attention_2
+    assert keys(problems) == [ATTENTION_KEY] and len(str(problems[0]).splitlines()) == 1
+    assert "pip install -e '.[flash-attn]'" in str(problems[0]) and f"+{ATTENTION_KEY}=sdpa" in str(problems[0])
+    assert check_attention(compose("sc_grpo", f"+{ATTENTION_KEY}=sdpa")) == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a GPU recipe checked on a CPU machine
+    assert check_attention(compose("sc_grpo")) == []
+
+
 def test_gpus_asked_for_but_absent(monkeypatch):
     import torch
 
@@ -169,7 +196,7 @@ def test_all_problems_at_once_and_skips(monkeypatch, tmp_path):
                                           "trainer.n_gpus_per_node"]
     assert len(str(error.value).splitlines()) == 3
     assert keys(find_problems(config, skip=["gpus", "rollout_name"])) == ["data.train_files"]
-    monkeypatch.setenv("SCGRPO_VERL_SKIP_CHECKS", "gpus,data_files")
+    monkeypatch.setenv("SCGRPO_VERL_SKIP_CHECKS", "gpus,data_files,attention")
     assert keys(find_problems(config)) == ["actor_rollout_ref.rollout.name"]
     with pytest.raises(Exception, match="unknown start-up check 'gpu'"):
         find_problems(config, skip=["gpu"])

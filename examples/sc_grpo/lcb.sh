@@ -17,6 +17,6 @@ for method in $METHODS; do
   recipe=sc_grpo_lcb; [ "$method" = sc_grpo ] || recipe="sc_grpo_lcb_$method"
   runs+=("$recipe")
   if stage train; then train "$recipe" "$recipe" "$TRAIN" "$(IFS=,; echo "${VALS[*]}")"; fi
-  if stage eval; then evaluate "$recipe" 8 1.0 1.0 "${VALS[@]}"; fi
+  if stage eval; then evaluate "$recipe" 8 1.0 1.0 12288 off "${VALS[@]}"; fi
 done
 if stage report; then report sc_grpo "${runs[@]}"; fi

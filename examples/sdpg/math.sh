@@ -19,6 +19,6 @@ for method in $METHODS; do
   recipe="sdpg_math_$method"
   runs+=("$recipe")
   if stage train; then train "$recipe" "$recipe" "$TRAIN" "$(IFS=,; echo "${VALS[*]}")"; fi
-  if stage eval; then evaluate "$recipe" 32 1.0 1.0 "${VALS[@]}"; fi
+  if stage eval; then evaluate "$recipe" 32 1.0 1.0 4096 on "${VALS[@]}"; fi
 done
 if stage report; then report sdpg "${runs[@]}"; fi

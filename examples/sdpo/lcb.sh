@@ -14,6 +14,6 @@ for method in $METHODS; do
   recipe=sdpo_lcb; [ "$method" = sdpo ] || recipe="sdpo_lcb_$method"
   runs+=("$recipe")
   if stage train; then train "$recipe" "$recipe" "$DATA/livecodebench/train.parquet" "$VAL"; fi
-  if stage eval; then evaluate "$recipe" 4 0.6 0.95 "$VAL"; fi
+  if stage eval; then evaluate "$recipe" 4 0.6 0.95 8192 off "$VAL"; fi
 done
 if stage report; then report sdpo "${runs[@]}"; fi

@@ -18,7 +18,7 @@ for domain in $DOMAINS; do
     runs+=("$name")
     val="$DATA/sciknoweval/$domain/test.parquet"
     if stage train; then train "$recipe" "$name" "$DATA/sciknoweval/$domain/train.parquet" "$val"; fi
-    if stage eval; then evaluate "$name" 16 0.6 0.95 "$val"; fi
+    if stage eval; then evaluate "$name" 16 0.6 0.95 8192 off "$val"; fi
   done
 done
 if stage report; then report sdpo "${runs[@]}"; fi

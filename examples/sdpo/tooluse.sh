@@ -20,6 +20,6 @@ for method in $METHODS; do
   recipe=sdpo_tooluse; [ "$method" = sdpo ] || recipe="sdpo_tooluse_$method"
   runs+=("$recipe")
   if stage train; then train "$recipe" "$recipe" "$DATA/tooluse/train.parquet" "$VAL"; fi
-  if stage eval; then evaluate "$recipe" 16 0.6 0.95 "$VAL"; fi
+  if stage eval; then evaluate "$recipe" 16 0.6 0.95 8192 off "$VAL"; fi
 done
 if stage report; then report sdpo "${runs[@]}"; fi

@@ -122,6 +122,7 @@ def activate() -> None:
     RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_hf_replica)
     _patch_process_group_init()
     _patch_offload_pinning()
+    _patch_stage_markers()
     _activated = True
     logger.info("scgrpo_verl CPU backend active (platform=%s, rollout=%s)", PLATFORM_NAME, ROLLOUT_NAME)
 
@@ -187,6 +188,30 @@ def _patch_offload_pinning() -> None:
             super().__init__(pin_memory=False)
 
     transformer_impl.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+
+
+#: prefix of the line each trainer stage prints when it starts (``[scgrpo-stage] gen``); ``cpu-run`` turns these
+#: into its progress lines (:class:`scgrpo_verl.cpu_backend.run.Progress`)
+STAGE_MARK = "[scgrpo-stage] "
+STAGES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "save_checkpoint", "testing")
+
+
+def _patch_stage_markers() -> None:
+    """Print ``[scgrpo-stage] <name>`` when one of verl's trainer stages (``marked_timer(name, ...)``) starts, so that
+    a CPU run that takes minutes per step says where it is."""
+    from verl.utils import profiler
+
+    original = profiler.marked_timer
+    if getattr(original, "_scgrpo_cpu", False):
+        return
+
+    def marked_timer(name, *args, **kwargs):
+        if name in STAGES:
+            print(f"{STAGE_MARK}{name}", flush=True)
+        return original(name, *args, **kwargs)
+
+    marked_timer._scgrpo_cpu = True
+    _replace_everywhere(profiler, "marked_timer", marked_timer)
 
 
 def maybe_activate() -> bool:

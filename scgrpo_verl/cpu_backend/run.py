@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import ENV
-from .assets import AssetPaths, prepare_assets
+from . import ENV, STAGE_MARK
+from .assets import TASKS, AssetPaths, prepare_assets
 
 CONFIG_PATH = "pkg://scgrpo_verl.configs"
 AUTOLOAD_MODULE = "scgrpo_verl.cpu_backend.autoload"
@@ -51,10 +51,16 @@ class CpuRunResult:
     checkpoint_dir: str
     assets: AssetPaths
     command: list[str] = field(default_factory=list)
+    fatal: Optional[str] = None  # a killed or dead Ray worker (fatal_cause), when that ended the run
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.fatal is None
+
+    @property
+    def training_steps(self) -> list[int]:
+        """The training steps that logged metrics (step 0 is the validation before training)."""
+        return sorted(step for step in self.metrics if step > 0)
 
     def tail(self, n: int = 60) -> str:
         try:
@@ -86,6 +92,90 @@ def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
         except ValueError:
             continue
     return int(match.group(1)), values
+
+
+# what each trainer stage is called in cpu-run's progress lines (the stage names of verl's marked_timer)
+STAGE_LABELS = {
+    "gen": "rollout",
+    "reward": "reward",
+    "old_log_prob": "old log-probs",
+    "ref": "reference log-probs",
+    "adv": "advantages",
+    "update_actor": "actor update",
+    "save_checkpoint": "checkpoint",
+    "testing": "validation",
+}
+# the stage that runs the self-teacher's forward pass, per loss mode (scgrpo_verl/trainer.py)
+TEACHER_STAGE = {"sc_grpo": "old_log_prob", "sdpo": "update_actor", "sdpg": "update_actor"}
+RAY_UP = "Started a local Ray instance"
+# verl's start-up milestones after Ray is up (its INFO lines), as cpu-run says them
+MILESTONES = (
+    ("train and validate dataloader initialized", "data loaded; starting the actor worker (FSDP2 model)"),
+    ("actor and ref model engine initialized", "actor ready; starting the reward loop and the rollout server"),
+    ("all initialize finished, ready to fit", "workers ready; first rollout"),
+)
+# a Ray worker killed for memory (the raylet's and the driver's wording) or dead for another reason
+_OOM = re.compile(r"OutOfMemoryError|killed due to memory pressure|running low on memory")
+_WORKER_DIED = re.compile(r"ActorDiedError|RayActorError|The actor died unexpectedly|WorkerCrashedError|"
+                          r"SYSTEM_ERROR|worker died or was killed")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def fatal_cause(line: str) -> Optional[str]:
+    """One line naming why the run cannot go on, for a log line that says a Ray worker was killed or died."""
+    text = _ANSI.sub("", line).strip()
+    if _OOM.search(text):
+        detail = text.split("OutOfMemoryError:", 1)[-1].strip() if "OutOfMemoryError:" in text else text
+        return f"Ray killed a worker for lack of memory (ray.exceptions.OutOfMemoryError: {detail[:300]})"
+    if _WORKER_DIED.search(text):
+        return f"a Ray worker died: {text[:300]}"
+    return None
+
+
+class Progress:
+    """Turns the run's output lines into cpu-run's progress lines: Ray up, then per step the stage that starts
+    (rollout, teacher, update, validation), each with the seconds since launch."""
+
+    def __init__(self, steps: int, start: Optional[float] = None, loss_mode: Optional[str] = None):
+        self.steps = steps
+        self.teacher_stage = TEACHER_STAGE.get(loss_mode or "")
+        self.start = time.monotonic() if start is None else start
+        self.step = 0
+        self.last = "starting main_ppo"
+        self.last_time = self.start
+
+    def __call__(self, line: str) -> Optional[str]:
+        text = _ANSI.sub("", line)
+        message = None
+        milestone = next((said for marker, said in MILESTONES if marker in text), None)
+        if RAY_UP in text:
+            message = "Ray is up; starting the workers (model, rollout server, reward loop)"
+        elif milestone:
+            message = milestone
+        elif STAGE_MARK in text:
+            stage = text.split(STAGE_MARK, 1)[1].strip()
+            if stage == "gen":
+                self.step += 1
+            label = STAGE_LABELS.get(stage, stage) + (" with the teacher pass" if stage == self.teacher_stage else "")
+            message = f"step {self.step}/{self.steps}: {label}"
+        elif STEP_LINE.search(text):
+            step = STEP_LINE.search(text).group(1)
+            message = f"step {step}/{self.steps} done" if step != "0" else "validation before training done"
+        if message:
+            self.last, self.last_time = message, time.monotonic()
+            return f"[cpu-run] {self.elapsed():4.0f}s {message}"
+        return None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def heartbeat(self, every: float) -> Optional[str]:
+        """A 'still running' line when nothing was said for ``every`` seconds."""
+        now = time.monotonic()
+        if now - self.last_time < every:
+            return None
+        self.last_time = now
+        return f"[cpu-run] {self.elapsed():4.0f}s still running (last: {self.last})"
 
 
 def parse_metrics(lines: Iterable[str]) -> dict[int, dict[str, float]]:
@@ -239,6 +329,10 @@ def cpu_run(
     ray_stop: bool = False,
     check: bool = False,
     preflight: bool = True,
+    progress: bool = False,
+    heartbeat: float = 60,
+    fatal_grace: float = 30,
+    task: str = "math",
 ) -> CpuRunResult:
     """Run ``main_ppo`` with ``config_name`` from ``scgrpo_verl/configs`` on the CPU backend for ``steps`` steps.
 
@@ -246,14 +340,20 @@ def cpu_run(
     ``save_freq=steps`` saves the actor at the end under ``result.checkpoint_dir``. ``check`` raises on failure.
     ``preflight`` composes the run's config here first and runs verl's validation and the start-up checks
     (:func:`preflight_check`), so that a bad option or a missing data file fails in seconds with one line.
+    ``task``: the tiny assets' task (:func:`.assets.prepare_assets`: ``math`` never gets a verified rollout from
+    the random model; ``parity`` gets some in most groups, so every method's mechanism runs).
+    ``progress`` prints :class:`Progress` lines (Ray up, each step's stages) and a 'still running' line after
+    ``heartbeat`` quiet seconds. A log line saying that Ray killed a worker for memory, or that a worker died
+    (:func:`fatal_cause`), ends the run ``fatal_grace`` seconds later if it has not ended by itself.
     """
     workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="scgrpo_cpu_run_"))
     os.makedirs(workdir, exist_ok=True)
-    assets = prepare_assets(os.path.join(workdir, "assets"))
+    assets = prepare_assets(os.path.join(workdir, "assets"), task=task)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
+    loss_mode = None
     if preflight:
-        preflight_check(config_name, [*cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward,
-                                                     save_freq=save_freq), *overrides])
+        planned = cpu_overrides(assets, steps, checkpoint_dir, shaped_reward=shaped_reward, save_freq=save_freq)
+        loss_mode = preflight_check(config_name, [*planned, *overrides])
     # short: Ray puts unix sockets under it (107-byte limit)
     ray_tmp = tempfile.mkdtemp(prefix="scgrpo_ray_", dir="/tmp")
     command = [
@@ -271,6 +371,9 @@ def cpu_run(
     lines: list[str] = []
     start = time.monotonic()
     timed_out = False
+    tracker = Progress(steps, start, loss_mode)
+    fatal: list[tuple[float, str]] = []  # (when, cause) of the first killed / dead worker
+    ended_by_fatal = False
     with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
@@ -291,6 +394,15 @@ def cpu_run(
                 lines.append(line)
                 log.write(line)
                 log.flush()
+                said = tracker(line)
+                if said and fatal:
+                    fatal.clear()  # the run went on after the worker died (e.g. a restarted actor): not fatal
+                if not fatal:
+                    cause = fatal_cause(line)
+                    if cause:
+                        fatal.append((time.monotonic(), cause))
+                if progress and said:
+                    print(said, flush=True)
                 if echo and (STEP_LINE.search(line) or "Traceback" in line or "Error:" in line[:200]):
                     sys.stdout.write(line)
                     sys.stdout.flush()
@@ -298,14 +410,23 @@ def cpu_run(
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while proc.poll() is None:  # poll, so that a dead worker or a silent wait is noticed before the timeout
+                if time.monotonic() - start > timeout:
+                    timed_out = True
+                    break
+                if fatal and time.monotonic() - fatal[0][0] > fatal_grace:
+                    ended_by_fatal = True  # verl may wait forever on a dead actor
+                    break
+                if progress:
+                    beat = tracker.heartbeat(heartbeat)
+                    if beat:
+                        print(beat, flush=True)
+                time.sleep(0.5)
         except BaseException:
             _kill_run(proc, ray_tmp, ray_stop)
             raise
         finally:
-            if timed_out or proc.returncode not in (0, None):
+            if timed_out or ended_by_fatal or proc.returncode != 0:
                 _kill_run(proc, ray_tmp, ray_stop)
             else:
                 # a clean exit shuts Ray down itself; kill whatever of this run is left anyway
@@ -315,9 +436,11 @@ def cpu_run(
             reader.join(timeout=10)
             if timed_out:
                 log.write(f"\n[scgrpo_verl.cpu_backend] killed after the {timeout}s timeout\n")
+            elif ended_by_fatal:
+                log.write(f"\n[scgrpo_verl.cpu_backend] killed {fatal_grace}s after: {fatal[0][1]}\n")
     shutil.rmtree(ray_tmp, ignore_errors=True)
     result = CpuRunResult(
-        returncode=None if timed_out else proc.returncode,
+        returncode=None if timed_out or ended_by_fatal else proc.returncode,  # None: killed here
         timed_out=timed_out,
         wall_s=time.monotonic() - start,
         metrics=parse_metrics(lines),
@@ -326,23 +449,30 @@ def cpu_run(
         checkpoint_dir=checkpoint_dir,
         assets=assets,
         command=command,
+        fatal=fatal[0][1] if fatal and (ended_by_fatal or timed_out or proc.returncode != 0) else None,
     )
     if check and not result.ok:
         raise RuntimeError(
-            f"CPU run failed (returncode={result.returncode}, timed_out={timed_out}); log {log_path}:\n{result.tail()}"
+            f"CPU run failed (returncode={result.returncode}, timed_out={timed_out}"
+            f"{'; ' + result.fatal if result.fatal else ''}); log {log_path}:\n{result.tail()}"
         )
     return result
 
 
-def preflight_check(config_name: str, overrides: Sequence[str]) -> None:
+def preflight_check(config_name: str, overrides: Sequence[str]) -> Optional[str]:
     """Compose the run's config in this process, run verl's ``validate_config`` and the plugin's start-up checks
-    (not the GPU count: the run fakes one GPU; not the rollout: 'hf' is registered in the run's processes). Raises :class:`scgrpo_verl.errors.UserError` naming the key."""
+    (not the GPU count: the run fakes one GPU; not the rollout: 'hf' is registered in the run's processes). Raises
+    :class:`scgrpo_verl.errors.UserError` naming the key; returns the self-teacher's loss mode (None without one)."""
     from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.errors import deferred_warnings
     from scgrpo_verl.startup_checks import run_startup_checks
 
-    config = compose_config(config_name, list(overrides))
-    validate(config)
-    run_startup_checks(config, skip=["gpus", "rollout_name"])  # the run's own processes register the 'hf' rollout
+    with deferred_warnings():  # verl's "Disabled critic ..." only when the config passes
+        config = compose_config(config_name, list(overrides))
+        actor = validate(config)
+        run_startup_checks(config, skip=["gpus", "rollout_name"])  # the run's own processes register 'hf'
+    teacher = getattr(actor.policy_loss, "self_teacher", None)
+    return actor.policy_loss.loss_mode if teacher is not None and teacher.enable else None
 
 
 def last_error_line(text: str) -> str:
@@ -372,19 +502,34 @@ def write_metrics_json(metrics: dict[int, dict[str, float]], path: str) -> str:
     return path
 
 
+RUN_MEMORY_GIB = 5  # what one cpu-run holds at its peak (driver, TaskRunner, actor, rollout and reward workers)
+
+
+def free_memory_gib() -> float:
+    """Memory available to a new run now (``MemAvailable``), in GiB."""
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
+
+
 STEP_SUMMARY_KEYS = ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scgrpo-verl cpu-run",
-        description="Run verl's main_ppo on the CPU debugging backend with a tiny random model and 16 arithmetic "
-                    "prompts (scgrpo_verl configs; about 2 minutes and 5 GB of RAM for 2 steps). Prints each step's "
-                    "metrics; the full log is <workdir>/run.log.",
+        description="Run verl's main_ppo on the CPU debugging backend with a tiny model and 16 prompts of a tiny "
+                    "task (scgrpo_verl configs; 2-5 minutes and 5 GB of RAM for 2 steps). Prints its progress and "
+                    "each step's metrics; the full log is <workdir>/run.log.",
     )
     parser.add_argument("--config-name", default="grpo",
                         help="grpo | dapo | sc_grpo | sdpo | sdpg (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2, help="training steps (default: %(default)s)")
+    parser.add_argument("--task", choices=TASKS, default="parity",
+                        help="the tiny task: parity (\"is n odd?\"; the tiny model is right about half the time, so "
+                             "groups mix verified and failed rollouts and SC-GRPO's weighting, SDPO's and SDPG's "
+                             "teachers all run) or math (arithmetic the random model never solves) "
+                             "(default: %(default)s)")
     parser.add_argument("--workdir", default=None,
                         help="folder for the tiny assets, run.log and checkpoints/ (default: a new temp folder)")
     parser.add_argument("--timeout", type=float, default=600,
@@ -406,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    print(f"[cpu-run] {args.config_name}: composing and checking the config, building the tiny model and data",
+          flush=True)
     result = cpu_run(
         config_name=args.config_name,
         steps=args.steps,
@@ -415,11 +562,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shaped_reward=not args.no_shaped_reward,
         save_freq=args.save_freq,
         ray_stop=args.ray_stop,
+        echo=False,
+        progress=True,
+        task=args.task,
     )
     if args.metrics_json:
         write_metrics_json(result.metrics, args.metrics_json)
-    status = "ok" if result.ok else ("timed out" if result.timed_out else f"failed (rc={result.returncode})")
-    print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.metrics)} step(s); log: {result.log_path}")
+    status = ("ok" if result.ok else "timed out" if result.timed_out else "stopped" if result.returncode is None
+              else f"failed (rc={result.returncode})")
+    print(f"[cpu-run] {status} in {result.wall_s:.0f}s, {len(result.training_steps)} of {args.steps} training "
+          f"step(s); log: {result.log_path}")
     for step in sorted(result.metrics):
         m = result.metrics[step]
         keys = [*STEP_SUMMARY_KEYS, *sorted(k for k in m if "self_teacher/" in k)]  # the plugin's teacher metrics
@@ -429,6 +581,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not result.ok:
         if args.debug:
             print(result.tail(), file=sys.stderr)
+        elif result.fatal:
+            memory = (f"; free memory now: {free_memory_gib():.1f} GiB, a run needs about {RUN_MEMORY_GIB} GiB"
+                      if "memory" in result.fatal else "")
+            print(f"[cpu-run] {result.fatal}{memory} (full log: {result.log_path})", file=sys.stderr)
         else:
             cause = last_error_line(result.tail(400))
             print(f"[cpu-run] {cause or 'no error line in the log'} (full log: {result.log_path}; --debug prints "
