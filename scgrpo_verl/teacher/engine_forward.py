@@ -234,8 +234,8 @@ def teacher_response_hidden(
         frozen_hidden = _forward_hidden(engine, frozen_module, batch, lengths, responses)
         terms = (TeacherTerm(frozen_hidden, frozen_weight, frozen_bias, 1.0 - trust_region_mix),
                  TeacherTerm(hidden, weight, bias, trust_region_mix))
-    if not len(rows):
-        return TeacherSide((), token_index)
+    if not len(rows):  # the one-token forward's terms, emptied: the head still runs (FSDP collectives in step)
+        return TeacherSide(tuple(t._replace(hidden=t.hidden[:0]) for t in terms), token_index.to(hidden.device))
     return TeacherSide(terms, token_index.to(hidden.device))
 
 
@@ -311,8 +311,10 @@ class MicroBatchTeacher:
 
         out = torch.zeros_like(token_weights, dtype=torch.float32)
         hidden = self._student_hidden()
-        if not self.teacher.terms or not self.num_tokens:  # keep the graph: a zero attached to the hidden states
+        if not self.teacher.terms:  # no teacher row and no other rank: a zero attached to the hidden states
             return (hidden.sum() * 0.0).float(), out
+        # with terms but no token (a rank without teacher rows), the head still runs on 0 rows: every FSDP rank
+        # issues the same gathers and gradient reductions
         sample, position = (c.to(token_weights.device) for c in self.cells)
         weights = token_weights[sample, position].detach().float()
 
@@ -333,7 +335,7 @@ class MicroBatchTeacher:
         from scgrpo_verl.algos.divergence import projected_token_log_probs
 
         out = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
-        if not self.teacher.terms or not self.num_tokens:
+        if not self.teacher.terms:  # no teacher row and no other rank (else the head runs on 0 rows)
             return out
         sample, position = (c.to(responses.device) for c in self.cells)
         ids = responses[sample, position]
