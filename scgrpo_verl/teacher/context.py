@@ -744,6 +744,7 @@ class _PromptBuilder:
         self._literals: dict = {}
         self._cuts: dict = {}
         self._chunked: dict = {}
+        self._verified: dict = {}  # (template, roles) -> the template inserts the pieces verbatim
         self._demos: dict[int, _Demo] = {}
         backend = getattr(tokenizer, "backend_tokenizer", None)
         # the backend directly when the wrapper would not change its settings (no truncation / padding)
@@ -773,13 +774,16 @@ class _PromptBuilder:
         return text
 
     def _literal_parts(self, row: int, plan: _Plan) -> Optional[list]:
-        """The template text around the pieces, or ``None`` when the template does not insert them verbatim."""
-        key = (plan.flavor, repr(self.rollouts[row].prompt))
+        """The template text around the pieces, or ``None`` when the template does not insert them verbatim: the
+        same for a second set of placeholders (checked once per template and sequence of roles, a render each)."""
+        prompt = self.rollouts[row].prompt
+        key = (plan.flavor, repr(prompt))
         if key in self._literals:
             return self._literals[key]
         build, count = self._builder(row, plan.flavor), len(plan.pieces)
+        shape = (plan.flavor, tuple(str(message.get("role")) for message in prompt))
         found = []
-        for sentinels in _SENTINELS:
+        for sentinels in _SENTINELS[: 1 if shape in self._verified else 2]:
             parts, rest = [], self._render(build(list(sentinels[:count])))
             for sentinel in sentinels[:count]:
                 if rest.count(sentinel) != 1:
@@ -788,7 +792,9 @@ class _PromptBuilder:
                 before, rest = rest.split(sentinel)
                 parts.append(before)
             found.append(None if parts is None else parts + [rest])
-        literals = found[0] if found[0] is not None and found[0] == found[1] else None
+        if shape not in self._verified:
+            self._verified[shape] = found[0] is not None and found[0] == found[1]
+        literals = found[0] if self._verified[shape] else None
         self._literals[key] = literals
         return literals
 
