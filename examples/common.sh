@@ -77,7 +77,7 @@ evaluate() {  # evaluate RUN_NAME N TEMPERATURE TOP_P MAX_NEW_TOKENS THINKING(on
     # shellcheck disable=SC2086
     run scgrpo-verl eval --model-path "$ckpt" --data "$val" --n "$n" --temperature "$temperature" --top-p "$top_p" \
       --max-new-tokens "$max_new_tokens" "--$( [ "$thinking" = on ] && echo enable || echo disable )-thinking" \
-      --verl-log "$RUNS/$name" --out "$RUNS/$name/eval/$(basename "$(dirname "$val")")" ${EVAL_ARGS:-}
+      --out "$RUNS/$name/eval/$(basename "$(dirname "$val")")" ${EVAL_ARGS:-}
   done
 }
 

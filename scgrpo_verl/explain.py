@@ -285,7 +285,7 @@ def explain(
     from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     teacher_messages = sc_grpo_teacher_messages(messages, solution, TemplateConfig())
     student_ids = chat_template_ids(tokenizer, messages)
