@@ -31,6 +31,7 @@ import json
 import os
 import random
 import string
+import sys
 from pathlib import Path
 
 from .assets import AssetPaths, build_model, build_tokenizer, write_parquet
@@ -161,7 +162,7 @@ def warm_start(model, tokenizer, steps: int = 150, correct: float = WARM_CORRECT
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             print(f"[warm-start] step {step + 1}/{steps}: loss {sum(losses[-log_every:]) / log_every:.3f}",
-                  flush=True)
+                  file=sys.stderr, flush=True)
     model.eval()
     return losses
 
@@ -217,6 +218,39 @@ def prepare_learning_assets(folder: str | os.PathLike, n_train: int = 32, n_val:
     return paths
 
 
+def run_overrides(assets: AssetPaths, method: str, seed: int, lr: float = 1e-3, test_freq: int = 2,
+                  val_samples: int = 4) -> list[str]:
+    """Hydra overrides of a learning run (``scgrpo-verl cpu-run``, after its CPU overrides): the assets, 8 prompts x 8
+    rollouts per step in one update, short responses, ``seed`` for the data order, the rollouts' sampling and
+    SC-GRPO's draws, and validation before training and every ``test_freq`` steps (``val_samples`` samples per
+    held-out prompt at temperature 1). SDPG's beta is beta_base throughout (no warm-up / decay over a short run)."""
+    overrides = [
+        f"actor_rollout_ref.model.path={assets.model}",
+        f"data.train_files={assets.train_file}",
+        f"data.val_files={assets.val_file}",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.rollout.n=8",
+        "data.max_response_length=8",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
+        f"actor_rollout_ref.actor.optim.lr={lr}",
+        f"data.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}",
+        f"trainer.test_freq={test_freq}",
+        "trainer.val_before_train=True",
+        f"actor_rollout_ref.rollout.val_kwargs.n={val_samples}",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+    ]
+    if method in ("sc_grpo", "sdpo", "sdpg"):  # the plugin's methods (grpo / dapo configs have no self_teacher)
+        overrides.append(f"self_teacher.sc_grpo.seed={seed}")
+    if method == "sdpg":
+        overrides += ["self_teacher.sdpg.warmup_steps=0", "self_teacher.sdpg.decay_steps=0"]
+    return overrides
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -228,10 +262,18 @@ def main(argv=None) -> int:
     parser.add_argument("--n-val", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warm-steps", type=int, nargs=2, default=list(WARM_STEPS), metavar=("COPY", "MIX"))
+    parser.add_argument("--print-overrides", nargs=2, metavar=("METHOD", "SEED"),
+                        help="after building, print a learning run's Hydra overrides (one a line) instead of the paths")
+    parser.add_argument("--lr", type=float, default=1e-3, help="with --print-overrides (default: %(default)s)")
+    parser.add_argument("--test-freq", type=int, default=2, help="with --print-overrides (default: %(default)s)")
     args = parser.parse_args(argv)
     paths = prepare_learning_assets(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                                    warm_steps=args.warm_steps, log_every=50)
-    print(json.dumps(paths.__dict__))
+                                    warm_steps=tuple(args.warm_steps), log_every=50)
+    if args.print_overrides:
+        method, seed = args.print_overrides
+        print("\n".join(run_overrides(paths, method, int(seed), args.lr, args.test_freq)))
+    else:
+        print(json.dumps(paths.__dict__))
     return 0
 
 
