@@ -246,13 +246,30 @@ def test_sdpg_opd_term_falls_on_a_fixed_set(assets):
 # ---------------------------------------------------------------------------------------------------------------
 # slow: a real main_ppo run learns
 
-NOISE_SD = 0.04
-"""Seed-to-seed standard deviation of the initial validation accuracy (32 held-out prompts x 4 samples at
-temperature 1, the same warm-started model, different sampling seeds); measured over the step-0 validations of
-examples/cpu_learning.sh's 12 runs (README, "Does it learn?")."""
+MARGIN = 0.3
+"""The rise in validation accuracy the learning test demands. Noise, measured on the warm-started model (seed 0
+assets) from its probability of the right digit on each of the 32 held-out prompts: the accuracy of 32 x 4 samples
+has a standard deviation of 0.040 over sampling seeds (0.056 for the difference of two validations), and of 10,000
+simulated seeds the highest and lowest accuracy differ by 0.29. :func:`test_validation_noise_is_far_below_the_margin`
+recomputes the standard deviation. The README's runs rose by about 0.7 in 6 steps."""
 
-MARGIN = 0.25
-"""The rise the test demands: more than 6 noise standard deviations (the README's run rose by about 0.5)."""
+
+def validation_sd(assets, samples: int = 4) -> float:
+    """Standard deviation over sampling seeds of acc/mean@samples on the val parquet: sqrt(sum p(1-p) samples) / N."""
+    import pyarrow.parquet as pq
+
+    model, tokenizer = _load(assets)
+    rows = pq.read_table(assets.val_file).to_pylist()
+    p = learning.answer_probabilities(model, tokenizer, [list(r["prompt"]) for r in rows],
+                                      [r["reward_model"]["ground_truth"] for r in rows])
+    return (sum(x * (1 - x) for x in p) * samples) ** 0.5 / (samples * len(rows))
+
+
+@pytest.mark.slow
+def test_validation_noise_is_far_below_the_margin(assets):
+    sd = validation_sd(assets)
+    assert 0.02 < sd < 0.05, sd  # measured 0.040
+    assert MARGIN > 5 * sd * 2 ** 0.5  # five standard deviations of the difference of two validations
 
 
 @pytest.mark.slow
@@ -264,10 +281,10 @@ def test_sc_grpo_learns_the_task_through_main_ppo(assets, tmp_path):
     from scgrpo_verl.eval import validation_series
 
     result = cpu_run("sc_grpo", steps=6, workdir=str(tmp_path / "run"), timeout=1300, echo=False,
-                     overrides=learning.run_overrides(assets, "sc_grpo", seed=11, test_freq=3))
+                     overrides=learning.run_overrides(assets, "sc_grpo", seed=11, test_freq=2))
     assert result.ok, result.tail(80)
     val = validation_series(result.metrics)[learning.DIGIT_SOURCE]["acc/mean@4"]
-    assert sorted(val) == [0, 3, 6], val
+    assert sorted(val) == [0, 2, 4, 6], val
     assert val[6] - val[0] > MARGIN, val
     reward = {step: m["critic/score/mean"] for step, m in result.metrics.items() if "critic/score/mean" in m}
     assert (reward[5] + reward[6]) / 2 > reward[1], reward
