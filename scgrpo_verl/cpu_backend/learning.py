@@ -8,21 +8,22 @@ so the question is only how likely the policy is to use it. (A rule at a fixed d
 4827", stays on the loss plateau of random guessing for hundreds of supervised steps: the tiny model's rotary
 positions barely resolve a distance of ~40 tokens.)
 
-The warm start (:func:`warm_start`, supervised, about 100 s on one busy CPU core, no downloads) trains the random
-tiny Qwen2 of :mod:`.assets` in two phases (:data:`WARM_STEPS`): first to copy the digit from every prompt, then on two
-kinds of examples:
+The warm start (:func:`warm_start`, supervised, one torch thread, no downloads; 104 s measured on a shared 2-core
+host, about 3 minutes when that host was overloaded) trains the random tiny Qwen2 of :mod:`.assets` in two phases
+(:data:`WARM_STEPS`): first to copy the digit from every prompt, then on two kinds of examples:
 
 * student prompts, labelled with the right digit with probability :data:`WARM_CORRECT` and with a uniformly random
   digit otherwise, so that the model learns a *mixture*: it samples the right digit about
-  ``WARM_CORRECT + (1 - WARM_CORRECT) / 10`` of the time (about 30%) and a random digit otherwise. RL only has to
-  move probability mass onto a rule the model already computes, which a few dozen steps on a handful of prompts do,
-  and which carries over to held-out numbers;
+  ``WARM_CORRECT + (1 - WARM_CORRECT) / 10`` of the time (about 30%; measured 0.28 on the held-out prompts) and a
+  random digit otherwise. RL only has to move probability mass onto a rule the model already computes, which a few
+  dozen steps on a handful of prompts do, and which carries over to held-out prompts;
 * teacher prompts of the three self-teacher methods (:mod:`scgrpo_verl.teacher.templates`'s defaults: SDPO's
   reprompt with a verified sibling's answer and/or the grader's feedback, SDPG's hint, SC-GRPO's reference in the
   system message), always labelled with the right digit: the model learns to *read* the context, so a teacher that
-  sees a verified sibling or the reference answer is far more confident than the student, and its next-token
-  distribution differs from the student's where the student is wrong (what SDPO and SDPG distil, and what SC-GRPO's
-  divergence weighting measures).
+  sees a verified sibling or the reference answer is far more confident than the student (measured: 0.96 on the
+  right digit for each of the five teacher prompt kinds), and its next-token distribution differs from the
+  student's where the student is wrong (what SDPO and SDPG distil, and what SC-GRPO's divergence weighting
+  measures).
 """
 
 from __future__ import annotations
