@@ -97,6 +97,17 @@ def test_learning_report_names_a_run_without_validation(tmp_path):
         learning_report([str(folder)], str(tmp_path / "out"))
 
 
+def test_report_command_learning_and_its_paper_rule(tmp_path, capsys):
+    from scgrpo_verl.cli import main
+
+    run = _console_run(tmp_path / "grpo_s1", "grpo", {0: 0.25, 2: 0.75})
+    assert main(["report", run, "--learning", "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    assert "| grpo | 1 | 0.250 ± 0.000 | 0.750 ± 0.000 (2) | +0.500 ± 0.000 | 1/1 |" in capsys.readouterr().out
+    assert main(["report", run, "--out", str(tmp_path / "out2")]) != 0
+    assert capsys.readouterr().err.strip() == ("scgrpo-verl report: error: --paper is required (sc_grpo, sdpg or "
+                                               "sdpo) unless --learning is given")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # slow: the warm-started model (built once per module, ~2 minutes on a busy 2-core host)
 
