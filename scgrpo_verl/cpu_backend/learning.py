@@ -5,8 +5,8 @@
 The task: "Find the digit in: qk7zt" -> ``7`` (graded by :func:`scgrpo_verl.cpu_backend.reward.grade_digit` on the
 first digit of the response). A 2-layer model represents the rule easily (attend to the one digit token and copy it),
 so the question is only how likely the policy is to use it. (A rule at a fixed distance instead, "the last digit of
-4827", stays on the loss plateau of random guessing for hundreds of supervised steps: the tiny model's rotary
-positions barely resolve a distance of ~40 tokens.)
+4827", stayed on the loss plateau of random guessing for 400 supervised steps in our trials, at lr 3e-3 and 1e-2;
+presumably the tiny model's rotary positions barely resolve a distance of ~40 tokens.)
 
 The warm start (:func:`warm_start`, supervised, one torch thread, no downloads; 104 s measured on a shared 2-core
 host, about 3 minutes when that host was overloaded) trains the random tiny Qwen2 of :mod:`.assets` in two phases
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m scgrpo_verl.cpu_backend.learning",
-                                     description="Build the warm-started tiny model and the last-digit task's "
+                                     description="Build the warm-started tiny model and the find-the-digit task's "
                                                  "parquets (examples/cpu_learning.sh).")
     parser.add_argument("--out", required=True, help="folder (reused when already built with the same options)")
     parser.add_argument("--n-train", type=int, default=32)
