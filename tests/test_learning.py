@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from collections import Counter
 
 import pytest
