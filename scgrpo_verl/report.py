@@ -653,7 +653,12 @@ def report(run_specs: Sequence[str], paper_name: str, out_dir: str, eval_specs: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="[LABEL=]RUN_DIR",
                         help="run folders or log files; LABEL = method[:setup], e.g. sdpo:chemistry=runs/x")
-    parser.add_argument("--paper", required=True, choices=sorted(PAPERS))
+    parser.add_argument("--paper", choices=sorted(PAPERS), help="the paper whose table layout to fill (required "
+                        "unless --learning)")
+    parser.add_argument("--learning", action="store_true",
+                        help="instead of a paper's table: validation accuracy against step, one line per method "
+                             "with a band over its seeds (the runs sharing a label), and a table initial -> final "
+                             "(scgrpo_verl.learning_report)")
     parser.add_argument("--out", required=True, help="output folder: table.md, table.csv, runs.md, plots")
     parser.add_argument("--eval", action="append", default=[], metavar="LABEL=EVAL_DIR",
                         help="scgrpo-verl eval output of a run (repeatable)")
@@ -662,6 +667,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.learning:
+        from .learning_report import learning_report
+
+        table, _ = learning_report(args.runs, args.out, plots=not args.no_plots)
+        print(table)
+        print(f"[report] wrote {os.path.join(args.out, 'learning.md')}, learning.csv"
+              + ("" if args.no_plots else ", learning_curves.png/.svg"))
+        return 0
+    if not args.paper:
+        raise EvalError("--paper is required (sc_grpo, sdpg or sdpo) unless --learning is given")
     result = report(args.runs, args.paper, args.out, args.eval, args.eval_dir, plots=not args.no_plots)
     print(result.table_md)
     names = sorted(f"{name}.png/.svg" for name in result.plots)
