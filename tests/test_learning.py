@@ -166,18 +166,17 @@ def _train_on_fixed_set(model, tokenizer, actor, loss_mode_fields, teacher_model
     for step in range(1, steps + 1):
         fields = {"teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
                   "self_teacher_mask": torch.ones(len(prompts)), **extra}
-        info = {"global_steps": step, "distillation_use_topk": True}
+        info = {"global_steps": step}
         probe = build_micro_batch(prompts, responses, fields, tokenizer.pad_token_id, 1.0, {"global_steps": step})
         rows = log_prob_pass(model, probe)["log_probs"].unbind()  # per sequence position: keep the response's
         old = [row[len(p) - 1:len(p) - 1 + len(r)] for row, p, r in zip(rows, prompts, responses)]  # pi_old = pi now
         reference = reference or old  # the reference policy: the initial one
         fields.update(old_log_probs=old, ref_log_prob=reference)
         micro_batch = build_micro_batch(prompts, responses, fields, tokenizer.pad_token_id, 1.0, info)
-        loss_fn = functools.partial(self_teacher_loss, config=actor,
-                                    teacher_logits_fn=stand_in_teacher(model, teacher_model))
+        loss_fn = functools.partial(self_teacher_loss, config=actor)
         model.train()
         optimizer.zero_grad()
-        loss, metrics = engine_loss(model, micro_batch, loss_fn)
+        loss, metrics = engine_loss(model, micro_batch, loss_fn, stand_in_teacher(model, teacher_model))
         loss.backward()
         optimizer.step()
         model.eval()
