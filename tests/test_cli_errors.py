@@ -173,17 +173,34 @@ def test_check_prints_the_active_method_only_without_noise():
     assert "is registered but not available" not in err
 
 
-@pytest.mark.timeout(300)
-def test_check_error_comes_alone_after_progress_lines(tmp_path):
-    """No warning (verl's "Disabled critic ...") before an error: stderr is progress lines, then the one error."""
-    result = run_subprocess("-m", "scgrpo_verl.cli", "check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
-                            "actor_rollout_ref.rollout.name=vllm", f"data.train_files={tmp_path / 'no.parquet'}",
-                            "data.val_files=null")
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
+def test_check_error_comes_alone_after_progress_lines(capsys, recwarn, tmp_path):
+    """No warning (verl's "Disabled critic ...") before an error: stderr is progress lines, then the one error, and
+    the warnings raised while the config was checked are dropped."""
+    code = cli.main(["check", "--config-name", "sc_grpo", "--skip", "gpus,attention",
+                     "actor_rollout_ref.rollout.name=vllm", f"data.train_files={tmp_path / 'no.parquet'}",
+                     "data.val_files=null"])
+    assert code == 2
+    lines = capsys.readouterr().err.splitlines()
     assert [line[:8] for line in lines[:-1]] == ["[check] "] * 3, lines
     assert lines[-1] == (f"scgrpo-verl check: error: data.train_files: file {tmp_path / 'no.parquet'} does not "
                          "exist (data_prep/<set>.py --out DIR writes DIR/<split>.parquet)")
+    assert not [w for w in recwarn if "Disabled critic" in str(w.message)]
+
+
+def test_deferred_warnings_show_only_after_success(capsys):
+    import warnings
+
+    from scgrpo_verl.errors import deferred_warnings
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError), deferred_warnings():
+            warnings.warn("held back", UserWarning)
+            raise ValueError("the error")
+        assert shown == []
+        with deferred_warnings():
+            warnings.warn("passes through", UserWarning)
+        assert [str(w.message) for w in shown] == ["passes through"]
 
 
 def test_noise_filter_keeps_other_warnings(caplog):
