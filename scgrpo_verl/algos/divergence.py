@@ -149,7 +149,7 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(-1)
 
 
-def _full_core(log_p, log_q, p, q, kind: str, alpha: float, with_grad: bool):
+def _full_core(log_p, log_q, p, q, kind: str, alpha: float, with_grad: bool, zero_mass: bool = True):
     """One chunk over the full vocabulary, in place on its fp32 buffers (``log_p``/``log_q`` hold both sides'
     scaled logits on entry, ``p``/``q`` are scratch): D per row (n,) and dD/du (n, V) w.r.t. the student's
     scaled logits u (a view of a workspace buffer), or None.
@@ -158,27 +158,32 @@ def _full_core(log_p, log_q, p, q, kind: str, alpha: float, with_grad: bool):
     - forward KL(q || p):   d/du_j = p_j - q_j
     - reverse KL(p || q):   d/du_j = p_j (log p_j - log q_j - KL(p || q))
     - JSD_alpha, M = (1 - alpha) p + alpha q:  d/du_j = (1 - alpha) p_j (log p_j - log M_j - KL(p || M))
-    Zero-mass terms are exactly 0 (never 0 * inf), masked on the device: no host sync.
+    With ``zero_mass`` the zero-mass terms are exactly 0 (never 0 * inf), masked on the device (no host sync);
+    without it (two passes fewer) they are only right where no log-probability is -inf (see :func:`_chunk_step`).
     """
+
+    def masked(log_ratio, weight):
+        return log_ratio.masked_fill_(weight == 0, 0.0) if zero_mass else log_ratio
+
     _softmax_pair_(log_p, p)
     _softmax_pair_(log_q, q)
     grad = None
     if kind == "forward_kl":
-        diff = log_q.sub_(log_p).masked_fill_(q == 0, 0.0)  # log q - log p where q has mass
+        diff = masked(log_q.sub_(log_p), q)  # log q - log p where q has mass
         values = _row_dot(q, diff)
         if with_grad:
             grad = p.sub_(q)
     elif kind == "reverse_kl":
-        ratio = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)  # log p - log q where p has mass
+        ratio = masked(log_p.sub_(log_q), p)  # log p - log q where p has mass
         values = _row_dot(p, ratio)
         if with_grad:
             grad = ratio.sub_(values.unsqueeze(-1)).mul_(p)
     else:
         log_m = torch.add(log_p, math.log1p(-alpha))
         torch.logaddexp(log_m, log_q + math.log(alpha), out=log_m)
-        ratio_p = log_p.sub_(log_m).masked_fill_(p == 0, 0.0)
+        ratio_p = masked(log_p.sub_(log_m), p)
         kl_pm = _row_dot(p, ratio_p)
-        kl_qm = _row_dot(q, log_q.sub_(log_m).masked_fill_(q == 0, 0.0))
+        kl_qm = _row_dot(q, masked(log_q.sub_(log_m), q))
         del log_m
         values = (1.0 - alpha) * kl_pm + alpha * kl_qm
         if with_grad:
@@ -324,16 +329,24 @@ def _chunk_step(workspace, n, fill, scale, weights, options: _Options, with_grad
     Returns (values (n,), loss terms (n,) = weights * min(D, clamp), gradient (n, V) w.r.t. the raw student logits
     already multiplied by weights * scale * [D <= clamp], or None)."""
     student, teacher, p, q = workspace.buffers(n)
-    fill(student, teacher)
-    if scale is not None:
-        student.mul_(scale.unsqueeze(-1))
-        teacher.mul_(scale.unsqueeze(-1))
     core = _core_for(student.device, options.topk)
-    if options.topk is None:
-        values, grad = core(student, teacher, p, q, options.kind, options.alpha, with_grad)
-    else:
-        values, grad = core(student, teacher, p, q, options.kind, options.alpha, with_grad, options.topk,
-                            options.add_tail)
+
+    def run(zero_mass: bool):
+        fill(student, teacher)
+        if scale is not None:
+            student.mul_(scale.unsqueeze(-1))
+            teacher.mul_(scale.unsqueeze(-1))
+        if options.topk is not None:
+            return core(student, teacher, p, q, options.kind, options.alpha, with_grad, options.topk, options.add_tail)
+        return core(student, teacher, p, q, options.kind, options.alpha, with_grad, zero_mass)
+
+    # On an accelerator the zero-mass masks are always applied (fused there; a finiteness check would sync the host
+    # every chunk). On the CPU there is no device to wait for: the chunk runs without the masks and is redone with
+    # them only when its values come out non-finite (a -inf logit somewhere), two (rows x V) passes fewer.
+    on_cpu = student.device.type == "cpu" and options.topk is None
+    values, grad = run(zero_mass=not on_cpu)
+    if on_cpu and not bool(torch.isfinite(values).all()):
+        values, grad = run(zero_mass=True)
     clamped = values if options.clamp is None else values.clamp(max=options.clamp)
     terms = weights * clamped
     if grad is not None:
