@@ -524,7 +524,10 @@ class _FusedLinearDivergence(torch.autograd.Function):
                 if need_h:
                     grad_hidden[rows] = (low @ weight).to(grad_hidden.dtype)
                 if need_w:
-                    grad_weight += _mm_fp32(low.t(), hidden.to(weight.dtype))
+                    if low.dtype == torch.float32:  # in place: no (V, H) temporary per chunk
+                        grad_weight.addmm_(low.t(), hidden.float())
+                    else:
+                        grad_weight += _mm_fp32(low.t(), hidden.to(weight.dtype))
                 if need_b:
                     grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
