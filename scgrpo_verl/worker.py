@@ -103,17 +103,19 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
         self._ref_on_device = on_device
 
     @contextmanager
-    def _ref_teacher_loaded(self, release: bool = True):
+    def _ref_teacher_loaded(self, release: bool = True, teacher_runs: bool = True):
         """The ref teacher's shards on the device for a pass (one move per step: see the module docstring), its
-        lm_head gathered once for the pass; ``release`` moves them back after it when the ref offloads."""
+        lm_head gathered once for the pass when the teacher runs in it; ``release`` moves them back after it when
+        the ref offloads."""
         if not self._uses_ref_engine():
             yield
             return
         with self.ref.engine.eval_mode():
             self._move_ref(True)
-            head = self.ref.engine.module.get_output_embeddings()
-            device = self._actor_device()
-            self._ref_head = (full_weight(head.weight, device), full_weight(getattr(head, "bias", None), device))
+            if teacher_runs:
+                head = self.ref.engine.module.get_output_embeddings()
+                device = self._actor_device()
+                self._ref_head = (full_weight(head.weight, device), full_weight(getattr(head, "bias", None), device))
             try:
                 yield
             finally:
@@ -189,7 +191,7 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
         in_update = self._teacher_in_update
         if not in_update and not self._ema_teacher:
             return super().update_actor(data)
-        with self._ref_teacher_loaded():
+        with self._ref_teacher_loaded(teacher_runs=in_update):
             if in_update:
                 with self._teacher_pass():
                     output = super().update_actor(data)
