@@ -153,7 +153,7 @@ class SelfTeacherTrainer(PPOTrainerSync):
             batch = super()._compute_old_log_prob(batch, metrics)
             return self._put_teacher_contexts(batch, metrics)[0]
         # SC-GRPO: D is needed before the advantages (solve-none), so the teacher runs in verl's old-log-prob
-        # pass, in its logits processor, next to the student forward that pass runs anyway
+        # pass, before each micro-batch's student forward that pass runs anyway
         batch, contexts = self._put_teacher_contexts(batch, metrics)
         batch.extra_info[PASS_OPTION] = True
         try:
