@@ -271,8 +271,6 @@ class MicroBatchTeacher:
         responses = _lengths(micro_batch["responses"]).cpu()
         packed = bool(tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True))
         self.positions = response_positions(lengths, responses, packed)
-        self.response_lengths = responses
-        self.input_lengths = lengths
         index = teacher.token_index.cpu()
         owner = torch.repeat_interleave(torch.arange(len(responses)), responses)
         starts = responses.cumsum(0) - responses
@@ -283,10 +281,6 @@ class MicroBatchTeacher:
             self.temperature = temperature.reshape(-1).float().cpu()[owner[index]]
         else:
             self.temperature = float(temperature.reshape(-1)[0]) if torch.is_tensor(temperature) else float(temperature)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.teacher.token_index.numel())
 
     def _student_hidden(self) -> torch.Tensor:
         sample, column = self.positions
