@@ -432,7 +432,7 @@ def test_diagnose_reports_every_mode(monkeypatch):
 
 def test_module_main_prints_diagnose_json():
     proc = subprocess.run([sys.executable, "-m", "scgrpo_verl.rewards.sandbox"], capture_output=True, text=True,
-                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["selected"] in sb.MODES + (None,) and set(info["modes"]) == set(sb.MODES)

@@ -4,7 +4,7 @@ Each attack is a function ``mode -> (contained, detail)`` that sets up what it n
 secret file, a listening socket, ...), runs hostile code through the sandbox (or through ``compute_score``) and
 checks the outcome *on the host*. Every attack names the invariant of :data:`sandbox.INVARIANTS` it probes: the
 test asserts containment wherever the mode claims that invariant (``bwrap`` claims all of them) and is skipped,
-with the reason, where it does not. ``python tests/test_sandbox_redteam.py`` prints the attack x mode table.
+with the reason, where it does not. ``python tests/rewards/sandbox/test_sandbox_redteam.py`` prints the attack x mode table.
 
 Attacks that would really exhaust a shared host in a mode without kernel isolation (fork bombs, disk and memory
 fills in ``audit``) are not run there and show as "not run".
@@ -685,7 +685,7 @@ def test_attack(attack: Attack, mode: str):
         pytest.skip("audit mode is no boundary; this attack would really exhaust the host")
     if not claimed(attack, mode):
         pytest.skip(f"{mode} mode does not claim {attack.invariant} on this host (sandbox.INVARIANTS); "
-                    f"`python tests/test_sandbox_redteam.py` records the outcome in its table")
+                    f"`python tests/rewards/sandbox/test_sandbox_redteam.py` records the outcome in its table")
     contained, detail = attack.fn(mode)
     assert contained, f"{attack.name} escaped in {mode} mode, which claims {attack.invariant or 'grading'}: {detail}"
 

@@ -70,6 +70,6 @@ def test_self_teacher_gradients_under_fsdp2_equal_the_plain_model(tmp_path):
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "rendezvous")], capture_output=True, text=True,
-                         timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sdpg ok" in out.stdout and "sdpo ok" in out.stdout
