@@ -76,7 +76,7 @@ def make_batch(tok, kind: str, prompts: int, n: int, lo: int, hi: int, think: fl
 
 
 def run(module, rows, tok, method: str, repeats: int):
-    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.settings import TeacherConfig
 
     config = TeacherConfig(use_privileged_context=method == "sdpg", use_feedback=method == "sdpo")
     best = None

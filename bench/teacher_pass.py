@@ -95,7 +95,7 @@ def main() -> None:
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from scgrpo_verl.config import SDPOConfig, SelfTeacherConfig
+    from scgrpo_verl.settings import SDPOConfig, SelfTeacherConfig
     from scgrpo_verl.engine_path import StandInEngine, build_micro_batch, log_prob_pass, stand_in_teacher
     from scgrpo_verl.losses import self_teacher_log_prob_pass
 

@@ -82,23 +82,30 @@ def _is_keyed_config_error(error: BaseException) -> bool:
 
 
 def _plugin_options(self_teacher, loss_mode: str) -> list[str]:
-    """``key = value`` lines of the options the active method reads (templates only where changed)."""
-    from dataclasses import asdict, fields
+    """``key = value  # help`` lines of the options the active method reads (its block and ``teacher``; templates
+    only where changed), the help from each option's ``metadata["help"]`` (:mod:`scgrpo_verl.settings`)."""
+    from dataclasses import fields
 
+    from scgrpo_verl.methods import get_method
     from scgrpo_verl.teacher.templates import TemplateConfig
 
-    sections = {"sc_grpo": ("sc_grpo",), "sdpo": ("sdpo",), "sdpg": ("sdpg",)}.get(loss_mode, ())
+    method = get_method(loss_mode)
     lines = [f"self_teacher.enable = {str(self_teacher.enable).lower()}"]
-    for section in (*sections, "teacher"):
-        for key, value in asdict(getattr(self_teacher, section)).items():
-            if key == "templates":
+    for section in (*((method.options,) if method.options else ()), "teacher"):
+        options = getattr(self_teacher, section)
+        for item in fields(options):
+            if item.name == "templates":
                 continue
+            value = getattr(options, item.name)
             shown = "null" if value is None else (str(value).lower() if isinstance(value, bool) else value)
-            lines.append(f"self_teacher.{section}.{key} = {shown}")
+            if isinstance(value, str) and "\n" in value:
+                shown = repr(value)
+            help_text = item.metadata.get("help", "")
+            lines.append(f"self_teacher.{section}.{item.name} = {shown}" + (f"    # {help_text}" if help_text else ""))
     defaults = TemplateConfig()
     changed = [f.name for f in fields(defaults) if getattr(self_teacher.teacher.templates, f.name)
                != getattr(defaults, f.name)]
-    used = [name for name in changed if name.startswith(loss_mode) or name == "truncation_marker"]
+    used = [name for name in changed if name in method.template_fields or name == "truncation_marker"]
     lines.append("self_teacher.teacher.templates = " + ("shipped defaults" if not changed else
                  "changed: " + ", ".join(f"{n}={getattr(self_teacher.teacher.templates, n)!r:.60}"
                                           for n in (used or changed))))

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from scgrpo_verl.errors import ConfigError, config_error_message, innermost, one_line
 
-METHOD_CONFIGS = ("grpo", "dapo", "sc_grpo", "sdpo", "sdpg")
+METHOD_CONFIGS = ("grpo", "dapo", "sc_grpo", "sdpo", "sdpg", "opsd")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 

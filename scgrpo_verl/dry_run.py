@@ -46,7 +46,6 @@ class DryRunReport:
     metrics: dict[str, float] = field(default_factory=dict)
     masks: dict[str, list] = field(default_factory=dict)
     divergence_quantiles: dict[str, float] = field(default_factory=dict)
-    weight_quantiles: dict[str, float] = field(default_factory=dict)
     loss: float = float("nan")
     grad_norm: float = float("nan")
 
@@ -77,8 +76,6 @@ class DryRunReport:
                 lines.append("  " + _route_legend())
         if self.divergence_quantiles:
             lines.append("divergence D quantiles: " + _fmt(self.divergence_quantiles))
-        if self.weight_quantiles:
-            lines.append("weight f(D) quantiles (weighted-route tokens): " + _fmt(self.weight_quantiles))
         lines.append(f"loss={self.loss:.6g} grad_norm={self.grad_norm:.6g}")
         if self.metrics:
             lines.append("metrics: " + _fmt(self.metrics))
@@ -112,6 +109,21 @@ def _timed(timings: dict[str, float], name: str):
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def _padded(rows) -> torch.Tensor:
+    """Per-rollout rows (a list of (r_i,) tensors, or one (B,) tensor) as a padded tensor."""
+    if torch.is_tensor(rows):
+        return rows
+    return torch.nn.utils.rnn.pad_sequence([torch.as_tensor(r) for r in rows], batch_first=True)
+
+
+def _timed_call(fn, timings: dict[str, float], name: str):
+    def timed(*args, **kwargs):
+        with _timed(timings, name):
+            return fn(*args, **kwargs)
+
+    return timed
+
+
 def _split_model_path(overrides: Sequence[str]) -> tuple[Optional[str], list[str]]:
     """``model.path=X`` is shorthand for ``actor_rollout_ref.model.path=X``; returns (path or None, overrides)."""
     path, rest = None, []
@@ -140,10 +152,12 @@ def _load_model(model_path: Optional[str], workdir: Optional[str]):
     return model_path, model, tokenizer
 
 
-def _problems(count: int, seed: int) -> list[tuple[list[dict], str]]:
+def _problems(count: int, seed: int) -> list[tuple[list[dict], str, str]]:
+    """(chat messages, answer, worked reference solution) of ``count`` small arithmetic problems."""
     from scgrpo_verl.cpu_backend.assets import math_rows
 
-    return [(list(row["prompt"]), row["reward_model"]["ground_truth"]) for row in math_rows(count, "dry_run", seed)]
+    return [(list(row["prompt"]), row["reward_model"]["ground_truth"], row["extra_info"]["reference_solution"])
+            for row in math_rows(count, "dry_run", seed)]
 
 
 @torch.no_grad()
@@ -182,20 +196,20 @@ def dry_run(
     workdir: Optional[str] = None,
 ) -> DryRunReport:
     """One step of ``config_name`` on a synthetic batch (module docstring); returns the report."""
-    from scgrpo_verl.compose import compose_config, validate
-    from scgrpo_verl.config import SelfTeacherConfig
-    from scgrpo_verl.engine_path import (
-        build_micro_batch,
-        engine_loss,
-        log_prob_pass,
-        sc_grpo_divergence,
-        stand_in_teacher,
-    )
-    from scgrpo_verl.losses import self_teacher_loss
-    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
-    from scgrpo_verl.trainer import chat_template_kwargs, validate_self_teacher_config
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from verl.utils import tensordict_utils as tu
     from verl.workers.utils.losses import ppo_loss
+
+    from scgrpo_verl import step
+    from scgrpo_verl.batch_keys import TEACHER_INPUT_KEY, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY
+    from scgrpo_verl.compose import compose_config, validate
+    from scgrpo_verl.engine_path import build_micro_batch, engine_loss, log_prob_pass, sc_grpo_divergence, stand_in_teacher
+    from scgrpo_verl.losses import self_teacher_loss
+    from scgrpo_verl.methods import LOG_PROB_PASS, UPDATE_PASS, get_method
+    from scgrpo_verl.settings import SelfTeacherConfig
+    from scgrpo_verl.teacher.engine_forward import count_teacher_tokens
+    from scgrpo_verl.teacher.templates import chat_template_ids
+    from scgrpo_verl.trainer import validate_self_teacher_config
 
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
@@ -217,25 +231,28 @@ def dry_run(
 
     with _timed(timings, "load_model"):
         model_path, model, tokenizer = _load_model(model_path, workdir)
-    with _timed(timings, "sample_rollouts"):
-        rollouts, prompt_ids, response_ids, scores, ground_truths = [], [], [], [], []
-        template_kwargs = chat_template_kwargs(config)  # data.apply_chat_template_kwargs, for student and teacher
-        for g, (messages, answer) in enumerate(_problems(groups, seed)):
+    with _timed(timings, "sample_rollouts"):  # the batch as verl's rollout leaves it, one row per rollout
+        uids, keys, messages_per_row, prompt_ids, response_ids, scores = [], [], [], [], [], []
+        feedback, ground_truths, reference_solutions = [], [], []
+        template_kwargs = step.chat_template_kwargs(config)  # data.apply_chat_template_kwargs, student and teacher
+        for g, (messages, answer, solution) in enumerate(_problems(groups, seed)):
             ids = chat_template_ids(tokenizer, messages, template_kwargs)
             pattern = GROUP_PATTERNS[g % len(GROUP_PATTERNS)]
             for i, (response, score) in enumerate(zip(_sample(model, tokenizer, ids, size, max_new_tokens, seed + g),
                                                       _group_scores(pattern, size))):
                 text = tokenizer.decode(response, skip_special_tokens=True)
-                feedback = "" if score >= 1.0 else f"Wrong answer: expected {answer}, got {text.strip()[:40]!r}."
-                rollouts.append(Rollout(uid=f"group{g}", prompt=messages, response_ids=response, response_text=text,
-                                        score=score, feedback=feedback, privileged=answer, index=i))
+                uids.append(f"group{g}")
+                keys.append(f"group{g}_{i}_0")  # verl's TransferQueue key {uid}_{session}_{output}
+                messages_per_row.append(messages)
                 prompt_ids.append(ids)
                 response_ids.append(response)
                 scores.append(score)
+                feedback.append("" if score >= 1.0 else f"Wrong answer: expected {answer}, got {text.strip()[:40]!r}.")
                 ground_truths.append(answer)
+                reference_solutions.append(solution)
     lengths = [len(r) for r in response_ids]
     student_sequences = [p + r for p, r in zip(prompt_ids, response_ids)]
-    report = DryRunReport(config_name, loss_mode, adv_estimator, model_path, len(rollouts))
+    report = DryRunReport(config_name, loss_mode, adv_estimator, model_path, len(response_ids))
     report.student_tokens = sum(map(len, student_sequences))
 
     with _timed(timings, "student_log_probs"):  # verl's log-prob pass on one micro-batch
@@ -246,70 +263,60 @@ def dry_run(
     fields: dict[str, Any] = {"old_log_probs": old_log_probs}
     info: dict[str, Any] = {}
     teacher_fn = None
-    sc_divergence = sc_reference = None
-    contexts = None
+    method = get_method(loss_mode) if settings.enable else None
+    runs_in = step.teacher_pass(method, settings) if settings.enable else None
     if settings.enable:
-        teacher_config = settings.teacher
+        # step 1, as the trainer runs it on the rows it reads from TransferQueue
         with _timed(timings, "teacher_contexts"):
-            contexts = build_teacher_contexts(rollouts, tokenizer, loss_mode, teacher_config, teacher_config.templates,
-                                              generator=torch.Generator().manual_seed(settings.sc_grpo.seed),
-                                              chat_template_kwargs=template_kwargs)
+            rows = {"uid": uids, "raw_prompt": messages_per_row, "input_ids": [torch.tensor(s) for s in student_sequences],
+                    "responses": [torch.tensor(r) for r in response_ids],
+                    "rm_scores": [torch.tensor([0.0] * (len(r) - 1) + [sc]) for r, sc in zip(response_ids, scores)],
+                    "extra_fields": [{"reward_extra_info": {"feedback": fb}} for fb in feedback],
+                    "reward_model": [{"ground_truth": gt} for gt in ground_truths],
+                    "extra_info": [{"reference_solution": ref} for ref in reference_solutions]}
+            rollouts = step.rollouts_from_rows(method, settings, rows, keys)
+            contexts = step.build_contexts(method, settings, rollouts, tokenizer,
+                                           torch.Generator().manual_seed(settings.sc_grpo.seed), template_kwargs)
         report.metrics.update(contexts.metrics())
-        report.masks["self_teacher_mask"] = [int(m) for m in contexts.mask.tolist()]
+        staged = step.stage_teacher_inputs(method, contexts, rows["responses"], rows["input_ids"])
+        for key, value in staged.items():
+            fields[key] = list(value.unbind()) if getattr(value, "is_nested", False) else value
+            if not getattr(value, "is_nested", False):
+                report.masks[key] = [int(x) for x in value.tolist()]
         report.masks["source"] = [s or "-" for s in contexts.source]
         mask = contexts.mask.float()
-        teacher_sequences = [t if t is not None else s for t, s in zip(contexts.teacher_input_ids, student_sequences)]
         # the teacher forwards only the rows that have a teacher, inside verl's passes (workers do the same)
-        report.teacher_tokens = sum(len(t) for t, m in zip(teacher_sequences, mask) if m > 0)
+        report.teacher_tokens = sum(len(t) for t, m in zip(fields[TEACHER_INPUT_KEY], mask) if m > 0)
         # at step 0 a frozen / EMA teacher and the trust-region's frozen end hold the initial weights
-        weights = teacher_config.weights
+        weights = settings.teacher.weights
         other = copy.deepcopy(model) if weights != "live" else None
         stand_in = stand_in_teacher(model, other if weights in ("frozen", "ema") else None,
-                                    other if weights == "trust_region" else None, teacher_config.trust_region_mix)
+                                    other if weights == "trust_region" else None, settings.teacher.trust_region_mix)
+        teacher_fn = _timed_call(stand_in, timings, "teacher_pass")
 
-        def teacher_fn(data):
-            with _timed(timings, "teacher_pass"):
-                return stand_in(data)
-
-        fields["self_teacher_mask"] = mask
-        fields["teacher_input_ids"] = [torch.as_tensor(t) for t in teacher_sequences]
-        if loss_mode == "sc_grpo":  # D from verl's log-prob pass with the teacher forward before the student's
-            teacher_prompts = [t[: len(t) - n] if m > 0 else None for t, n, m in zip(teacher_sequences, lengths, mask)]
-            pieces, _ = sc_grpo_divergence(model, prompt_ids, teacher_prompts, response_ids, temperature,
-                                           chunk_mib=teacher_config.divergence_chunk_mib,
-                                           teacher_fn=teacher_fn)
-            fields["sc_divergence"] = pieces
-            fields["sc_route"] = contexts.route.long()
-            sc_divergence = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
-            sc_reference = contexts.reference.bool()
+        state = {}
+        if runs_in == LOG_PROB_PASS:  # steps 2-3: D from verl's log-prob pass, the teacher forward before the student's
+            pieces, _ = sc_grpo_divergence(model, prompt_ids, contexts.teacher_prompt_ids, response_ids, temperature,
+                                           chunk_mib=settings.teacher.divergence_chunk_mib, teacher_fn=teacher_fn)
+            kept = step.keep_log_prob_pass(method, settings, pieces, contexts, report.metrics)
+            fields.update(kept.fields)
+            state = kept.update_options
             active = [d for d, m in zip(pieces, mask) if m > 0]
             report.divergence_quantiles = _quantiles(torch.cat(active)) if active else {}
-            report.masks["sc_route"] = contexts.route.tolist()
-            report.masks["sc_reference"] = [int(x) for x in contexts.reference.tolist()]
-        info["global_steps"] = 1
-        if settings.sc_grpo.threshold_scope == "batch" and sc_divergence is not None:
-            from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight_constant
+        info.update(step.update_options(method, settings, 1, state))  # step 5
 
-            weighted_values = [d for d, r in zip(fields["sc_divergence"], contexts.route.tolist()) if r == ROUTE_WEIGHTED]
-            values = torch.cat(weighted_values) if weighted_values else torch.zeros(0)
-            info["sc_threshold"] = float(sc_weight_constant(values, torch.ones_like(values, dtype=torch.bool),
-                                                            settings.sc_grpo.c_min, settings.sc_grpo.quantile))
-        if loss_mode == "sdpo" and settings.sdpo.normalize == "teacher_tokens":
-            info["self_teacher_num_tokens"] = int(sum(n for n, m in zip(lengths, mask) if m > 0))
-            info["self_teacher_num_rows"] = int((mask > 0).sum())
-
-    with _timed(timings, "advantages"):
+    with _timed(timings, "advantages"):  # verl's estimator, then step 4
         response_mask = torch.nn.utils.rnn.pad_sequence([torch.ones(n) for n in lengths], batch_first=True)
         token_level_rewards = torch.zeros_like(response_mask)
         for i, n in enumerate(lengths):
             token_level_rewards[i, n - 1] = scores[i]
         estimator = get_adv_estimator_fn(adv_estimator)
-        kwargs = {}
-        if adv_estimator == "sc_grpo" and sc_divergence is not None:
-            kwargs = {"sc_divergence": sc_divergence, "sc_reference": sc_reference}
         advantages, _ = estimator(token_level_rewards=token_level_rewards, response_mask=response_mask,
-                                  index=np.array([r.uid for r in rollouts], dtype=object), config=config.algorithm,
-                                  **kwargs)
+                                  index=np.array(uids, dtype=object), config=config.algorithm)
+        if method is not None and method.advantage_fields:
+            padded = {key: _padded(fields[key]) for key in method.advantage_fields}
+            adjusted = step.adjust_advantages(method, settings, advantages, response_mask, uids, padded, report.metrics)
+            advantages = advantages if adjusted is None else adjusted
     report.masks["scores"] = scores
     report.metrics["advantages/mean_abs"] = float(advantages.abs().sum() / response_mask.sum())
     fields["advantages"] = [advantages[i, :n] for i, n in enumerate(lengths)]
@@ -318,14 +325,15 @@ def dry_run(
 
     with _timed(timings, "loss_backward"):
         micro_batch = build_micro_batch(prompt_ids, response_ids, fields, tokenizer.pad_token_id or 0, temperature, info)
-        # the teacher runs in the update for SDPO (with a distillation term) and SDPG, as the workers run it
-        in_update = settings.enable and (loss_mode == "sdpg" or (loss_mode == "sdpo" and settings.sdpo.pg_coef < 1.0))
+        if settings.enable:  # the global teacher-token counts the worker adds before each mini-batch
+            tokens, rows_with_teacher = count_teacher_tokens(micro_batch)
+            tu.assign_non_tensor(micro_batch, **{TEACHER_TOKENS_KEY: tokens, TEACHER_ROWS_KEY: rows_with_teacher})
         loss_fn = partial(self_teacher_loss if settings.enable else ppo_loss, config=actor)
         model.train()
         model.zero_grad(set_to_none=True)
-        chunk = None if not settings.enable or settings.teacher.divergence_chunk_mib is None else int(
-            settings.teacher.divergence_chunk_mib * (1 << 20))
-        loss, loss_metrics = engine_loss(model, micro_batch, loss_fn, teacher_fn if in_update else None, chunk)
+        chunk = settings.teacher.divergence_chunk_bytes if settings.enable else None
+        loss, loss_metrics = engine_loss(model, micro_batch, loss_fn, teacher_fn if runs_in == UPDATE_PASS else None,
+                                         chunk)
         loss.backward()
         model.eval()
     grads = [p.grad.float().norm() for p in model.parameters() if p.grad is not None]
@@ -338,12 +346,6 @@ def dry_run(
             value = value.detach().float().mean().item()
         if isinstance(value, (int, float)) and key.startswith("self_teacher/"):
             report.metrics[key] = float(value)
-    if loss_mode == "sc_grpo" and sc_divergence is not None:
-        from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED, sc_weight
-
-        weighted = (contexts.route == ROUTE_WEIGHTED).unsqueeze(-1) & response_mask.bool()
-        weights, _ = sc_weight(sc_divergence, weighted, c_min=settings.sc_grpo.c_min, quantile=settings.sc_grpo.quantile)
-        report.weight_quantiles = _quantiles(weights[weighted])
     report.timings = timings
     if not (math.isfinite(report.loss) and math.isfinite(report.grad_norm)):
         raise FloatingPointError(f"dry-run {config_name}: non-finite loss {report.loss} or gradient norm {report.grad_norm}")

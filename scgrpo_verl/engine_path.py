@@ -170,7 +170,7 @@ def sc_grpo_divergence(
     Returns per-rollout D (r,) and the pass's ``model_output``."""
     from functools import partial
 
-    from scgrpo_verl.config import SelfTeacherConfig
+    from scgrpo_verl.settings import SelfTeacherConfig
     from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass
 
     has_teacher = [t is not None for t in teacher_prompts]

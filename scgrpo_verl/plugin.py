@@ -14,7 +14,6 @@ import sys
 
 logger = logging.getLogger("scgrpo_verl")
 
-ADV_ESTIMATORS = ("sc_grpo",)
 GLUE_MODULES = ("scgrpo_verl.estimator", "scgrpo_verl.losses", "scgrpo_verl.trainer")
 
 
@@ -33,16 +32,16 @@ def register() -> None:
     ready = {name: not _initialising(name) for name in GLUE_MODULES}
     for name, ok in ready.items():
         if ok:
-            importlib.import_module(name)  # registers the sc_grpo estimator / the loss modes / the trainer mode
-    from scgrpo_verl.config import PLUGIN_LOSS_MODES
+            importlib.import_module(name)  # registers the methods' estimators / loss modes / the trainer mode
+    from scgrpo_verl.methods import method_names, method_estimators
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
     from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
 
     if ready["scgrpo_verl.estimator"]:
-        for name in ADV_ESTIMATORS:
+        for name in method_estimators():
             get_adv_estimator_fn(name)
     if ready["scgrpo_verl.losses"]:
-        for name in PLUGIN_LOSS_MODES:
+        for name in method_names():
             get_policy_loss_fn(name)
     if ready["scgrpo_verl.trainer"]:
         get_trainer_cls(sys.modules["scgrpo_verl.trainer"].TRAINER_MODE)

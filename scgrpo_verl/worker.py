@@ -33,16 +33,9 @@ from verl.single_controller.base.decorator import Dispatch, make_nd_compute_data
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from scgrpo_verl.losses import (
-    PASS_OPTION,
-    TEACHER_ROWS_KEY,
-    TEACHER_TOKENS_KEY,
-    divergence_chunk_bytes,
-    self_teacher_log_prob_pass,
-    self_teacher_loss,
-)
+from scgrpo_verl.batch_keys import PASS_OPTION, TEACHER_MASK_KEY, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY
+from scgrpo_verl.losses import divergence_chunk_bytes, self_teacher_log_prob_pass, self_teacher_loss
 from scgrpo_verl.teacher.engine_forward import (
-    TEACHER_MASK_KEY,
     count_teacher_tokens,
     dp_all_reduce_sum,
     forward_step_with_teacher,

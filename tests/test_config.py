@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from scgrpo_verl.compose import METHOD_CONFIGS, compose_config, validate
-from scgrpo_verl.config import SelfTeacherConfig
+from scgrpo_verl.settings import SelfTeacherConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "scgrpo_verl" / "configs"
 
@@ -33,9 +33,9 @@ def test_every_config_composes_and_passes_verl_validation(name):
     config = compose_config(name)
     actor = validate(config)
     expected = {"grpo": ("grpo", "vanilla"), "dapo": ("grpo", "vanilla"), "sc_grpo": ("sc_grpo", "sc_grpo"),
-                "sdpo": ("grpo", "sdpo"), "sdpg": ("grpo", "sdpg")}[name]
+                "sdpo": ("grpo", "sdpo"), "sdpg": ("grpo", "sdpg"), "opsd": ("grpo", "opsd")}[name]
     assert (config.algorithm.adv_estimator, actor.policy_loss.loss_mode) == expected
-    if name in ("sc_grpo", "sdpo", "sdpg"):
+    if name in ("sc_grpo", "sdpo", "sdpg", "opsd"):
         assert actor.policy_loss.self_teacher.enable
         # the estimator sees the same section through the algorithm interpolation
         assert SelfTeacherConfig.from_mapping(config.algorithm.self_teacher) == actor.policy_loss.self_teacher

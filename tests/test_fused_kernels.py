@@ -16,7 +16,8 @@ import torch
 from conftest import HIDDEN, VOCAB, make_micro_batch, nested
 from scgrpo_verl.algos.sc_grpo import ROUTE_WEIGHTED
 from scgrpo_verl.engine_path import StandInEngine, stand_in_teacher
-from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass, self_teacher_loss
+from scgrpo_verl.batch_keys import DIVERGENCE_KEY
+from scgrpo_verl.losses import self_teacher_log_prob_pass, self_teacher_loss
 
 PROMPTS, RESPONSES = [3, 2, 4, 3], [4, 6, 3, 5]
 

@@ -213,6 +213,7 @@ def test_sdpg_loss_matches_naive(tiny_model):
 @pytest.mark.parametrize("name,overrides,non_tensor", [
     ("sdpo", ("self_teacher.sdpo.distillation=topk", "self_teacher.sdpo.topk=4"), {}),
     ("sdpg", ("self_teacher.sdpg.beta_base=0.5",), {"global_steps": 60}),
+    ("opsd", (), {}),
 ])
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batches_sum_to_the_whole_batch_loss(tiny_model, name, overrides, non_tensor, agg):
@@ -316,3 +317,53 @@ def test_sc_grpo_batch_threshold_scope_uses_the_given_c(tiny_model):
     assert metrics["self_teacher/sc_c"] == pytest.approx(0.37)
     with pytest.raises(ValueError, match="sc_threshold"):
         engine_loss(tiny_model, make_micro_batch(PROMPTS, RESPONSES, extra=extra), loss_fns(config)[0])
+
+
+@pytest.mark.parametrize("overrides,kind", [
+    ((), "forward"),  # the paper's default: forward KL(q || p), full vocabulary
+    (("self_teacher.opsd.divergence=reverse_kl",), "reverse"),
+    (("self_teacher.opsd.divergence=jsd", "self_teacher.opsd.beta=0.3"), 0.3),
+])
+def test_opsd_loss_matches_naive(tiny_model, overrides, kind):
+    """OPSD: the sequence-mean of each rollout's token-mean divergence (seq-mean-token-mean, the paper's Eq. 6/8),
+    over the rollouts with a teacher (a row without a reference solution counts with 0); no policy-gradient term."""
+    config = actor_config("opsd", *overrides)
+    hidden, teacher = _teacher_logits(6)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_hidden": nested(hidden), "self_teacher_mask": mask})
+    ours, _ = loss_fns(config)
+    loss, metrics = engine_loss(tiny_model, td, ours)
+    with torch.no_grad():
+        s_logits, _ = student_log_probs(tiny_model, td)
+    total = 0.0
+    for i, r in enumerate(RESPONSES):
+        if not mask[i]:
+            continue
+        per_token = []
+        for t in range(r):
+            p, q = s_logits[i, t].softmax(-1).tolist(), teacher[i][t].softmax(-1).tolist()
+            per_token.append(naive_kl(q, p) if kind == "forward" else naive_kl(p, q) if kind == "reverse"
+                             else naive_jsd(p, q, kind))
+        total += sum(per_token) / r
+    expected = total / len(RESPONSES)
+    assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert metrics["self_teacher/distill_loss"].aggregate() == pytest.approx(expected, rel=1e-4)
+
+
+def test_opsd_topk_is_the_student_topk_with_a_tail_bucket(tiny_model):
+    """``opsd.distillation=topk``: forward KL over the student's top-k ids plus one tail bucket per distribution."""
+    config = actor_config("opsd", "self_teacher.opsd.distillation=topk", "self_teacher.opsd.topk=5",
+                          "actor_rollout_ref.actor.loss_agg_mode=token-mean")
+    hidden, teacher = _teacher_logits(7)
+    td = make_micro_batch(PROMPTS, RESPONSES, extra={"teacher_hidden": nested(hidden), "self_teacher_mask": torch.ones(4)})
+    loss, _ = engine_loss(tiny_model, td, loss_fns(config)[0])
+    with torch.no_grad():
+        s_logits, _ = student_log_probs(tiny_model, td)
+    total = 0.0
+    for i, r in enumerate(RESPONSES):
+        for t in range(r):
+            p, q = s_logits[i, t].softmax(-1), teacher[i][t].softmax(-1)
+            ids = p.topk(5).indices
+            p_k, q_k = p[ids].tolist(), q[ids].tolist()
+            total += naive_kl(q_k + [1 - sum(q_k)], p_k + [1 - sum(p_k)])
+    assert loss.item() == pytest.approx(total / sum(RESPONSES), rel=1e-4, abs=1e-7)

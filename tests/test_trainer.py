@@ -11,9 +11,10 @@ from transfer_queue import KVBatchMeta
 from fake_tq import FakeTransferQueue
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGHTED, solve_none_pseudo_advantage
 from scgrpo_verl.compose import compose_config
-from scgrpo_verl.config import SelfTeacherConfig
+from scgrpo_verl.settings import SelfTeacherConfig
 from scgrpo_verl.losses import self_teacher_loss
-from scgrpo_verl.trainer import TRAINER_MODE, apply_solve_none_advantages, validate_self_teacher_config
+from scgrpo_verl.methods import get_method
+from scgrpo_verl.trainer import TRAINER_MODE, apply_method_advantages, validate_self_teacher_config
 
 
 def test_trainer_mode_is_registered_with_verl():
@@ -78,7 +79,7 @@ def test_solve_none_advantages_written_back_to_transfer_queue(monkeypatch):
         fake.rows[("train", key)]["uid"] = "a" if i < 4 else ("b" if i < 6 else "c")
     batch = KVBatchMeta(keys=keys, tags=[{}] * 8, partition_id="train")
     metrics = {}
-    apply_solve_none_advantages(batch, SelfTeacherConfig(), metrics)
+    apply_method_advantages(batch, get_method("sc_grpo"), SelfTeacherConfig(), metrics)
 
     width = max(lengths)
     padded = torch.zeros(8, width)
@@ -217,7 +218,7 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
     # advantage step: verl's GRPO gives the all-wrong group b zero advantages; SC-GRPO replaces them
     fake.kv_batch_put(keys, "train", TensorDict({"advantages": nested(torch.zeros(len(r)) for r in responses)},
                                                 batch_size=[len(keys)]))
-    batch = apply_solve_none_advantages(batch, trainer.self_teacher, metrics)
+    batch = apply_method_advantages(batch, trainer.method, trainer.self_teacher, metrics)
     advantages = [fake.rows[("train", key)]["advantages"] for key in keys]
     assert all(torch.equal(a, torch.zeros_like(a)) for a in advantages[:3])
     assert any(a.abs().sum() > 0 for a in advantages[3:])
@@ -286,7 +287,7 @@ def test_disabled_self_teacher_leaves_every_step_to_verl(monkeypatch):
 def test_rollout_indices_from_verl_keys():
     """verl's TransferQueue keys are {uid}_{session_id}_{output} (uids may hold underscores); the teacher draws
     follow (uid, index), so they are the same whatever order verl puts the batch in."""
-    from scgrpo_verl.trainer import rollout_indices
+    from scgrpo_verl.step import rollout_indices
 
     assert rollout_indices(["3f_a_2_0", "3f_a_0_0", "b_1_1"]) == [(2, 0), (0, 0), (1, 1)]
     assert rollout_indices(["3f_a_2_0", "k0"]) == [None, None]  # not verl's format: batch order for all
@@ -294,7 +295,7 @@ def test_rollout_indices_from_verl_keys():
 
 def test_canonical_keys_follow_content_not_uids_or_sessions():
     """Two runs with other uids and another session assignment give the same sort order of groups and rollouts."""
-    from scgrpo_verl.trainer import canonical_keys
+    from scgrpo_verl.step import canonical_keys
 
     prompts = {"a": [5, 6, 7], "b": [9, 9]}
     rows = [("a", [1, 2]), ("a", [3]), ("b", [4, 4, 4]), ("b", [2])]
@@ -315,7 +316,7 @@ def test_canonical_keys_follow_content_not_uids_or_sessions():
 
 def test_teacher_input_tensor_is_prompt_plus_own_response_and_placeholders():
     from scgrpo_verl.teacher.engine_forward import jagged
-    from scgrpo_verl.trainer import teacher_input_tensor
+    from scgrpo_verl.step import teacher_input_tensor
 
     g = torch.Generator().manual_seed(0)
     responses = [torch.randint(100, (n,), generator=g) for n in (5, 0, 3, 4)]

@@ -11,7 +11,8 @@ import torch
 
 from conftest import VOCAB, make_micro_batch, nested, teacher_loss
 from scgrpo_verl.engine_path import StandInEngine, sc_grpo_divergence
-from scgrpo_verl.losses import DIVERGENCE_KEY, PASS_OPTION, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY, self_teacher_loss
+from scgrpo_verl.batch_keys import DIVERGENCE_KEY, PASS_OPTION, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY
+from scgrpo_verl.losses import self_teacher_loss
 from scgrpo_verl.worker import EMA_CHECKPOINT_DIR, SelfTeacherWorker
 
 PROMPTS, RESPONSES = [3, 2, 4], [4, 5, 3]

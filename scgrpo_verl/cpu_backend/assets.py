@@ -148,7 +148,8 @@ def math_rows(n: int = 16, split: str = "train", seed: int = 0) -> list[dict]:
                 ],
                 "ability": "math",
                 "reward_model": {"style": "rule", "ground_truth": str(a + b)},
-                "extra_info": {"split": split, "index": i},
+                # a worked solution in data_prep's gsm8k layout (OPSD's teacher reads it)
+                "extra_info": {"split": split, "index": i, "reference_solution": f"{a} + {b} = {a + b}.\n#### {a + b}"},
             }
         )
     return rows

@@ -245,11 +245,15 @@ def run_overrides(assets: AssetPaths, method: str, seed: int, lr: float = 1e-3, 
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
         "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
     ]
-    if method in ("sc_grpo", "sdpo", "sdpg"):  # the plugin's methods (grpo / dapo configs have no self_teacher)
+    from scgrpo_verl.methods import is_method
+
+    if is_method(method):  # the plugin's methods (grpo / dapo configs have no self_teacher)
         overrides.append(f"self_teacher.sc_grpo.seed={seed}")
-    if method == "sdpg":
-        overrides += ["self_teacher.sdpg.warmup_steps=0", "self_teacher.sdpg.decay_steps=0"]
-    return overrides
+    return overrides + list(TASK_OVERRIDES.get(method, ()))
+
+
+#: per-config overrides of the 20-step task: SDPG's beta(k) at its peak from step 1 (its paper warms up over 50)
+TASK_OVERRIDES = {"sdpg": ("self_teacher.sdpg.warmup_steps=0", "self_teacher.sdpg.decay_steps=0")}
 
 
 def main(argv=None) -> int:

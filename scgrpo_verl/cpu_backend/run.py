@@ -105,8 +105,18 @@ STAGE_LABELS = {
     "save_checkpoint": "checkpoint",
     "testing": "validation",
 }
-# the stage that runs the self-teacher's forward pass, per loss mode (scgrpo_verl/trainer.py)
-TEACHER_STAGE = {"sc_grpo": "old_log_prob", "sdpo": "update_actor", "sdpg": "update_actor"}
+# verl's timing stage of the pass that runs a method's teacher (SelfTeacherMethod.teacher_pass)
+PASS_STAGES = {"log_prob": "old_log_prob", "update": "update_actor"}
+
+
+def teacher_stage(loss_mode: Optional[str]) -> Optional[str]:
+    """The stage whose time ``cpu-run`` reports as the teacher's, for a method with its default options."""
+    from scgrpo_verl.methods import get_method, is_method
+    from scgrpo_verl.settings import SelfTeacherConfig
+
+    if not is_method(loss_mode):
+        return None
+    return PASS_STAGES.get(get_method(loss_mode).teacher_pass(SelfTeacherConfig()))
 RAY_UP = "Started a local Ray instance"
 # verl's start-up milestones after Ray is up (its INFO lines), as cpu-run says them
 MILESTONES = (
@@ -138,7 +148,7 @@ class Progress:
 
     def __init__(self, steps: int, start: Optional[float] = None, loss_mode: Optional[str] = None):
         self.steps = steps
-        self.teacher_stage = TEACHER_STAGE.get(loss_mode or "")
+        self.teacher_stage = teacher_stage(loss_mode)
         self.start = time.monotonic() if start is None else start
         self.step = 0
         self.last = "starting main_ppo"

@@ -74,7 +74,7 @@ from scgrpo_verl.teacher.templates import (
 )
 
 if TYPE_CHECKING:  # scgrpo_verl.config imports verl; this module must not
-    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.settings import TeacherConfig
 
 METHODS = ("sc_grpo", "sdpo", "sdpg")
 SOURCES = ("solution", "feedback", "solution+feedback", "privileged", "reference")

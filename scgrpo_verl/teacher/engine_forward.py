@@ -28,8 +28,7 @@ from typing import NamedTuple, Optional
 import torch
 from tensordict import TensorDict
 
-TEACHER_INPUT_KEY = "teacher_input_ids"
-TEACHER_MASK_KEY = "self_teacher_mask"
+from scgrpo_verl.batch_keys import TEACHER_INPUT_KEY, TEACHER_MASK_KEY
 
 
 def jagged(rows) -> torch.Tensor:

@@ -58,39 +58,45 @@ def _error(name: str, message: str) -> ValueError:
     return ValueError(f"{KEY_PREFIX}.{name}: {message}")
 
 
-def template_placeholders(name: str, template: str) -> set[str]:
-    """The ``{placeholder}`` names of ``template``; positional, attribute, index and format-spec
-    fields are rejected (they would make rendering depend on the inserted text)."""
+def template_placeholders(key: str, template: str) -> set[str]:
+    """The ``{placeholder}`` names of ``template`` (the option ``key``); positional, attribute, index and
+    format-spec fields are rejected (they would make rendering depend on the inserted text)."""
     found = set()
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:  # unbalanced braces
-        raise _error(name, f"malformed template ({exc}); write a literal brace as '{{{{' or '}}}}'") from None
+        raise ValueError(f"{key}: malformed template ({exc}); write a literal brace as '{{{{' or '}}}}'") from None
     for _, field_name, format_spec, conversion in parsed:
         if field_name is None:
             continue
         if field_name == "" or field_name.isdigit():
-            raise _error(name, "positional placeholders ('{}' / '{0}') are not allowed; use named ones")
+            raise ValueError(f"{key}: positional placeholders ('{{}}' / '{{0}}') are not allowed; use named ones")
         if not field_name.isidentifier():
-            raise _error(name, f"placeholder {{{field_name}}} must be a plain name (no attribute or index access)")
+            raise ValueError(f"{key}: placeholder {{{field_name}}} must be a plain name (no attribute or index access)")
         if format_spec or conversion:
-            raise _error(name, f"placeholder {{{field_name}}} must not carry a conversion or format spec")
+            raise ValueError(f"{key}: placeholder {{{field_name}}} must not carry a conversion or format spec")
         found.add(field_name)
     return found
 
 
-def _check_template(name: str, template: Any) -> None:
+def check_template(key: str, template: Any, allowed: set, required: set) -> None:
+    """A ``ValueError`` naming option ``key`` unless ``template`` is a string whose placeholders are among
+    ``allowed`` and include every ``required`` one."""
     if not isinstance(template, str):
-        raise _error(name, f"must be a string, got {type(template).__name__}")
-    allowed, required = PLACEHOLDERS[name]
-    found = template_placeholders(name, template)
-    unknown = sorted(found - allowed)
+        raise ValueError(f"{key}: must be a string, got {type(template).__name__}")
+    found = template_placeholders(key, template)
+    unknown = sorted(found - set(allowed))
     if unknown:
         allowed_text = ", ".join("{" + p + "}" for p in sorted(allowed)) or "none"
-        raise _error(name, f"unknown placeholder {{{unknown[0]}}}; allowed: {allowed_text}")
-    missing = sorted(required - found)
+        raise ValueError(f"{key}: unknown placeholder {{{unknown[0]}}}; allowed: {allowed_text}")
+    missing = sorted(set(required) - found)
     if missing:
-        raise _error(name, f"missing required placeholder {{{missing[0]}}}")
+        raise ValueError(f"{key}: missing required placeholder {{{missing[0]}}}")
+
+
+def _check_template(name: str, template: Any) -> None:
+    allowed, required = PLACEHOLDERS[name]
+    check_template(f"{KEY_PREFIX}.{name}", template, allowed, required)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import torch
 from tokenizer_utils import build_byte_level_tokenizer
 
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGHTED
-from scgrpo_verl.config import TeacherConfig
+from scgrpo_verl.settings import TeacherConfig
 from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids, strip_thinking
 from scgrpo_verl.teacher.templates import TemplateConfig, sdpg_teacher_messages
 
@@ -719,7 +719,7 @@ def test_think_block_demonstrations_reuse_ids(tok):
 def test_teacher_prompt_uses_the_students_chat_template_kwargs(tmp_path):
     """verl renders the student's prompt with data.apply_chat_template_kwargs (e.g. Qwen3's enable_thinking=False
     adds an empty think block); the teacher prompt must be rendered with the same arguments."""
-    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.settings import TeacherConfig
     from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
     from tokenizer_utils import build_byte_level_tokenizer
 

@@ -1,0 +1,63 @@
+"""OPSD, On-Policy Self-Distillation (arXiv 2601.18734): the same model, with the dataset's verified reference
+solution after the question, is the teacher; the student minimises the per-token divergence to it over the
+vocabulary on its own rollouts. No reward enters the loss (pure distillation).
+
+The teacher runs in the actor update; by default it holds the initial weights (``teacher.weights: frozen``, the
+paper's choice) in the ref engine.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from scgrpo_verl.algos.divergence import resolve_kind
+from scgrpo_verl.errors import ConfigError
+from scgrpo_verl.methods.base import LossInputs, SelfTeacherMethod, register_method
+from scgrpo_verl.settings import OPSD_TEACHER_WEIGHTS
+from scgrpo_verl.teacher import plans
+from scgrpo_verl.teacher.templates import normalize_messages, replace_last_user_message
+
+
+@register_method("opsd")
+class OPSD(SelfTeacherMethod):
+    options = "opsd"
+    loss_metric = "distill_loss"
+
+    def check(self, settings) -> None:
+        if settings.teacher.weights not in OPSD_TEACHER_WEIGHTS:
+            raise ConfigError(f"self_teacher.teacher.weights: OPSD's teacher is {' or '.join(OPSD_TEACHER_WEIGHTS)}, "
+                              f"got {settings.teacher.weights!r}")
+
+    # -- contexts -----------------------------------------------------------------------------------------
+    def context_fields(self, settings) -> tuple[str, ...]:
+        return ("extra_info",)
+
+    def privileged_text(self, settings, row: dict) -> Optional[str]:
+        """The row's reference solution, ``extra_info[opsd.reference_key]`` (``None`` when the row has none)."""
+        value = dict(row.get("extra_info") or {}).get(settings.opsd.reference_key)
+        return None if value is None or not str(value).strip() else str(value)
+
+    def plan_contexts(self, batch, settings):
+        template = settings.opsd.template
+
+        def teacher_messages(prompt, pieces):
+            return replace_last_user_message(
+                normalize_messages(prompt), lambda content: template.format(prompt=content, reference=pieces[0]))
+
+        return plans.privileged_plans(batch, "reference", ("opsd", template), teacher_messages)
+
+    # -- loss ---------------------------------------------------------------------------------------------
+    def loss(self, inputs: LossInputs, pg_loss: torch.Tensor) -> torch.Tensor:
+        """sum_t c_t D_t over the tokens with a teacher (c_t: verl's aggregation weights), D the per-token
+        divergence of ``opsd.divergence`` between the reference-conditioned teacher q and the student p (OPSD,
+        arXiv 2601.18734 Eq. 6-8); the policy-gradient term is not used."""
+        cfg = inputs.settings.opsd
+        teacher = inputs.require_teacher(self.name)
+        kind, alpha = resolve_kind(cfg.divergence, cfg.beta if cfg.divergence == "jsd" else None)
+        coefficients = inputs.token_weights(inputs.response_mask) * inputs.teacher_mask
+        topk = cfg.topk if cfg.distillation == "topk" else None
+        distill_loss, _ = teacher.divergence(coefficients, kind, alpha, topk=topk)
+        inputs.log_metric(f"self_teacher/{self.loss_metric}", distill_loss.detach())
+        return distill_loss
