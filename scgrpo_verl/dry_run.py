@@ -192,7 +192,7 @@ def dry_run(
         stand_in_teacher,
     )
     from scgrpo_verl.losses import self_teacher_loss
-    from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts, chat_template_ids
+    from scgrpo_verl.teacher import Rollout, build_teacher_contexts, chat_template_ids
     from scgrpo_verl.trainer import chat_template_kwargs, validate_self_teacher_config
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
     from verl.workers.utils.losses import ppo_loss

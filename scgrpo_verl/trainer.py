@@ -169,7 +169,7 @@ class SelfTeacherTrainer(PPOTrainerSync):
     def _put_teacher_contexts(self, batch, metrics: dict):
         """Teacher contexts of every rollout (``teacher_input_ids``, ``self_teacher_mask``, SC-GRPO's routes)
         into TransferQueue next to the batch; returns (batch meta, contexts)."""
-        from scgrpo_verl.teacher.context import Rollout, build_teacher_contexts
+        from scgrpo_verl.teacher import Rollout, build_teacher_contexts
 
         tq = trainer_base.tq
         fields = ["uid", "raw_prompt", "input_ids", "responses", "rm_scores"]
