@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from scgrpo_verl.cpu_backend.realistic_text import KINDS, build_realistic_tokenizer
-    from scgrpo_verl.teacher import context as after
+    import scgrpo_verl.teacher as after
+    from scgrpo_verl.teacher.splice import byte_level_tables
 
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in KINDS]
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
         sys.exit(f"--kinds: unknown kind {unknown[0]!r}; allowed: {','.join(KINDS)}")
     before = None if args.no_before else load_before()
     tok = build_realistic_tokenizer(tempfile.mkdtemp(), args.style)
-    after._byte_level_tables(tok)  # one-time per tokenizer (cached); timed apart
+    byte_level_tables(tok)  # one-time per tokenizer (cached); timed apart
     if before is not None:
         before._byte_level_tables(tok)
     print(f"tokenizer: byte-level BPE ({args.style} pre-tokeniser), vocab {len(tok)}; torch threads "

@@ -281,7 +281,7 @@ def explain(
     (:func:`grade_rollout`) and write the page."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scgrpo_verl.teacher.context import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -127,6 +127,54 @@ def teacher_loss(model, micro_batch, loss_fn, teacher_fn=stored_teacher):
     return engine_loss(model, micro_batch, loss_fn)
 
 
+# --------------------------------------------------------------------------- teacher contexts (tests/teacher/)
+
+HEADER = "<|im_start|>assistant\n"  # ChatML's generation header
+QUESTION = "What is 2 + 3?"
+LONG = " ".join(f"step {i}: add the numbers carefully." for i in range(60))
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A real local fast byte-level BPE tokenizer with ChatML (tests/tokenizer_utils.py)."""
+    from tokenizer_utils import build_byte_level_tokenizer
+
+    return build_byte_level_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def make(tok, uid, text, score, question=QUESTION, system=None, feedback="", privileged=None):
+    """A :class:`~scgrpo_verl.teacher.Rollout` answering ``question`` with ``text``."""
+    from scgrpo_verl.teacher import Rollout
+
+    prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return Rollout(
+        uid=uid,
+        prompt=prompt,
+        response_ids=tok.encode(text, add_special_tokens=False),
+        response_text=text,
+        score=score,
+        feedback=feedback,
+        privileged=privileged,
+    )
+
+
+def group(tok, uid, scores, **kwargs):
+    return [make(tok, uid, f"answer {uid}-{i} is {s}", s, **kwargs) for i, s in enumerate(scores)]
+
+
+def decode(tok, ids):
+    return tok.decode(ids, skip_special_tokens=False)
+
+
+def build_contexts(rollouts, tok, method, seed=0, templates=None, **teacher):
+    """``build_teacher_contexts`` with a ``TeacherConfig(**teacher)`` and a generator seeded with ``seed``."""
+    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.teacher import build_teacher_contexts
+
+    gen = torch.Generator().manual_seed(seed)
+    return build_teacher_contexts(rollouts, tok, method, TeacherConfig(**teacher), templates, generator=gen)
+
+
 # --------------------------------------------------------------------------- memory for the slow verl runs
 
 SLOW_RUN_MEMORY_GIB = 6  # one cpu-run at its peak (~5 GB) plus headroom; the miniature sizes its own parallelism

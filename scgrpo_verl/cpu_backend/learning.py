@@ -123,7 +123,7 @@ def warm_start_examples(n: int, seed: int = 0, correct: float = WARM_CORRECT, te
 
 
 def _encode(tokenizer, messages, target: str) -> tuple[list[int], int]:
-    from scgrpo_verl.teacher.context import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
 
     prompt = chat_template_ids(tokenizer, messages)
     response = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
@@ -172,7 +172,7 @@ def answer_probabilities(model, tokenizer, messages_list, answers) -> list[float
     """Probability the model gives the right digit as its first response token, per (messages, answer)."""
     import torch
 
-    from scgrpo_verl.teacher.context import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
 
     out = []
     with torch.no_grad():

@@ -1,14 +1,9 @@
 """The self-teacher: teacher contexts (prompts) per rollout and the teacher pass on a causal LM."""
 
-from scgrpo_verl.teacher.context import (
-    METHODS,
-    Rollout,
-    TeacherContexts,
-    build_teacher_contexts,
-    chat_template_ids,
-    fit_teacher_prompt,
-    strip_thinking,
-)
+from scgrpo_verl.teacher.contexts import TeacherContexts, build_teacher_contexts
+from scgrpo_verl.teacher.fit import chat_template_ids, fit_teacher_prompt
+from scgrpo_verl.teacher.plans import METHODS
+from scgrpo_verl.teacher.rollouts import Rollout, strip_thinking
 from scgrpo_verl.teacher.templates import (
     TemplateConfig,
     sc_grpo_teacher_messages,

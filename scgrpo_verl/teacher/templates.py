@@ -27,7 +27,7 @@ SDPG (section 3). The LAST user message's content becomes
 ``sdpg_privileged.format(prompt=<original content>, privileged=<hint / reference answer>)``.
 
 ``truncation_marker`` is inserted where a demonstration, feedback or hint was cut to fit
-``teacher.max_reprompt_len`` (``scgrpo_verl.teacher.context``).
+``teacher.max_reprompt_len`` (``scgrpo_verl.teacher.fit``).
 
 Placeholders are ``{name}`` fields of :meth:`str.format`; a literal brace is written ``{{`` / ``}}``.
 Each template is checked at construction: an unknown placeholder or a missing required one is a
@@ -156,7 +156,7 @@ class TemplateConfig:
         return self.sc_grpo_guide if self.sc_grpo_solve_none_guide is None else self.sc_grpo_solve_none_guide
 
 
-# -- message builders (shared by scgrpo_verl.teacher.context and scgrpo_verl.explain) --------------------
+# -- message builders (shared by scgrpo_verl.teacher.plans and scgrpo_verl.explain) ----------------------
 def normalize_messages(messages: Any) -> list[dict]:
     """Chat messages as a list of plain ``{"role", "content", ...}`` dicts (accepts numpy arrays of dicts)."""
     if isinstance(messages, (str, bytes)) or not hasattr(messages, "__iter__"):

@@ -137,7 +137,7 @@ def _fixed_set(tokenizer, n=16, seed=7, wrong=True):
     the response is a wrong digit (``wrong``) or the right one, then end-of-turn."""
     import random
 
-    from scgrpo_verl.teacher.context import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sdpo_teacher_messages
 
     rng = random.Random(seed)
@@ -235,7 +235,7 @@ def test_sdpg_opd_term_falls_on_a_fixed_set(assets):
     actor = _actor_config("sdpg", "self_teacher.sdpg.beta_base=1.0", "self_teacher.sdpg.warmup_steps=0",
                           "self_teacher.sdpg.decay_steps=0")
     prompts, responses, _ = _fixed_set(tokenizer, wrong=False)
-    from scgrpo_verl.teacher.context import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sdpg_teacher_messages
 
     hint_prompts = []
