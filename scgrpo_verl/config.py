@@ -1,15 +1,3 @@
-"""Validated configuration of the plugin (one source of truth for defaults).
-
-The YAML section ``self_teacher`` (``configs/self_teacher_defaults.yaml``) mirrors
-:class:`SelfTeacherConfig` field by field; a test keeps the two equal. verl sees the section
-in two places, both interpolated from the one top-level section:
-
-- ``actor_rollout_ref.actor.policy_loss`` becomes :class:`SelfTeacherPolicyLossConfig` (its
-  ``_target_``), so verl's own ``validate_config`` builds and checks it at start-up, and the
-  actor's loss reads ``config.policy_loss.self_teacher``;
-- ``algorithm.self_teacher`` reaches the ``sc_grpo`` advantage estimator.
-"""
-
 """The verl side of the plugin's configuration: verl's ``PolicyLossConfig`` plus the ``self_teacher`` section (glue).
 
 The options themselves are the plain dataclasses of :mod:`scgrpo_verl.settings`. verl sees
@@ -18,7 +6,7 @@ the one ``self_teacher`` section in two places, both interpolated from it:
 - ``actor_rollout_ref.actor.policy_loss`` becomes :class:`SelfTeacherPolicyLossConfig` (its ``_target_``), so
   verl's own ``validate_config`` builds and checks it at start-up, and the actor's loss reads
   ``config.policy_loss.self_teacher``;
-- ``algorithm.self_teacher`` reaches the ``sc_grpo`` advantage estimator.
+- ``algorithm.self_teacher`` reaches the advantage step.
 """
 
 from __future__ import annotations
@@ -26,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from scgrpo_verl.methods import METHOD_REGISTRY, get_method, is_method, method_names
+from scgrpo_verl.methods import METHOD_REGISTRY, get_method, is_method
 from scgrpo_verl.settings import SelfTeacherConfig
 
 
@@ -89,6 +77,3 @@ class SelfTeacherPolicyLossConfig(_policy_loss_base()):
                 raise ValueError(f"self_teacher.enable: loss_mode {self.loss_mode!r} needs the self-teacher; "
                                  "set self_teacher.enable=true")
             get_method(self.loss_mode).check(self.self_teacher)
-        elif self.self_teacher.enable:
-            raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode: the self-teacher needs one of "
-                             f"{method_names()}, got {self.loss_mode!r}")

@@ -208,7 +208,7 @@ def dry_run(
     from scgrpo_verl.methods import LOG_PROB_PASS, UPDATE_PASS, get_method
     from scgrpo_verl.settings import SelfTeacherConfig
     from scgrpo_verl.teacher.engine_forward import count_teacher_tokens
-    from scgrpo_verl.teacher.templates import chat_template_ids
+    from scgrpo_verl.teacher.fit import chat_template_ids
     from scgrpo_verl.trainer import validate_self_teacher_config
 
     if groups < 1:

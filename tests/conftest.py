@@ -6,6 +6,8 @@ from tensordict import TensorDict
 
 from scgrpo_verl.engine_path import engine_loss, nested  # noqa: F401  (re-exported for the tests)
 
+from scgrpo_verl.methods import get_method
+
 VOCAB = 48
 HIDDEN = 16
 
@@ -168,11 +170,11 @@ def decode(tok, ids):
 
 def build_contexts(rollouts, tok, method, seed=0, templates=None, **teacher):
     """``build_teacher_contexts`` with a ``TeacherConfig(**teacher)`` and a generator seeded with ``seed``."""
-    from scgrpo_verl.config import TeacherConfig
+    from scgrpo_verl.settings import TeacherConfig
     from scgrpo_verl.teacher import build_teacher_contexts
 
     gen = torch.Generator().manual_seed(seed)
-    return build_teacher_contexts(rollouts, tok, method, TeacherConfig(**teacher), templates, generator=gen)
+    return build_teacher_contexts(rollouts, tok, get_method(method), TeacherConfig(**teacher), templates, generator=gen)
 
 
 # --------------------------------------------------------------------------- memory for the slow verl runs

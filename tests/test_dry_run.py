@@ -29,7 +29,8 @@ def test_sc_grpo_dry_run_routes_masks_and_weights(workdir):
     # every weighted rollout has a verified sibling; the solve-none reference itself and the plain group do not
     assert report.masks["self_teacher_mask"][:4] == [1] * 4 and report.masks["self_teacher_mask"][8:] == [0] * 4
     assert sum(report.masks["self_teacher_mask"][4:8]) == 3
-    assert 0.0 <= report.weight_quantiles["p0"] <= report.weight_quantiles["p100"] < 1.0
+    assert 0.0 < report.metrics["self_teacher/sc_weight_mean"] < 1.0  # f(D) on the weighted route's tokens
+    assert report.metrics["self_teacher/frac_solve_none"] == pytest.approx(1 / 3)
     assert report.divergence_quantiles["p0"] >= 0.0
     assert math.isfinite(report.loss) and report.grad_norm > 0
     assert report.metrics["self_teacher/frac_groups_with_success"] == pytest.approx(2 / 3)
@@ -37,13 +38,14 @@ def test_sc_grpo_dry_run_routes_masks_and_weights(workdir):
     assert 0 < report.teacher_tokens and math.isfinite(report.time_ratio)
 
 
-@pytest.mark.parametrize("name", ["sdpo", "sdpg"])
+@pytest.mark.parametrize("name", ["sdpo", "sdpg", "opsd"])
 def test_distillation_dry_runs(workdir, name):
     report = dry_run(name, groups=3, group_size=3, max_new_tokens=8, workdir=workdir)
     assert list(report.timings) == DISTILLATION_STAGES
     # SDPO: a verified sibling (never itself) or the failure's feedback; SDPG: the answer hint for every rollout
     assert report.masks["self_teacher_mask"] == [1] * 9
-    expected_sources = {"sdpo": {"solution", "feedback"}, "sdpg": {"privileged"}}[name]
+    # OPSD: the row's worked reference solution (extra_info.reference_solution) for every rollout
+    expected_sources = {"sdpo": {"solution", "feedback"}, "sdpg": {"privileged"}, "opsd": {"reference"}}[name]
     assert set(report.masks["source"]) == expected_sources
     assert math.isfinite(report.loss) and report.grad_norm > 0
     if name == "sdpg":

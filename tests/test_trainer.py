@@ -173,7 +173,7 @@ def test_teacher_step_and_advantage_step_through_transfer_queue(monkeypatch, tmp
 
     trainer = SelfTeacherTrainer.__new__(SelfTeacherTrainer)  # no Ray: only what the teacher step reads
     trainer.self_teacher = SelfTeacherConfig.from_mapping({"enable": True})
-    trainer.loss_mode = "sc_grpo"
+    trainer.loss_mode, trainer.method, trainer._method_state = "sc_grpo", get_method("sc_grpo"), {}
     trainer.tokenizer = tokenizer
     trainer.teacher_generator = torch.Generator().manual_seed(0)
     trainer.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"temperature": 1.0}}, "algorithm": {}})
@@ -249,6 +249,7 @@ def test_update_options_reach_the_workers_after_verls_own(loss_mode, distillatio
     alpha = 1.0 if distillation == "sampled_token" else 0.5
     trainer.self_teacher = SelfTeacherConfig.from_mapping({"enable": True, "sdpo": {"distillation": distillation, "alpha": alpha}})
     trainer.loss_mode, trainer.global_steps = loss_mode, 7
+    trainer.method, trainer._method_state = get_method(loss_mode), {}
     trainer.actor_loss_config = SimpleNamespace(policy_loss=SimpleNamespace(loss_mode=loss_mode))
     assert trainer._teacher_in_update() is expected
     trainer.actor_rollout_wg = WorkerGroup()
@@ -274,7 +275,7 @@ def test_disabled_self_teacher_leaves_every_step_to_verl(monkeypatch):
 
     trainer = SelfTeacherTrainer.__new__(SelfTeacherTrainer)
     trainer.self_teacher = SelfTeacherConfig()  # enable: false
-    trainer.loss_mode = "vanilla"
+    trainer.loss_mode, trainer.method = "vanilla", None
     trainer.actor_rollout_wg = NoCalls()
     batch = KVBatchMeta(keys=["a"], tags=[{}], extra_info={"temperature": 1.0})
     metrics = {}

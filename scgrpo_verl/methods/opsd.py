@@ -8,6 +8,7 @@ paper's choice) in the ref engine.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -16,7 +17,7 @@ from scgrpo_verl.algos.divergence import resolve_kind
 from scgrpo_verl.errors import ConfigError
 from scgrpo_verl.methods.base import LossInputs, SelfTeacherMethod, register_method
 from scgrpo_verl.settings import OPSD_TEACHER_WEIGHTS
-from scgrpo_verl.teacher import plans
+from scgrpo_verl.teacher.plans import BatchPlan, privileged_plans, refuse_routes
 from scgrpo_verl.teacher.templates import normalize_messages, replace_last_user_message
 
 
@@ -39,14 +40,11 @@ class OPSD(SelfTeacherMethod):
         value = dict(row.get("extra_info") or {}).get(settings.opsd.reference_key)
         return None if value is None or not str(value).strip() else str(value)
 
-    def plan_contexts(self, batch, settings):
-        template = settings.opsd.template
-
-        def teacher_messages(prompt, pieces):
-            return replace_last_user_message(
-                normalize_messages(prompt), lambda content: template.format(prompt=content, reference=pieces[0]))
-
-        return plans.privileged_plans(batch, "reference", ("opsd", template), teacher_messages)
+    def plan_contexts(self, batch, settings, generator=None, routes=None, references=None) -> BatchPlan:
+        """Every rollout whose row has a reference solution gets the reference-conditioned teacher; a row without
+        one gets no teacher (counted in ``self_teacher/frac_rollouts_with_teacher``)."""
+        refuse_routes(self.name, routes, references)
+        return privileged_plans(batch, "reference", partial(reference_template, template=settings.opsd.template))
 
     # -- loss ---------------------------------------------------------------------------------------------
     def loss(self, inputs: LossInputs, pg_loss: torch.Tensor) -> torch.Tensor:
@@ -61,3 +59,10 @@ class OPSD(SelfTeacherMethod):
         distill_loss, _ = teacher.divergence(coefficients, kind, alpha, topk=topk)
         inputs.log_metric(f"self_teacher/{self.loss_metric}", distill_loss.detach())
         return distill_loss
+
+
+def reference_template(prompt, pieces, templates, template: str):
+    """(student prompt, piece texts, templates) -> teacher messages: the last user message becomes ``template``
+    with the question as ``{prompt}`` and the reference solution as ``{reference}``."""
+    return replace_last_user_message(normalize_messages(prompt),
+                                     lambda content: template.format(prompt=content, reference=pieces[0]))

@@ -15,6 +15,8 @@ import torch
 from scgrpo_verl.algos.sc_grpo import (
     ROUTE_SOLVE_NONE,
     ROUTE_WEIGHTED,
+    draw_solve_none_references,
+    route_groups,
     sc_weight,
     sc_weight_constant,
     solve_none_pseudo_advantage,
@@ -22,7 +24,9 @@ from scgrpo_verl.algos.sc_grpo import (
 from scgrpo_verl.batch_keys import SC_DIVERGENCE_KEY, SC_REFERENCE_KEY, SC_ROUTE_KEY, SC_THRESHOLD_KEY
 from scgrpo_verl.errors import ConfigError
 from scgrpo_verl.methods.base import LOG_PROB_PASS, LogProbPassResult, LossInputs, SelfTeacherMethod, register_method
-from scgrpo_verl.teacher import plans
+from scgrpo_verl.teacher.plans import BatchPlan, Plan, check_references
+from scgrpo_verl.teacher.rollouts import choose_sibling
+from scgrpo_verl.teacher.templates import sc_grpo_teacher_messages
 
 #: D = KL(q || p): the teacher's distribution against the student's
 DIVERGENCE_KIND = "forward_kl"
@@ -40,8 +44,40 @@ class SCGRPO(SelfTeacherMethod):
                               "must be true")
 
     # -- contexts -----------------------------------------------------------------------------------------
-    def plan_contexts(self, batch, settings):
-        return plans.sc_grpo_plans(batch, settings.teacher)
+    def plan_contexts(self, batch, settings, generator=None, routes=None, references=None) -> BatchPlan:
+        """Groups are routed by their number of verified rollouts n_c (:func:`route_groups`). ``2 <= n_c < G``:
+        every rollout is conditioned on a verified sibling other than itself. ``n_c = 0`` (solve-none): one
+        reference rollout per group is drawn uniformly (or given) and every OTHER rollout is conditioned on the
+        reference's (unverified) response; the reference gets no teacher. ``n_c in {1, G}``: no teacher.
+        Draws: solve-none references first, then siblings, in the batch's canonical order."""
+        self.check(settings)
+        teacher = settings.teacher
+        n, groups = len(batch), batch.groups
+        route_computed, num_correct = route_groups(batch.scores, batch.uids, teacher.success_threshold)
+        if routes is None:
+            route = route_computed
+        else:
+            route = torch.as_tensor(routes).reshape(-1).long()
+            if route.shape[0] != n:
+                raise ValueError(f"routes has {route.shape[0]} entries for {n} rollouts")
+        if references is None:
+            reference = draw_solve_none_references(route, batch.uids, generator, batch.rollout_index)
+        else:
+            reference = check_references(references, route, groups)
+        route_list, reference_list = route.tolist(), reference.tolist()
+        reference_row = {rows[0]: row for rows in groups.values() for row in rows if reference_list[row]}
+        plans: list = [None] * n
+        for row in batch.canonical_rows:
+            kind = route_list[row]
+            if kind == ROUTE_WEIGHTED:
+                sibling = choose_sibling(batch.siblings(row), teacher.sibling_choice, generator)
+                if sibling >= 0:
+                    plans[row] = Plan("solution", sibling, solution_template, [sibling])
+            elif kind == ROUTE_SOLVE_NONE:
+                ref = reference_row[batch.group_of[row][0]]
+                if ref != row:
+                    plans[row] = Plan("reference", ref, reference_template, [ref])
+        return BatchPlan(plans, route=route, reference=reference, num_correct=num_correct)
 
     def stage_fields(self, contexts) -> dict[str, torch.Tensor]:
         return {SC_ROUTE_KEY: contexts.route.long(), SC_REFERENCE_KEY: contexts.reference.long()}
@@ -118,3 +154,12 @@ class SCGRPO(SelfTeacherMethod):
         inputs.metrics["self_teacher/sc_weighted_token_frac"] = (
             active.sum() / response_mask.sum().clamp_min(1)).item()
         return weights
+
+
+# -- teacher prompts: (student prompt, piece texts, templates) -> teacher messages ------------------------------
+def solution_template(prompt, pieces, templates):
+    return sc_grpo_teacher_messages(prompt, pieces[0], templates, solve_none=False)
+
+
+def reference_template(prompt, pieces, templates):
+    return sc_grpo_teacher_messages(prompt, pieces[0], templates, solve_none=True)

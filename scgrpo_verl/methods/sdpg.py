@@ -14,7 +14,8 @@ import torch
 from scgrpo_verl.algos.sdpg import REFERENCE_KL_TERMS, opd_gate, sdpg_beta
 from scgrpo_verl.batch_keys import GLOBAL_STEPS_KEY
 from scgrpo_verl.methods.base import LossInputs, SelfTeacherMethod, register_method
-from scgrpo_verl.teacher import plans
+from scgrpo_verl.teacher.plans import BatchPlan, privileged_plans, refuse_routes
+from scgrpo_verl.teacher.templates import sdpg_teacher_messages
 
 #: L_OPD = KL(p || q): the student's distribution against the teacher's
 DIVERGENCE_KIND = "reverse_kl"
@@ -35,8 +36,13 @@ class SDPG(SelfTeacherMethod):
             return None
         return str(dict(row.get("reward_model") or {}).get("ground_truth", ""))
 
-    def plan_contexts(self, batch, settings):
-        return plans.sdpg_plans(batch, settings.teacher)
+    def plan_contexts(self, batch, settings, generator=None, routes=None, references=None) -> BatchPlan:
+        """The rollout's privileged text (dataset hint / reference answer) when ``use_privileged_context``; none:
+        no teacher."""
+        refuse_routes(self.name, routes, references)
+        if not settings.teacher.use_privileged_context:
+            return BatchPlan([None] * len(batch))
+        return privileged_plans(batch, "privileged", hint_template)
 
     def loss(self, inputs: LossInputs, pg_loss: torch.Tensor) -> torch.Tensor:
         cfg = inputs.settings.sdpg
@@ -57,3 +63,8 @@ class SDPG(SelfTeacherMethod):
     def reference_kl(self, inputs: LossInputs, ref_log_prob: torch.Tensor) -> torch.Tensor:
         """SDPG's exact per-token reference KL (``sdpg.ref_kl``) in place of verl's estimator."""
         return REFERENCE_KL_TERMS[inputs.settings.sdpg.ref_kl](inputs.log_prob, ref_log_prob)
+
+
+def hint_template(prompt, pieces, templates):
+    """(student prompt, piece texts, templates) -> teacher messages: the question plus the hint section."""
+    return sdpg_teacher_messages(prompt, pieces[0], templates)

@@ -13,7 +13,9 @@ import torch
 from scgrpo_verl.algos.sdpo import sampled_token_distillation_loss, sdpo_importance_weight
 from scgrpo_verl.batch_keys import TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY
 from scgrpo_verl.methods.base import UPDATE_PASS, LossInputs, SelfTeacherMethod, register_method
-from scgrpo_verl.teacher import plans
+from scgrpo_verl.teacher.plans import BatchPlan, Plan, refuse_routes
+from scgrpo_verl.teacher.rollouts import choose_sibling
+from scgrpo_verl.teacher.templates import sdpo_teacher_messages
 
 #: SDPO's divergence is the generalized JSD with ``sdpo.alpha`` (0 forward KL, 1 reverse KL)
 DIVERGENCE_KIND = "jsd"
@@ -25,8 +27,28 @@ class SDPO(SelfTeacherMethod):
     template_fields = ("sdpo_reprompt", "sdpo_solution", "sdpo_feedback")
     loss_metric = "distill_loss"
 
-    def plan_contexts(self, batch, settings):
-        return plans.sdpo_plans(batch, settings.teacher)
+    def plan_contexts(self, batch, settings, generator=None, routes=None, references=None) -> BatchPlan:
+        """A verified sibling other than the rollout itself and / or the rollout's own feedback (when
+        ``use_feedback``; by default only without a sibling). Neither: no teacher. Groups where every rollout
+        succeeded still get a teacher (each from another success)."""
+        refuse_routes(self.name, routes, references)
+        teacher = settings.teacher
+        plans: list = [None] * len(batch)
+        for row in batch.canonical_rows:
+            rollout = batch.rollouts[row]
+            sibling = choose_sibling(batch.siblings(row), teacher.sibling_choice, generator)
+            use_feedback = (
+                teacher.use_feedback
+                and rollout.feedback.strip() != ""
+                and (sibling < 0 or not teacher.feedback_only_without_solution)
+            )
+            if sibling >= 0 and use_feedback:
+                plans[row] = Plan("solution+feedback", sibling, solution_feedback_template, [sibling, rollout.feedback])
+            elif sibling >= 0:
+                plans[row] = Plan("solution", sibling, solution_template, [sibling])
+            elif use_feedback:
+                plans[row] = Plan("feedback", -1, feedback_template, [rollout.feedback])
+        return BatchPlan(plans)
 
     def teacher_pass(self, settings) -> Optional[str]:
         return UPDATE_PASS if settings.sdpo.pg_coef < 1.0 else None
@@ -53,6 +75,19 @@ class SDPO(SelfTeacherMethod):
                                                  add_tail=cfg.add_tail)
         inputs.log_metric(f"self_teacher/{self.loss_metric}", distill_loss.detach())
         return cfg.pg_coef * pg_loss + (1.0 - cfg.pg_coef) * distill_loss
+
+
+# -- teacher prompts: (student prompt, piece texts, templates) -> teacher messages ------------------------------
+def solution_feedback_template(prompt, pieces, templates):
+    return sdpo_teacher_messages(prompt, pieces[0], pieces[-1], templates)
+
+
+def solution_template(prompt, pieces, templates):
+    return sdpo_teacher_messages(prompt, pieces[0], None, templates)
+
+
+def feedback_template(prompt, pieces, templates):
+    return sdpo_teacher_messages(prompt, None, pieces[-1], templates)
 
 
 def teacher_token_counts(inputs: LossInputs) -> dict:

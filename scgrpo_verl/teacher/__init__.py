@@ -2,7 +2,6 @@
 
 from scgrpo_verl.teacher.contexts import TeacherContexts, build_teacher_contexts
 from scgrpo_verl.teacher.fit import chat_template_ids, fit_teacher_prompt
-from scgrpo_verl.teacher.plans import METHODS
 from scgrpo_verl.teacher.rollouts import Rollout, strip_thinking
 from scgrpo_verl.teacher.templates import (
     TemplateConfig,
@@ -12,7 +11,6 @@ from scgrpo_verl.teacher.templates import (
 )
 
 __all__ = [
-    "METHODS",
     "Rollout",
     "TeacherContexts",
     "TemplateConfig",

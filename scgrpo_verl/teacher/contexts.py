@@ -4,7 +4,8 @@ The self-teacher scores the student's response ids VERBATIM after a different pr
 decides, per rollout, what that prompt contains and tokenises it (ALGORITHMS.md, "Shared machinery"):
 
 - :mod:`scgrpo_verl.teacher.rollouts`: the batch, its groups and verified siblings (method-independent);
-- :mod:`scgrpo_verl.teacher.plans`: per method, which rollouts get a teacher, from which source and template;
+- the method's ``plan_contexts`` (:mod:`scgrpo_verl.methods`, with :mod:`scgrpo_verl.teacher.plans`): which
+  rollouts get a teacher, from which source and template;
 - :mod:`scgrpo_verl.teacher.prompt`: renders and tokenises the planned prompts, each distinct text once;
 - :mod:`scgrpo_verl.teacher.splice`: reuses a demonstration's response ids, re-tokenising only its junctions;
 - :mod:`scgrpo_verl.teacher.fit`: shortens a prompt over ``max_reprompt_len`` (or gives no teacher: "too long").
@@ -16,29 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from scgrpo_verl.algos.sc_grpo import group_positions
-from scgrpo_verl.teacher.plans import METHODS, PLANNERS
 from scgrpo_verl.teacher.prompt import PromptBuilder
 from scgrpo_verl.teacher.rollouts import GroupedBatch, Rollout
 from scgrpo_verl.teacher.templates import TemplateConfig
-
-if TYPE_CHECKING:  # scgrpo_verl.config imports verl; this module must not
-    from scgrpo_verl.config import TeacherConfig
-
-_TEACHER_FIELDS = (
-    "success_threshold",
-    "sibling_choice",
-    "exclude_self",
-    "remove_thinking",
-    "use_feedback",
-    "feedback_only_without_solution",
-    "use_privileged_context",
-    "max_reprompt_len",
-)
 
 
 @dataclass
@@ -81,19 +67,17 @@ class TeacherContexts:
 
 
 
-def _check_teacher_config(teacher_config) -> None:
-    if teacher_config is None:
-        raise ValueError("teacher_config is required (scgrpo_verl.config.TeacherConfig)")
-    missing = [name for name in _TEACHER_FIELDS if not hasattr(teacher_config, name)]
-    if missing:
-        raise ValueError(f"teacher_config lacks {missing}; pass a scgrpo_verl.config.TeacherConfig")
-    if teacher_config.sibling_choice not in ("uniform", "first"):
-        raise ValueError(
-            f"self_teacher.teacher.sibling_choice: must be 'uniform' or 'first', got {teacher_config.sibling_choice!r}"
-        )
-    if int(teacher_config.max_reprompt_len) <= 0:
-        raise ValueError(f"self_teacher.teacher.max_reprompt_len: must be > 0, got {teacher_config.max_reprompt_len}")
+def _settings(settings):
+    """The whole ``self_teacher`` section from a :class:`~scgrpo_verl.settings.SelfTeacherConfig` or from its
+    :class:`~scgrpo_verl.settings.TeacherConfig` alone (the other blocks at their defaults)."""
+    from scgrpo_verl.settings import SelfTeacherConfig, TeacherConfig
 
+    if isinstance(settings, SelfTeacherConfig):
+        return settings
+    if isinstance(settings, TeacherConfig):
+        return SelfTeacherConfig(teacher=settings)
+    raise ValueError(f"settings must be a scgrpo_verl.settings.SelfTeacherConfig or TeacherConfig, got "
+                     f"{type(settings).__name__}")
 
 
 class _LazyRows(SequenceABC):
@@ -127,8 +111,8 @@ class _LazyRows(SequenceABC):
 def build_teacher_contexts(
     rollouts: Sequence[Rollout],
     tokenizer,
-    method: str,
-    teacher_config: "TeacherConfig",
+    method,
+    settings,
     templates: Any = None,
     generator: Optional[torch.Generator] = None,
     routes: Optional[torch.Tensor] = None,
@@ -142,9 +126,10 @@ def build_teacher_contexts(
         rollouts: the batch, groups identified by ``uid`` (members need not be contiguous). Give every
             rollout its ``index`` within its group so that the draws do not depend on the batch order.
         tokenizer: a HF tokenizer with a chat template.
-        method: ``"sc_grpo"``, ``"sdpo"`` or ``"sdpg"``.
-        teacher_config: :class:`scgrpo_verl.config.TeacherConfig`.
-        templates: :class:`TemplateConfig`, a mapping of its options, or ``None`` (defaults).
+        method: the registered method (``scgrpo_verl.methods.get_method(loss_mode)``): its ``plan_contexts``
+            decides which rollouts get a teacher and from what.
+        settings: :class:`scgrpo_verl.settings.SelfTeacherConfig` (or its ``TeacherConfig`` alone).
+        templates: :class:`TemplateConfig`, a mapping of its options, or ``None`` (``settings.teacher.templates``).
         generator: seeds the uniform draws (siblings, solve-none references); ``None`` uses torch's
             global generator.
         routes: SC-GRPO only, (B,) precomputed :func:`route_groups` routes (recomputed when ``None``).
@@ -158,18 +143,20 @@ def build_teacher_contexts(
     Returns:
         :class:`TeacherContexts`.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown self-teacher method {method!r}; expected one of {METHODS}")
+    if not callable(getattr(method, "plan_contexts", None)):
+        raise ValueError(f"method must be a registered self-teacher method (scgrpo_verl.methods.get_method), got "
+                         f"{method!r}")
     rollouts = list(rollouts)
     if not rollouts:
         raise ValueError("build_teacher_contexts: empty batch")
     for i, rollout in enumerate(rollouts):
         if not isinstance(rollout, Rollout):
             raise ValueError(f"rollout {i} must be a Rollout, got {type(rollout).__name__}")
-    _check_teacher_config(teacher_config)
-    templates = TemplateConfig.from_mapping(templates)
+    settings = _settings(settings)
+    teacher_config = settings.teacher
+    templates = TemplateConfig.from_mapping(teacher_config.templates if templates is None else templates)
     batch = GroupedBatch(rollouts, teacher_config.success_threshold, teacher_config.exclude_self)
-    planned = PLANNERS[method](batch, teacher_config, generator, routes, references)
+    planned = method.plan_contexts(batch, settings, generator, routes, references)
     n, plans = len(batch), planned.plans
 
     builder = PromptBuilder(rollouts, tokenizer, templates, teacher_config, exact, chat_template_kwargs)
@@ -199,7 +186,7 @@ def build_teacher_contexts(
         too_long=too_long,
         verified=batch.verified,
         uids=batch.uids,
-        method=method,
+        method=method.name,
         route=planned.route,
         reference=planned.reference,
         num_correct=planned.num_correct,

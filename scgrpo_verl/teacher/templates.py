@@ -193,6 +193,13 @@ def _replace_content(messages: Sequence[Mapping], index: int, content: str) -> l
     return out
 
 
+def replace_last_user_message(messages: Sequence[Mapping], rewrite) -> list[dict]:
+    """``messages`` with the last user message's content replaced by ``rewrite(content)``."""
+    messages = normalize_messages(messages)
+    index = _last_user_index(messages)
+    return _replace_content(messages, index, rewrite(messages[index]["content"]))
+
+
 def sc_grpo_teacher_messages(
     messages: Sequence[Mapping], reference: str, templates: TemplateConfig, solve_none: bool = False
 ) -> list[dict]:

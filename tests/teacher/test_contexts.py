@@ -7,7 +7,9 @@ from conftest import HEADER, LONG, QUESTION, build_contexts as build, decode, gr
 from splice_reference import varied_batch
 from tokenizer_utils import build_byte_level_tokenizer
 
-from scgrpo_verl.config import TeacherConfig
+from scgrpo_verl.settings import TeacherConfig
+
+from scgrpo_verl.methods import get_method
 from scgrpo_verl.teacher import Rollout, build_teacher_contexts, chat_template_ids, strip_thinking
 
 
@@ -82,18 +84,20 @@ def test_metrics_hand_computed(tok):
 
 def test_bad_inputs(tok):
     rollouts = group(tok, "g", [1, 0])
-    with pytest.raises(ValueError, match="unknown self-teacher method 'grpo'"):
+    with pytest.raises(ValueError, match="'grpo' is not a self-teacher method"):
         build(rollouts, tok, "grpo")
+    with pytest.raises(ValueError, match="must be a registered self-teacher method"):
+        build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig())
     with pytest.raises(ValueError, match="empty batch"):
         build([], tok, "sdpo")
     with pytest.raises(ValueError, match="routes has 3 entries for 2 rollouts"):
-        build_teacher_contexts(rollouts, tok, "sc_grpo", TeacherConfig(), routes=torch.zeros(3))
+        build_teacher_contexts(rollouts, tok, get_method("sc_grpo"), TeacherConfig(), routes=torch.zeros(3))
     with pytest.raises(ValueError, match="SC-GRPO inputs"):
-        build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig(), routes=torch.zeros(2))
+        build_teacher_contexts(rollouts, tok, get_method("sdpo"), TeacherConfig(), routes=torch.zeros(2))
     with pytest.raises(ValueError, match="must be a Rollout"):
-        build_teacher_contexts([{"uid": 1}], tok, "sdpo", TeacherConfig())
-    with pytest.raises(ValueError, match="teacher_config is required"):
-        build_teacher_contexts(rollouts, tok, "sdpo", None)
+        build_teacher_contexts([{"uid": 1}], tok, get_method("sdpo"), TeacherConfig())
+    with pytest.raises(ValueError, match="settings must be a scgrpo_verl.settings.SelfTeacherConfig or TeacherConfig"):
+        build_teacher_contexts(rollouts, tok, get_method("sdpo"), None)
     with pytest.raises(ValueError, match="empty response"):
         Rollout(uid=0, prompt=[{"role": "user", "content": "q"}], response_ids=[], response_text="", score=0)
     with pytest.raises(ValueError, match="'role' and 'content'"):
@@ -115,7 +119,7 @@ def test_shuffled_batch_gives_same_contexts_per_uid_and_index(tok, method):
     config = TeacherConfig()
 
     def by_key(batch, seed):
-        ctx = build_teacher_contexts(batch, tok, method, config, generator=torch.Generator().manual_seed(seed))
+        ctx = build_teacher_contexts(batch, tok, get_method(method), config, generator=torch.Generator().manual_seed(seed))
         key = [(r.uid, r.index) for r in batch]
         out = {}
         for row, k in enumerate(key):
@@ -142,10 +146,10 @@ def test_rollout_index_rules(tok):
     a = Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[1], response_text=None, score=1, index=0)
     b = Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[2], response_text=None, score=1)
     with pytest.raises(ValueError, match="has no index while others have one"):
-        build_teacher_contexts([a, b], tok, "sdpo", TeacherConfig())
+        build_teacher_contexts([a, b], tok, get_method("sdpo"), TeacherConfig())
     b.index = 0
     with pytest.raises(ValueError, match="duplicate rollout indices"):
-        build_teacher_contexts([a, b], tok, "sdpo", TeacherConfig())
+        build_teacher_contexts([a, b], tok, get_method("sdpo"), TeacherConfig())
     with pytest.raises(ValueError, match="response_text must be a string or None"):
         Rollout(uid="g", prompt=[{"role": "user", "content": "q"}], response_ids=[1], response_text=3, score=1)
 
@@ -164,11 +168,11 @@ def test_teacher_prompt_uses_the_students_chat_template_kwargs(tmp_path):
     rollouts = [Rollout(uid="a", prompt=prompt, response_ids=ids, response_text=None, score=s, index=i)
                 for i, s in enumerate((1.0, 1.0, 0.0))]
     off = {"enable_thinking": False}
-    contexts = build_teacher_contexts(rollouts, tokenizer, "sc_grpo", TeacherConfig(), chat_template_kwargs=off)
+    contexts = build_teacher_contexts(rollouts, tokenizer, get_method("sc_grpo"), TeacherConfig(), chat_template_kwargs=off)
     teacher_prompt = tokenizer.decode(contexts.teacher_input_ids[0][: -len(ids)])
     assert teacher_prompt.endswith("<|assistant|><think>\n\n</think>\n\n")
     assert tokenizer.decode(chat_template_ids(tokenizer, prompt, off)).endswith("<think>\n\n</think>\n\n")
-    plain = build_teacher_contexts(rollouts, tokenizer, "sc_grpo", TeacherConfig())
+    plain = build_teacher_contexts(rollouts, tokenizer, get_method("sc_grpo"), TeacherConfig())
     assert tokenizer.decode(plain.teacher_input_ids[0][: -len(ids)]).endswith("<|assistant|>")
 
 

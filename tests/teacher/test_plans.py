@@ -6,7 +6,9 @@ import torch
 from conftest import HEADER, QUESTION, build_contexts as build, decode, group, make
 
 from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGHTED
-from scgrpo_verl.config import TeacherConfig
+
+from scgrpo_verl.methods import get_method
+from scgrpo_verl.settings import TeacherConfig
 from scgrpo_verl.teacher import build_teacher_contexts
 from scgrpo_verl.teacher.templates import TemplateConfig
 
@@ -104,7 +106,7 @@ def test_sc_grpo_given_references_and_solve_none_guide(tok):
     templates = TemplateConfig(sc_grpo_solve_none_guide="An earlier attempt (not verified):\n{reference}")
     gen = torch.Generator().manual_seed(0)
     ctx = build_teacher_contexts(
-        rollouts, tok, "sc_grpo", TeacherConfig(), templates, generator=gen,
+        rollouts, tok, get_method("sc_grpo"), TeacherConfig(), templates, generator=gen,
         references=torch.tensor([False, True, False, False, False, False]),
     )
     assert ctx.mask.tolist() == [1, 0, 1, 1, 1, 1] and ctx.sibling_index[:3] == [1, -1, 1]
@@ -112,9 +114,9 @@ def test_sc_grpo_given_references_and_solve_none_guide(tok):
     assert "A reference solution" in decode(tok, ctx.teacher_prompt_ids[3])
     for bad in ([False] * 6, [True, True, False, False, False, False], [False, True, False, True, False, False]):
         with pytest.raises(ValueError, match="references"):
-            build_teacher_contexts(rollouts, tok, "sc_grpo", TeacherConfig(), references=torch.tensor(bad))
+            build_teacher_contexts(rollouts, tok, get_method("sc_grpo"), TeacherConfig(), references=torch.tensor(bad))
     with pytest.raises(ValueError, match="references has 2 entries"):
-        build_teacher_contexts(rollouts, tok, "sc_grpo", TeacherConfig(), references=torch.tensor([True, False]))
+        build_teacher_contexts(rollouts, tok, get_method("sc_grpo"), TeacherConfig(), references=torch.tensor([True, False]))
 
 
 def test_sc_grpo_keeps_student_system_prompt(tok):

@@ -6,7 +6,9 @@ import torch
 from conftest import QUESTION, decode
 from splice_reference import reference_contexts, varied_batch
 
-from scgrpo_verl.config import TeacherConfig
+from scgrpo_verl.settings import TeacherConfig
+
+from scgrpo_verl.methods import get_method
 from scgrpo_verl.cpu_backend.realistic_text import KINDS, build_realistic_tokenizer, response_text
 from scgrpo_verl.teacher import Rollout, build_teacher_contexts
 from scgrpo_verl.teacher.splice import byte_level_tables
@@ -35,7 +37,7 @@ def test_fast_builder_matches_landed_algorithm(tok, method, teacher, with_text):
     old = reference_contexts(varied_batch(tok, True), tok, method, config, templates, seed=5)
     for exact in (False, True):
         rollouts = varied_batch(tok, with_text)
-        ctx = build_teacher_contexts(rollouts, tok, method, config, templates,
+        ctx = build_teacher_contexts(rollouts, tok, get_method(method), config, templates,
                                      generator=torch.Generator().manual_seed(5), exact=exact)
         assert ctx.teacher_input_ids == old["input_ids"]
         assert ctx.sibling_index == old["sibling"] and ctx.source == old["source"]
@@ -55,12 +57,12 @@ def test_fast_path_is_taken_and_reuses_response_ids(tok):
     ids = tok.encode(text, add_special_tokens=False)
     rollouts = [Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=ids, response_text=None,
                         score=s, index=i) for i, s in enumerate([1, 0, 0])]
-    ctx = build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig(sibling_choice="first"))
+    ctx = build_teacher_contexts(rollouts, tok, get_method("sdpo"), TeacherConfig(sibling_choice="first"))
     assert ctx.extra == {"fast_demonstrations": 1, "retokenized_demonstrations": 0}
     prompt = ctx.teacher_prompt_ids[1]
     inner = ids[len(tok.encode(text.split("\n")[0] + "\n", add_special_tokens=False)):]
     assert any(prompt[k:k + len(inner) - 20] == inner[:-20] for k in range(len(prompt)))  # the middle reused as is
-    slow = build_teacher_contexts(rollouts, tok, "sdpo", TeacherConfig(sibling_choice="first"), exact=True)
+    slow = build_teacher_contexts(rollouts, tok, get_method("sdpo"), TeacherConfig(sibling_choice="first"), exact=True)
     assert slow.extra == {"fast_demonstrations": 0, "retokenized_demonstrations": 1}
     assert slow.teacher_input_ids == ctx.teacher_input_ids
 
@@ -80,8 +82,8 @@ def test_non_canonical_response_ids_kept_in_fast_path_retokenised_when_exact(tok
         Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=[5], response_text=None, score=0),
     ]
     config = TeacherConfig(sibling_choice="first")
-    fast = build_teacher_contexts(rollouts, tok, "sdpo", config)
-    exact = build_teacher_contexts(rollouts, tok, "sdpo", config, exact=True)
+    fast = build_teacher_contexts(rollouts, tok, get_method("sdpo"), config)
+    exact = build_teacher_contexts(rollouts, tok, get_method("sdpo"), config, exact=True)
     old = reference_contexts(rollouts, tok, "sdpo", config)
     assert exact.teacher_input_ids == old["input_ids"]
     assert decode(tok, fast.teacher_prompt_ids[1]) == decode(tok, exact.teacher_prompt_ids[1])  # same text
@@ -127,7 +129,7 @@ def test_fast_builder_matches_landed_algorithm_on_random_text(tok, method, teach
                                     score=float(rng.random() < 0.5), feedback=_fuzz_text(rng), index=i))
     config = TeacherConfig(**teacher)
     old = reference_contexts(rollouts, tok, method, config, seed=9)
-    ctx = build_teacher_contexts(rollouts, tok, method, config, generator=torch.Generator().manual_seed(9))
+    ctx = build_teacher_contexts(rollouts, tok, get_method(method), config, generator=torch.Generator().manual_seed(9))
     assert ctx.teacher_input_ids == old["input_ids"]
     assert ctx.extra["fast_demonstrations"] > 10
 
@@ -139,7 +141,7 @@ def test_think_block_demonstrations_reuse_ids(tok):
     rollouts = [Rollout(uid="g", prompt=[{"role": "user", "content": QUESTION}], response_ids=tok.encode(t),
                         response_text=None, score=s, index=i) for i, (t, s) in enumerate(zip(texts, [1, 1, 0, 1]))]
     config = TeacherConfig()
-    ctx = build_teacher_contexts(rollouts, tok, "sdpo", config, generator=torch.Generator().manual_seed(0))
+    ctx = build_teacher_contexts(rollouts, tok, get_method("sdpo"), config, generator=torch.Generator().manual_seed(0))
     old = reference_contexts(rollouts, tok, "sdpo", config, seed=0)
     assert ctx.teacher_input_ids == old["input_ids"]
     assert ctx.extra["retokenized_demonstrations"] == 0 and ctx.extra["fast_demonstrations"] >= 2
@@ -188,7 +190,7 @@ def test_realistic_text_matches_full_retokenisation(real_tok, kind, method, teac
     rollouts = realistic_batch(real_tok, kind)
     config = TeacherConfig(**teacher)
     old = reference_contexts(rollouts, real_tok, method, config, seed=3)
-    ctx = build_teacher_contexts(rollouts, real_tok, method, config, generator=torch.Generator().manual_seed(3))
+    ctx = build_teacher_contexts(rollouts, real_tok, get_method(method), config, generator=torch.Generator().manual_seed(3))
     assert ctx.teacher_input_ids == old["input_ids"]
     assert ctx.sibling_index == old["sibling"]
     if method != "sdpg":
@@ -237,7 +239,7 @@ def test_junction_edge_cases_match_full_retokenisation(real_tok, remove_thinking
     for templates in (None, TemplateConfig(sc_grpo_guide="Reference: e{reference}e", sdpo_solution="e{solution}e")):
         for method in ("sc_grpo", "sdpo"):
             old = reference_contexts(rollouts, real_tok, method, config, templates)
-            ctx = build_teacher_contexts(rollouts, real_tok, method, config, templates)
+            ctx = build_teacher_contexts(rollouts, real_tok, get_method(method), config, templates)
             assert ctx.teacher_input_ids == old["input_ids"], (method, templates)
             assert list(ctx.teacher_messages) == old["messages"]
             assert ctx.extra["fast_demonstrations"] > 0
@@ -267,5 +269,5 @@ def test_split_rules_follow_the_probes(tmp_path):
                         response_text=None, score=s, index=i)
                 for i, (t, s) in enumerate((("the answer is x = 1\nthe answer is y", 1.0), ("no", 0.0)))]
     config = TeacherConfig(sibling_choice="first")
-    assert build_teacher_contexts(rollouts, tok, "sdpo", config).teacher_input_ids == reference_contexts(
+    assert build_teacher_contexts(rollouts, tok, get_method("sdpo"), config).teacher_input_ids == reference_contexts(
         rollouts, tok, "sdpo", config)["input_ids"]
