@@ -396,8 +396,9 @@ def test_seccomp_filter_shape():
     if seccomp._seccomp_arch() is None:
         pytest.skip("no seccomp syscall table for this machine")
     for deny_writes, confine in ((False, True), (True, True), (False, False)):
-        prog, pid_offs, neg_offs = seccomp._seccomp_program(deny_writes=deny_writes, allow_unix_sockets=not deny_writes,
-                                                       confine_signals=confine)
+        prog, pid_offs, neg_offs = seccomp._seccomp_program(deny_writes=deny_writes,
+                                                            allow_unix_sockets=not deny_writes,
+                                                            confine_signals=confine)
         assert len(prog) % 8 == 0 and 0 < len(prog) // 8 <= 4096
         first = [int.from_bytes(prog[i:i + 8][4:], sys.byteorder) for i in range(0, 16, 8)]
         assert first == [4, seccomp._seccomp_arch()[0]]  # load seccomp_data.arch, compare with this ABI
