@@ -4,8 +4,9 @@ run; plus bwrap's start-up cost per program.
 
 Usage: python bench/sandbox_throughput.py [--n 100] [--workers N] [--before 7087683] [--rounds 2]
 
-The old implementation is read with ``git show <rev>:scgrpo_verl/rewards/sandbox.py`` into a temporary folder and
-imported from there (nothing is committed). Runs alternate old/new for ``--rounds`` rounds so that load from other
+The old implementation is read with ``git show`` into a temporary folder and imported from there (nothing is
+committed): ``scgrpo_verl/rewards/sandbox.py`` at revisions before the sandbox became a package, else every module of
+``scgrpo_verl/rewards/sandbox/``. Runs alternate old/new for ``--rounds`` rounds so that load from other
 processes on a shared machine hits both alike; the best round of each is printed. The programs are small
 stdin/stdout solutions (sums, sorting, a short loop); every result is checked, so a broken sandbox cannot look
 fast. The start-up cost is the mean time of an empty program in the sandbox minus that of the same interpreter
@@ -49,17 +50,34 @@ def make_jobs(n: int) -> list[tuple[str, str, str]]:
 
 
 def load_old(rev: str):
-    """The sandbox module at git revision ``rev`` (imported from a temporary file), or ``None`` with a reason."""
+    """The sandbox at git revision ``rev`` (imported from a temporary folder), or ``None`` with a reason: the module
+    ``sandbox.py`` of the revisions before the split, else the package ``sandbox/`` (its modules import each other
+    when ``__init__`` runs, so nothing is read from the folder after that)."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], check=True, capture_output=True,
+                              text=True).stdout
+
+    folder = "scgrpo_verl/rewards/sandbox"
     try:
-        text = subprocess.run(["git", "-C", REPO, "show", f"{rev}:scgrpo_verl/rewards/sandbox.py"], check=True,
-                              capture_output=True, text=True).stdout
+        try:
+            files = {"sandbox_before.py": show(folder + ".py")}
+        except subprocess.CalledProcessError:
+            names = subprocess.run(["git", "-C", REPO, "ls-tree", "--name-only", f"{rev}:{folder}"], check=True,
+                                   capture_output=True, text=True).stdout.split()
+            files = {f"sandbox_before/{n}": show(f"{folder}/{n}") for n in names if n.endswith(".py")}
     except (OSError, subprocess.CalledProcessError) as exc:
         return None, f"git show {rev} failed: {exc}"
     with tempfile.TemporaryDirectory(prefix="scgrpo-bench-") as tmp:
-        path = os.path.join(tmp, "sandbox_before.py")
-        with open(path, "w") as f:
-            f.write(text)
-        spec = importlib.util.spec_from_file_location("sandbox_before", path)
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
+        package = os.path.join(tmp, "sandbox_before")
+        if os.path.isdir(package):
+            spec = importlib.util.spec_from_file_location("sandbox_before", os.path.join(package, "__init__.py"),
+                                                          submodule_search_locations=[package])
+        else:
+            spec = importlib.util.spec_from_file_location("sandbox_before", package + ".py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["sandbox_before"] = module
         spec.loader.exec_module(module)

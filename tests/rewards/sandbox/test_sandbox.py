@@ -21,6 +21,8 @@ import tempfile
 import pytest
 
 from scgrpo_verl.rewards import sandbox as sb
+from scgrpo_verl.rewards.sandbox import boot, modes, process, seccomp
+from scgrpo_verl.rewards.sandbox import view as sandbox_view
 
 pytestmark = pytest.mark.timeout(60)
 FAST = sb.SandboxLimits(wall_time_s=1.5, cpu_time_s=2, memory_mb=512, max_output_bytes=4096, stderr_tail_bytes=512)
@@ -46,7 +48,7 @@ def test_isolated_flags_env_and_cwd(mode):
     res = sb.run_program(src, limits=FAST, files={"helper.txt": "hi"}, mode=mode)
     lines = res.stdout.splitlines()
     assert lines[0] == "1 1"
-    assert set(eval(lines[1])) <= set(sb._ENV) | {"PWD"}  # bwrap sets PWD for its --chdir
+    assert set(eval(lines[1])) <= set(boot._ENV) | {"PWD"}  # bwrap sets PWD for its --chdir
     assert sorted(eval(lines[2])) == ["helper.txt", "main.py"]  # no _boot.py next to the program
 
 
@@ -201,7 +203,7 @@ def test_view_has_no_installed_packages(mode, drop_uid, monkeypatch):
         pytest.skip(f"{mode} mode does not claim only_mapped_host_paths: it reads what its uid can")
     if not drop_uid and (mode == "bwrap" or os.geteuid() != 0):
         pytest.skip("the uid drop happens only as root, and bwrap's view does not depend on it")
-    monkeypatch.setattr(sb, "_KERNEL_MODES_DROP_UID", drop_uid)
+    monkeypatch.setattr(process, "_KERNEL_MODES_DROP_UID", drop_uid)
     host_dirs = _host_package_dirs()
     res = sb.run_program(VIEW_LISTING, json.dumps(host_dirs), dataclasses.replace(FAST, wall_time_s=20,
                                                                                    cpu_time_s=20,
@@ -263,7 +265,7 @@ def test_signal_own_child(mode, monkeypatch):
     for drop_uid in (True, False):  # without the uid drop only the Landlock scope confines signals
         if mode != "bwrap" and not (drop_uid and os.geteuid() == 0) and sb.landlock_abi() < 6:
             continue  # no per-run uid and no Landlock scope: the filter allows the own process group only
-        monkeypatch.setattr(sb, "_KERNEL_MODES_DROP_UID", drop_uid)
+        monkeypatch.setattr(process, "_KERNEL_MODES_DROP_UID", drop_uid)
         res = sb.run_program(src, limits=FAST, mode=mode)
         assert res.status == "ok" and res.stdout.strip() == str(int(signal.SIGTERM)), (drop_uid, res)
         ran += 1
@@ -357,10 +359,11 @@ def test_sandbox_breaking_after_startup_stops_training(mode, how, monkeypatch):
 
     assert sb.run_program("print(1)", limits=FAST, mode=mode).ok  # the probe is cached now
     if how == "bwrap_namespace":
-        monkeypatch.setattr(sb, "_bwrap_argv", _fail_like_broken_bwrap)
+        monkeypatch.setattr(process, "_bwrap_argv", _fail_like_broken_bwrap)
     else:
-        monkeypatch.setattr(sb, "_boot_source",
-                            lambda *a, **k: "raise SystemExit('sandbox: could not drop privileges')")
+        for module in (sandbox_view, process):  # the bwrap command line and the other modes' spawn
+            monkeypatch.setattr(module, "_boot_source",
+                                lambda *a, **k: "raise SystemExit('sandbox: could not drop privileges')")
     try:
         with pytest.raises(sb.SandboxError) as err:
             sb.run_program("print(1)", limits=FAST, mode=mode)
@@ -375,7 +378,7 @@ def test_sandbox_breaking_after_startup_stops_training(mode, how, monkeypatch):
     finally:
         monkeypatch.undo()
         sb.probe_mode.cache_clear()
-        sb._select.cache_clear()
+        modes._select.cache_clear()
     assert sb.run_program("print(2)", limits=FAST, mode=mode).stdout == "2\n"  # healthy again: probes pass
 
 
@@ -390,24 +393,25 @@ def test_program_imitating_a_broken_sandbox_keeps_its_result(mode):
 def test_seccomp_filter_shape():
     """The hand-built BPF program: 8-byte instructions, arch check first, allow last, pid slots inside (none in
     the bwrap variant, which has a PID namespace instead)."""
-    if sb._seccomp_arch() is None:
+    if seccomp._seccomp_arch() is None:
         pytest.skip("no seccomp syscall table for this machine")
     for deny_writes, confine in ((False, True), (True, True), (False, False)):
-        prog, pid_offs, neg_offs = sb._seccomp_program(deny_writes=deny_writes, allow_unix_sockets=not deny_writes,
-                                                       confine_signals=confine)
+        prog, pid_offs, neg_offs = seccomp._seccomp_program(deny_writes=deny_writes,
+                                                            allow_unix_sockets=not deny_writes,
+                                                            confine_signals=confine)
         assert len(prog) % 8 == 0 and 0 < len(prog) // 8 <= 4096
         first = [int.from_bytes(prog[i:i + 8][4:], sys.byteorder) for i in range(0, 16, 8)]
-        assert first == [4, sb._seccomp_arch()[0]]  # load seccomp_data.arch, compare with this ABI
-        assert prog[-8:] == struct.pack("=HBBI", sb.BPF_RET_K, 0, 0, sb.SECCOMP_RET_ALLOW)
+        assert first == [4, seccomp._seccomp_arch()[0]]  # load seccomp_data.arch, compare with this ABI
+        assert prog[-8:] == struct.pack("=HBBI", seccomp.BPF_RET_K, 0, 0, seccomp.SECCOMP_RET_ALLOW)
         if confine:
             assert pid_offs and neg_offs and all(4 <= o < len(prog) and o % 8 == 4 for o in pid_offs + neg_offs)
         else:
             assert not pid_offs and not neg_offs
         # SysV IPC and memfd_create are refused in every variant (the documented memory bound)
-        table = sb._seccomp_arch()[1]
+        table = seccomp._seccomp_arch()[1]
         for name in ("shmget", "msgget", "semget", "memfd_create"):
             k = struct.pack("=I", table[name])
-            assert any(prog[i + 4:i + 8] == k and prog[i:i + 2] == struct.pack("=H", sb.BPF_JEQ_K)
+            assert any(prog[i + 4:i + 8] == k and prog[i:i + 2] == struct.pack("=H", seccomp.BPF_JEQ_K)
                        for i in range(0, len(prog), 8)), name
 
 
@@ -440,8 +444,8 @@ def test_module_main_prints_diagnose_json():
 
 def _fake_probes(monkeypatch, fake: dict) -> None:
     real = sb.probe_mode
-    monkeypatch.setattr(sb, "probe_mode", lambda m: fake.get(m) or real(m))
-    sb._select.cache_clear()
+    monkeypatch.setattr(modes, "probe_mode", lambda m: fake.get(m) or real(m))
+    modes._select.cache_clear()
 
 
 def test_fail_closed_without_bwrap(monkeypatch):
@@ -460,7 +464,7 @@ def test_fail_closed_without_bwrap(monkeypatch):
         # math rewards do not need the sandbox
         assert compute_score("gsm8k", "\\boxed{3}", "3")["score"] == 1.0
     finally:
-        sb._select.cache_clear()
+        modes._select.cache_clear()
 
 
 @pytest.mark.parametrize("weak", ["landlock", "seccomp", "audit"])
@@ -469,18 +473,18 @@ def test_opt_in_weaker_mode_warns_on_every_start(weak, monkeypatch, caplog):
         pytest.skip(f"{weak} does not work here: {sb.probe_mode(weak)}")
     monkeypatch.setenv(sb.ENV_MODE, weak)
     for _start in range(2):  # a fresh process = an empty selection cache
-        sb._select.cache_clear()
+        modes._select.cache_clear()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=sb.__name__):
             res = sb.run_program("print(6 * 7)", limits=FAST)
         assert res.isolation == weak and res.stdout.strip() == "42"
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and f"weaker {weak!r} mode you opted into" in warnings[0]
-    sb._select.cache_clear()
+    modes._select.cache_clear()
     monkeypatch.setenv(sb.ENV_MODE, "docker")
     with pytest.raises(sb.SandboxError, match="not one of"):
         sb.run_program("print(1)")
-    sb._select.cache_clear()
+    modes._select.cache_clear()
 
 
 def test_cli_prints_the_isolation_diagnostics(capsys):

@@ -31,6 +31,7 @@ import pytest
 
 from scgrpo_verl.rewards import compute_score
 from scgrpo_verl.rewards import sandbox as sb
+from scgrpo_verl.rewards.sandbox import process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,7 +52,7 @@ def py(code: str) -> str:
 
 
 def no_survivors(res: sb.SandboxResult) -> bool:
-    return res.uid is None or sb._live_pids_of_uid(res.uid) == []
+    return res.uid is None or process._live_pids_of_uid(res.uid) == []
 
 
 def _host_secret_file(folder: str, mode: int = 0o644) -> tuple[str, str]:
@@ -384,7 +385,7 @@ def attack_thread_survivor(mode: str) -> tuple[bool, str]:
         print("main exits", flush=True)
         ctypes.CDLL(None).pthread_exit(None)
     """, mode, limits=dataclasses.replace(FAST, wall_time_s=1.0))
-    return no_survivors(res), f"{res.status}, survivors {sb._live_pids_of_uid(res.uid) if res.uid else []}"
+    return no_survivors(res), f"{res.status}, survivors {process._live_pids_of_uid(res.uid) if res.uid else []}"
 
 
 def attack_setsid_double_fork(mode: str) -> tuple[bool, str]:
@@ -406,7 +407,7 @@ def attack_setsid_double_fork(mode: str) -> tuple[bool, str]:
         time.sleep(0.3)
         print("parent exits")
     """, mode)
-    return no_survivors(res), f"{res.status}, survivors {sb._live_pids_of_uid(res.uid) if res.uid else []}"
+    return no_survivors(res), f"{res.status}, survivors {process._live_pids_of_uid(res.uid) if res.uid else []}"
 
 
 def _unix_listeners() -> tuple[list[socket.socket], str, str]:
@@ -733,12 +734,12 @@ def test_attack_escapes_without_a_sandbox(attack, monkeypatch):
     os.chmod(root, 0o755)
     monkeypatch.setattr(sb, "run_program", _bare_run)
     monkeypatch.setattr(sb, "select_mode", lambda requested=None: requested)
-    monkeypatch.setattr(sb, "_live_pids_of_uid", lambda uid: [])
+    monkeypatch.setattr(process, "_live_pids_of_uid", lambda uid: [])
     monkeypatch.setattr(sys.modules[__name__], "BARE_ROOT", root)
     try:
         contained, detail = attack("bare")
     finally:
-        sb._remove_tree(root)
+        process._remove_tree(root)
     assert not contained, detail
 
 
@@ -754,7 +755,7 @@ def test_deep_tree_breaks_a_recursive_cleanup_but_not_ours():
     os.close(fd)
     with pytest.raises(RecursionError):
         shutil.rmtree(base)
-    sb._remove_tree(base)
+    process._remove_tree(base)
     assert not os.path.exists(base)
 
 
@@ -792,7 +793,7 @@ def test_kernel_layers_hold_without_uid_drop(layer_mode, monkeypatch):
         pytest.skip("the uid drop only happens as root")
     if sb.probe_mode(layer_mode) is not None:
         pytest.skip(sb.probe_mode(layer_mode))
-    monkeypatch.setattr(sb, "_KERNEL_MODES_DROP_UID", False)
+    monkeypatch.setattr(process, "_KERNEL_MODES_DROP_UID", False)
     victim_proc = subprocess.Popen(["sleep", "30"])
     victim_file = os.path.join(FIXTURES, f"victim_{secrets.token_hex(6)}.txt")
     with open(victim_file, "w") as f:
@@ -857,9 +858,11 @@ def test_mode_selection_venv_in_home_cache_python_in_pyenv(where, copies):
         os.chmod(secret, 0o644)
         program = (f"import json, sys\nprint(json.dumps(sys.prefix))\ntry:\n    print(open({secret!r}).read())\n"
                    "except OSError:\n    print('refused')\n")
+        # the sandbox package loaded from its folder: the fresh venv has none of the project's dependencies
         script = (
             "import importlib.util, json, sys\n"
-            f"spec = importlib.util.spec_from_file_location('sbx', {sb.__file__!r})\n"
+            f"spec = importlib.util.spec_from_file_location('sbx', {sb.__file__!r}, "
+            f"submodule_search_locations=[{os.path.dirname(sb.__file__)!r}])\n"
             "sb = importlib.util.module_from_spec(spec); sys.modules['sbx'] = sb; spec.loader.exec_module(sb)\n"
             f"for mode in {available!r}:\n"
             f"    r = sb.run_program({program!r}, mode=mode)\n"
