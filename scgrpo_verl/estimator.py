@@ -38,5 +38,13 @@ def grpo_outcome_advantage(
     )
 
 
-for _name in method_estimators():
-    register_adv_est(_name)(grpo_outcome_advantage)
+def register_estimators() -> None:
+    """Register the estimators the methods name (again for methods registered since) as GRPO's."""
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+    for name in method_estimators():
+        if name not in ADV_ESTIMATOR_REGISTRY:
+            register_adv_est(name)(grpo_outcome_advantage)
+
+
+register_estimators()

@@ -42,11 +42,20 @@ from scgrpo_verl.methods.sc_grpo import DIVERGENCE_KIND as SC_GRPO_KIND
 from scgrpo_verl.teacher.engine_forward import response_token_rows
 
 
-# The policy-gradient part of every plugin method is verl's clipped (dual-clip) surrogate; the method's
-# own term is added by ``self_teacher_loss``. Registering the names lets verl's config and registry
-# resolve ``policy_loss.loss_mode: <method>`` for every registered self-teacher method.
-for _name in method_names():
-    register_policy_loss(_name)(compute_policy_loss_vanilla)
+def register_loss_modes() -> None:
+    """Register every self-teacher method's name as a verl policy loss (again for methods registered since).
+
+    The policy-gradient part of every method is verl's clipped (dual-clip) surrogate; the method's own terms are
+    added by ``self_teacher_loss``. Registering the names lets verl's config and registry resolve
+    ``policy_loss.loss_mode: <method>``."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    for name in method_names():
+        if name not in POLICY_LOSS_REGISTRY:
+            register_policy_loss(name)(compute_policy_loss_vanilla)
+
+
+register_loss_modes()
 
 
 def _padded(data: TensorDict, key: str, fill: float = 0.0) -> torch.Tensor:

@@ -33,14 +33,16 @@ def register() -> None:
     for name, ok in ready.items():
         if ok:
             importlib.import_module(name)  # registers the methods' estimators / loss modes / the trainer mode
-    from scgrpo_verl.methods import method_names, method_estimators
+    from scgrpo_verl.methods import method_estimators, method_names
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
     from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
 
     if ready["scgrpo_verl.estimator"]:
+        sys.modules["scgrpo_verl.estimator"].register_estimators()  # methods registered after its import, too
         for name in method_estimators():
             get_adv_estimator_fn(name)
     if ready["scgrpo_verl.losses"]:
+        sys.modules["scgrpo_verl.losses"].register_loss_modes()
         for name in method_names():
             get_policy_loss_fn(name)
     if ready["scgrpo_verl.trainer"]:

@@ -167,6 +167,9 @@ def test_check_prints_the_active_method_only_without_noise():
     assert result.returncode == 0, result.stderr[-2000:]
     out, err = result.stdout, result.stderr
     assert "self_teacher.sc_grpo.c_min = 0.0001" in out and "self_teacher.teacher.weights = live" in out
+    # each option's help text (its dataclass field's metadata) next to its value
+    assert "self_teacher.sc_grpo.c_min = 0.0001    # floor of c in f(D) = D / (D + c)" in out
+    assert "self_teacher.teacher.weights = live    # live | frozen | ema | trust_region" in out
     assert "sdpo" not in out and "sdpg" not in out  # not the other methods' options
     assert "self_teacher.teacher.templates = shipped defaults" in out and "\n\n" not in out
     assert "engine is not available" not in err and "No supported accelerator" not in err

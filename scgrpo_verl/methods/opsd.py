@@ -58,7 +58,9 @@ class OPSD(SelfTeacherMethod):
         topk = cfg.topk if cfg.distillation == "topk" else None
         distill_loss, _ = teacher.divergence(coefficients, kind, alpha, topk=topk)
         inputs.log_metric(f"self_teacher/{self.loss_metric}", distill_loss.detach())
-        return distill_loss
+        # 0 * the surrogate keeps verl's own logits in the backward graph, as SDPO's lambda = 0 does: FSDP2's
+        # post-backward hooks must fire for every module call of the forward (dropping them crashed the backward)
+        return distill_loss + 0.0 * pg_loss
 
 
 def reference_template(prompt, pieces, templates, template: str):
