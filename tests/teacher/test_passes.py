@@ -118,20 +118,40 @@ def test_sc_grpo_divergence_from_the_log_prob_pass_matches_separate_forwards(tin
     assert "log_probs" in model_output  # the student's log-probs come from the same pass
 
 
-def test_ema_update_closed_form_and_state_dict_round_trip(tiny_model, tmp_path):
+def test_ema_update_closed_form_in_place(tiny_model):
     teacher = copy.deepcopy(tiny_model)
     student = copy.deepcopy(tiny_model)
     with torch.no_grad():
         for param in student.parameters():
             param.add_(1.0)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    storage = {name: param.data_ptr() for name, param in teacher.named_parameters()}
     ema_update_(teacher, student, 0.05)
     for name, param in teacher.named_parameters():
         torch.testing.assert_close(param, 0.95 * before[name] + 0.05 * dict(student.named_parameters())[name])
-    torch.save(teacher.state_dict(), tmp_path / "ema.pt")
-    restored = copy.deepcopy(tiny_model)
-    restored.load_state_dict(torch.load(tmp_path / "ema.pt"))
-    for a, b in zip(restored.parameters(), teacher.parameters()):
-        assert torch.equal(a, b)
+        assert param.data_ptr() == storage[name]  # in place: FSDP / the ref engine keep referring to these tensors
     with pytest.raises(ValueError, match="rate"):
         ema_update_(teacher, student, 0.0)
+
+
+def test_ema_update_to_the_teachers_dtype_and_its_checks():
+    """A bf16 teacher blended with an fp32 student, on values whose blend is exact in bf16 (hand-computed); rate 1
+    copies the student; a rate outside (0, 1], a missing parameter or a shape mismatch is an error naming it."""
+    student = torch.nn.Linear(3, 1)
+    teacher = torch.nn.Linear(3, 1).to(torch.bfloat16)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[3.0, -1.0, 0.5]]))
+        student.bias.fill_(-2.0)
+        teacher.weight.copy_(torch.tensor([[1.0, 1.0, -0.5]]))
+        teacher.bias.fill_(2.0)
+    ema_update_(teacher, student, 0.25)  # 0.75 * teacher + 0.25 * student
+    assert teacher.weight.dtype == torch.bfloat16
+    assert teacher.weight.tolist() == [[1.5, 0.5, -0.25]] and teacher.bias.tolist() == [1.0]
+    ema_update_(teacher, student, 1.0)
+    assert teacher.weight.tolist() == [[3.0, -1.0, 0.5]] and teacher.bias.tolist() == [-2.0]
+    with pytest.raises(ValueError, match="rate"):
+        ema_update_(teacher, student, 1.5)
+    with pytest.raises(KeyError, match="bias"):
+        ema_update_(torch.nn.Linear(3, 1, bias=False), student, 0.5)
+    with pytest.raises(ValueError, match="'weight'"):
+        ema_update_(torch.nn.Linear(4, 1), student, 0.5)
