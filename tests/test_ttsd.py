@@ -169,3 +169,12 @@ def test_ttsd_updates_move_the_policy_and_the_driver_restores_it(tiny):
                        lr=0.05, topk=8, max_new_tokens=3, baseline_samples=2), str(root / "restore"),
                        progress=lambda s: None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_discovery_is_a_score_at_the_threshold_not_the_rewards_acc():
+    from scgrpo_verl.evaluation.data import Question
+
+    question = Question(file="f", row=0, data_source="toy", index=0, messages=[], ground_truth="1")
+    cfg = ttsd.TTSDConfig(success_threshold=1.0)
+    assert ttsd.judge(lambda **kw: {"score": 0.5, "acc": True, "feedback": "f"}, question, "x", cfg) == (False, 0.5, "f")
+    assert ttsd.judge(lambda **kw: 1.0, question, "x", cfg) == (True, 1.0, "")
