@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from scgrpo_verl.cpu_backend.assets import CHANCE_LEVELS
 from scgrpo_verl.evaluation import EvalError
 from scgrpo_verl.evaluation.paper_tables import PAPERS, build_rows, markdown_table, runs_markdown, write_csv
 from scgrpo_verl.evaluation.report_plots import make_plots
@@ -78,7 +79,7 @@ def report(run_specs: Sequence[str], paper_name: str, out_dir: str, eval_specs: 
     with open(os.path.join(out_dir, "runs.md"), "w", encoding="utf-8") as handle:
         handle.write(runs_markdown(runs))
     write_csv(os.path.join(out_dir, "table.csv"), rows)
-    drawn = make_plots(runs, out_dir, paper) if plots else {}
+    drawn = make_plots(runs, out_dir, paper, chance_levels=CHANCE_LEVELS) if plots else {}
     return Report(table_md=table, rows=rows, runs=runs, plots=drawn, out_dir=out_dir)
 
 

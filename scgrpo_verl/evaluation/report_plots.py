@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from scgrpo_verl.evaluation.paper_tables import HOUR, Paper, core_series
 from scgrpo_verl.evaluation.runs import Run
@@ -25,13 +25,6 @@ def _series(run: Run, pattern: re.Pattern) -> dict[str, dict[int, float]]:
             if match and math.isfinite(value):
                 out.setdefault(match.group(1), {})[step] = value
     return out
-
-
-def chance_level(data_source: str) -> Optional[float]:
-    """The accuracy of guessing, for the data sources where it is known: the tiny parity task's answer is 0 or 1."""
-    from scgrpo_verl.cpu_backend.assets import PARITY_SOURCE
-
-    return {PARITY_SOURCE: 0.5}.get(data_source)
 
 
 def _mark_coinciding(ax) -> None:
@@ -66,9 +59,11 @@ def _time_unit(seconds: float) -> tuple[str, float]:
     return "s", 1.0
 
 
-def make_plots(runs: Sequence[Run], out_dir: str, paper: Optional[Paper] = None) -> dict:
+def make_plots(runs: Sequence[Run], out_dir: str, paper: Optional[Paper] = None,
+               chance_levels: Optional[Mapping[str, float]] = None) -> dict:
     """Write the PNG/SVG plots; return (and save as plots.json) the x/y data of every drawn line, read back from
-    the figures' Line2D objects: ``{plot: {panel title: {line label: {"x": [...], "y": [...]}}}}``."""
+    the figures' Line2D objects: ``{plot: {panel title: {line label: {"x": [...], "y": [...]}}}}``.
+    ``chance_levels``: the accuracy of guessing per data_source, drawn as a line on its validation panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +129,7 @@ def make_plots(runs: Sequence[Run], out_dir: str, paper: Optional[Paper] = None)
                     sizes.append(f"{run.label}: n={questions}x{k}={n}")
                 else:
                     sizes.append(f"{run.label}: n={k or '?'} samples x ? questions")
-            chance = chance_level(ds)
+            chance = (chance_levels or {}).get(ds)
             if chance is not None:
                 ax.axhline(chance, color="black", linestyle="--", linewidth=0.8, label=f"_chance {chance:g}")
                 ax.annotate(f"chance {chance:g}", (0.99, chance), xycoords=("axes fraction", "data"), ha="right",

@@ -32,6 +32,11 @@ SDPG (section 3). The LAST user message's content becomes
 Placeholders are ``{name}`` fields of :meth:`str.format`; a literal brace is written ``{{`` / ``}}``.
 Each template is checked at construction: an unknown placeholder or a missing required one is a
 ``ValueError`` naming the option (``self_teacher.teacher.templates.<field>``).
+
+:func:`chat_prompt_ids` turns any of these message lists (or a student's) into prompt ids, as verl renders a student
+prompt (``apply_chat_template`` with ``data.apply_chat_template_kwargs``, e.g. the thinking switch of
+:func:`chat_template_kwargs`): the one builder of chat prompt ids, for the teacher contexts, ``scgrpo-verl eval`` and
+``scgrpo-verl ttsd``.
 """
 
 from __future__ import annotations

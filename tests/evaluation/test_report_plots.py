@@ -14,7 +14,7 @@ def test_validation_plot_has_chance_n_per_point_and_notes_coinciding_lines(tmp_p
     runs = [Run(label, label, None, str(tmp_path), history, evaluation) for label in ("grpo", "sc_grpo")]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to read them back
-    drawn = make_plots(runs, str(tmp_path))
+    drawn = make_plots(runs, str(tmp_path), chance_levels={"tiny_parity": 0.5})
     panel = drawn["val_vs_step"]["val-core/tiny_parity"]
     assert set(panel) == {"grpo acc/mean@4", "sc_grpo acc/mean@4"}  # the chance line is not a run's line
     ax = figures[0].axes[0]
