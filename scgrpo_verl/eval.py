@@ -16,7 +16,7 @@
   ``reward.custom_reward_function`` does).
 
 Outputs under ``--out``: ``samples.jsonl`` (one record per sample: data_source, index, sample, response, score,
-acc, feedback, ...) and ``metrics.json`` (per data_source, see :func:`summarize`).
+acc, feedback, ...) and ``metrics.json`` (per data_source, see :func:`scgrpo_verl.evaluation.metrics.summarize`).
 
 Metric names (``k`` = samples per question, here ``n``; :mod:`scgrpo_verl.evaluation.metrics`):
 

@@ -215,7 +215,7 @@ def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDC
                 teacher_prompts.append(None)  # SDPO: no demonstration and no feedback -> no teacher
                 continue
             ids = chat_prompt_ids(tokenizer, sdpo_teacher_messages(messages, None, feedback, templates),
-                           cfg.chat_template_kwargs)
+                                  cfg.chat_template_kwargs)
             teacher_prompts.append(ids if len(ids) <= cfg.max_reprompt_len else None)
         with torch.no_grad():
             old = [torch.log_softmax(response_logits(model, prompt_ids, r), -1).gather(
@@ -426,8 +426,8 @@ def main(args) -> int:
                                                                    ("bfloat16" if device == "cuda" else "float32")]
     tokenizer = AutoTokenizer.from_pretrained(args.model_path)
     model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype).to(device)
-    report = evaluate_discovery(model, tokenizer, questions, load_reward_fn(args.reward_path or None, args.reward_name),
-                                cfg, args.out)
+    score_fn = load_reward_fn(args.reward_path or None, args.reward_name)
+    report = evaluate_discovery(model, tokenizer, questions, score_fn, cfg, args.out)
     for name, curve in report["curves"].items():
         marks = [k for k in (1, 4, 16, 64, 256, 1024, cfg.budget) if k <= cfg.budget]
         print(f"{name:>10}: " + "  ".join(f"discovery@{k}={curve[k - 1]:.3f}" for k in sorted(set(marks))))

@@ -1,5 +1,6 @@
 """scgrpo-verl eval: a real end-to-end evaluation of the tiny model (HF folder and a verl FSDP checkpoint), its options
-and one-line errors. The metrics and verl's logs are tested in tests/evaluation/ (test_metrics.py, test_verl_logs.py)."""
+and one-line errors. The metrics and verl's logs are tested in tests/evaluation/ (test_metrics.py,
+test_verl_logs.py)."""
 
 from __future__ import annotations
 

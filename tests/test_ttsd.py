@@ -176,5 +176,6 @@ def test_a_discovery_is_a_score_at_the_threshold_not_the_rewards_acc():
 
     question = Question(file="f", row=0, data_source="toy", index=0, messages=[], ground_truth="1")
     cfg = ttsd.TTSDConfig(success_threshold=1.0)
-    assert ttsd.judge(lambda **kw: {"score": 0.5, "acc": True, "feedback": "f"}, question, "x", cfg) == (False, 0.5, "f")
+    half = {"score": 0.5, "acc": True, "feedback": "f"}  # the reward says correct, the score is under the threshold
+    assert ttsd.judge(lambda **kw: half, question, "x", cfg) == (False, 0.5, "f")
     assert ttsd.judge(lambda **kw: 1.0, question, "x", cfg) == (True, 1.0, "")

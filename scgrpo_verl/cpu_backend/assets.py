@@ -36,7 +36,7 @@ PARITY_SOURCE = "tiny_parity"
 """``data_source`` of the parity task (graded by :func:`scgrpo_verl.cpu_backend.reward.compute_score`)."""
 
 CHANCE_LEVELS = {PARITY_SOURCE: 0.5}
-"""The accuracy of guessing per ``data_source`` (the parity task's answer is 0 or 1), drawn by ``scgrpo-verl report``."""
+"""The accuracy of guessing per ``data_source`` (the parity answer is 0 or 1); ``scgrpo-verl report`` draws it."""
 
 PARITY_LOGIT_BIAS = {"0": 5.3, "1": 5.3, "<|im_end|>": 3.6}
 """Logit offsets of the parity model's output layer: P('0' or '1') ~ 0.55 and P(end) ~ 0.06 per position."""

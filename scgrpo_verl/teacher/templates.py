@@ -240,7 +240,9 @@ def chat_template_kwargs(base: Optional[Mapping] = None, enable_thinking: Option
     return kwargs
 
 
-def chat_prompt_ids(tokenizer, messages: Sequence[Mapping], chat_template_kwargs: Optional[Mapping] = None) -> list[int]:
+def chat_prompt_ids(
+    tokenizer, messages: Sequence[Mapping], chat_template_kwargs: Optional[Mapping] = None
+) -> list[int]:
     """The prompt ids of a conversation, as verl renders a student prompt:
     ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **chat_template_kwargs)`` (the
     rendered text tokenised without special tokens added) as a flat list of ints. transformers 5 returns a

@@ -50,7 +50,8 @@ def test_grade_takes_the_rewards_acc_and_falls_back_to_the_threshold():
     seen = {}
 
     def reward(data_source, solution_str, ground_truth, extra_info):
-        seen.update(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth, extra_info=extra_info)
+        seen.update(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth,
+                    extra_info=extra_info)
         return {"score": 0.5, "acc": True, "feedback": None}
 
     assert grade(reward, question, "resp") == {"score": 0.5, "acc": True, "feedback": ""}
