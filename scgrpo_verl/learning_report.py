@@ -1,7 +1,7 @@
 """``scgrpo-verl report --learning``: validation accuracy against step per method over seeds, and the table
 initial -> final (``examples/cpu_learning.sh``).
 
-Every run folder is one (method, seed): the method is the run's label (``scgrpo_verl.report.load_run``: the
+Every run folder is one (method, seed): the method is the run's label (``scgrpo_verl.evaluation.runs.load_run``: the
 ``--config-name`` in its ``run.log``), so the seeds of a method are the runs sharing a label. The accuracy is verl's
 in-loop validation ``val-core/<data_source>/acc/mean@N`` (the mean over the held-out prompts and their N samples),
 averaged over data sources when there are several.
@@ -22,7 +22,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from .eval import EvalError
+from scgrpo_verl.evaluation import EvalError
+from scgrpo_verl.evaluation.runs import load_run
 
 ACC_KEY = re.compile(r"^acc/mean@(\d+)$")
 
@@ -124,8 +125,6 @@ def plot_learning_curves(series: dict[str, list[dict[int, float]]], out_dir: str
 
 def learning_report(run_specs: Sequence[str], out_dir: str, plots: bool = True) -> tuple[str, list[LearningRow]]:
     """Read the runs, write learning.md / learning.csv (and the plot); return (markdown, rows)."""
-    from .report import load_run
-
     if not run_specs:
         raise EvalError("no RUN_DIR given")
     series: dict[str, list[dict[int, float]]] = {}

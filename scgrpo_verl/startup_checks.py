@@ -233,7 +233,7 @@ def check_rollout_name(config: Any) -> list[Problem]:
                              "pip install -e '.[gpu]'; scgrpo-verl cpu-run uses its own 'hf')")]
     name = _get(config, key)
     known = registered_rollouts()
-    from scgrpo_verl.cpu_backend import ROLLOUT_NAME, is_enabled
+    from scgrpo_verl.cpu_flag import ROLLOUT_NAME, is_enabled
 
     if name == ROLLOUT_NAME and not is_enabled():
         return [Problem(key, f"the {ROLLOUT_NAME!r} rollout exists only on the CPU debugging backend "
@@ -294,7 +294,7 @@ def check_attention(config: Any) -> list[Problem]:
     install; without it the model load fails inside a worker, after Ray and the rollout servers are up."""
     import importlib.util
 
-    from scgrpo_verl.cpu_backend import is_enabled
+    from scgrpo_verl.cpu_flag import is_enabled
 
     if is_enabled() or str(_get(config, "trainer.device", "cuda") or "cuda") != "cuda":
         return []
@@ -311,7 +311,7 @@ def check_attention(config: Any) -> list[Problem]:
 
 
 def check_gpus(config: Any) -> list[Problem]:
-    from scgrpo_verl.cpu_backend import is_enabled
+    from scgrpo_verl.cpu_flag import is_enabled
 
     device = str(_get(config, "trainer.device", "cuda") or "cuda")
     if is_enabled() or device != "cuda":

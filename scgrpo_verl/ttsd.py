@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,16 @@ import torch
 
 from scgrpo_verl.algos.divergence import divergence_from_log_probs, student_topk_ids, topk_log_probs
 from scgrpo_verl.algos.sdpo import sdpo_importance_weight
-from scgrpo_verl.teacher.templates import TemplateConfig, normalize_messages, sdpo_teacher_messages
+from scgrpo_verl.evaluation.data import Question, grade, load_questions, load_reward_fn
+from scgrpo_verl.evaluation.generation import sample_token_ids
+from scgrpo_verl.evaluation.metrics import pass_at_k
+from scgrpo_verl.teacher.templates import (
+    TemplateConfig,
+    chat_prompt_ids,
+    chat_template_kwargs,
+    normalize_messages,
+    sdpo_teacher_messages,
+)
 
 # the reference's multi-turn baseline prompt (baseline_multiturn/multiturn.py, template "feedback_only"), reworded
 MULTITURN_PREFIX = "Feedback on your earlier, unsuccessful attempts:\n\n"
@@ -92,17 +100,6 @@ class TTSDConfig:
         need(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
 
 
-@dataclass
-class Question:
-    """One verl parquet row: chat messages, ``data_source``, ground truth and ``extra_info``."""
-
-    index: int
-    messages: list
-    data_source: str
-    ground_truth: object
-    extra_info: dict = field(default_factory=dict)
-
-
 # -- discovery bookkeeping (pure) ---------------------------------------------------------------------------------
 def first_success(successes: Sequence[bool]) -> Optional[int]:
     """1-based index of the first successful attempt, or None."""
@@ -124,18 +121,10 @@ def discovery_curve(first: Sequence[Sequence[Optional[int]]], budget: int) -> li
     return curve
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from c successes in n samples, 1 - C(n-c, k) / C(n, k) (k <= n)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
 def best_of_k_curve(counts: Sequence[tuple[int, int]], budget: int) -> list[float]:
     """Best-of-k discovery@k, k = 1..budget, averaged over questions given (successes c, samples m) per question:
-    the unbiased estimator for k <= m, the closed form 1 - (1 - c/m)^k beyond (0 when c = 0)."""
+    the unbiased estimator :func:`~scgrpo_verl.evaluation.metrics.pass_at_k` for k <= m, the closed form
+    1 - (1 - c/m)^k beyond (0 when c = 0)."""
     if not counts:
         return [0.0] * budget
     curve = []
@@ -153,37 +142,11 @@ def attempts_to_reach(curve: Sequence[float], target: float) -> Optional[int]:
 
 
 # -- model side ---------------------------------------------------------------------------------------------------
-def chat_ids(tokenizer, messages: Sequence[dict], kwargs: dict) -> list[int]:
-    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, **kwargs)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    if out and isinstance(out[0], (list, tuple)):
-        out = out[0]
-    return [int(i) for i in out]
-
-
-@torch.no_grad()
 def sample(model, tokenizer, prompt_ids: Sequence[int], count: int, cfg: TTSDConfig,
            generator_seed: int) -> list[list[int]]:
     """``count`` sampled responses (token ids, cut after the first EOS / pad) to one prompt."""
-    device = next(model.parameters()).device
-    torch.manual_seed(generator_seed)
-    ids = torch.tensor([list(prompt_ids)] * count, device=device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(model, tokenizer))
-    stops = set(_stop_ids(model, tokenizer))
-    responses = []
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        responses.append(row[:cut])
-    return responses
-
-
-def _stop_ids(model, tokenizer) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
-    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
-    return [int(e) for e in eos if e is not None]
+    return sample_token_ids(model, tokenizer, prompt_ids, count, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, seed=generator_seed)
 
 
 def response_logits(model, prompt_ids: Sequence[int], response: Sequence[int]) -> torch.Tensor:
@@ -212,13 +175,11 @@ def sdpo_token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 ScoreFn = Callable[..., dict]
 
 
-def grade(score_fn: ScoreFn, question: Question, text: str, cfg: TTSDConfig) -> tuple[bool, float, str]:
-    out = score_fn(data_source=question.data_source, solution_str=text, ground_truth=question.ground_truth,
-                   extra_info=dict(question.extra_info))
-    if not isinstance(out, dict):
-        out = {"score": float(out), "feedback": ""}
-    score = float(out["score"])
-    return score >= cfg.success_threshold, score, str(out.get("feedback") or "")
+def judge(score_fn: ScoreFn, question: Question, text: str, cfg: TTSDConfig) -> tuple[bool, float, str]:
+    """(discovered, score, feedback) of one attempt: a discovery is score >= ``success_threshold`` (the reward's
+    own ``acc`` is not used)."""
+    graded = grade(score_fn, question, text, cfg.success_threshold)
+    return graded["score"] >= cfg.success_threshold, graded["score"], graded["feedback"]
 
 
 def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDConfig, run: int,
@@ -227,7 +188,7 @@ def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDC
     ``model`` is trained in place (pass a copy)."""
     templates = TemplateConfig()
     messages = normalize_messages(question.messages)
-    prompt_ids = chat_ids(tokenizer, messages, cfg.chat_template_kwargs)
+    prompt_ids = chat_prompt_ids(tokenizer, messages, cfg.chat_template_kwargs)
     teacher_model = None if cfg.teacher == "live" else copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     attempts, round_index = 0, 0
@@ -241,9 +202,9 @@ def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDC
         for response in responses:
             attempts += 1
             text = tokenizer.decode(response, skip_special_tokens=True)
-            ok, score, feedback = grade(score_fn, question, text, cfg)
+            ok, score, feedback = judge(score_fn, question, text, cfg)
             graded.append((response, ok, feedback))
-            log({"method": "ttsd", "question": question.index, "run": run, "attempt": attempts,
+            log({"method": "ttsd", "question": question.row, "run": run, "attempt": attempts,
                  "round": round_index, "success": ok, "score": score, "response_tokens": len(response)})
             if ok:
                 return attempts
@@ -253,8 +214,8 @@ def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDC
             if not feedback.strip() or not response:
                 teacher_prompts.append(None)  # SDPO: no demonstration and no feedback -> no teacher
                 continue
-            ids = chat_ids(tokenizer, sdpo_teacher_messages(messages, None, feedback, templates),
-                           cfg.chat_template_kwargs)
+            ids = chat_prompt_ids(tokenizer, sdpo_teacher_messages(messages, None, feedback, templates),
+                                  cfg.chat_template_kwargs)
             teacher_prompts.append(ids if len(ids) <= cfg.max_reprompt_len else None)
         with torch.no_grad():
             old = [torch.log_softmax(response_logits(model, prompt_ids, r), -1).gather(
@@ -286,7 +247,7 @@ def run_ttsd(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: TTSDC
                 from scgrpo_verl.teacher.passes import ema_update_
 
                 ema_update_(teacher_model, model, cfg.ema_rate)
-        log({"method": "ttsd", "question": question.index, "run": run, "round": round_index, "update": True,
+        log({"method": "ttsd", "question": question.row, "run": run, "round": round_index, "update": True,
              "loss": losses, "teachers": sum(p is not None for p in teacher_prompts)})
     return None
 
@@ -311,14 +272,14 @@ def run_multiturn(model, tokenizer, question: Question, score_fn: ScoreFn, cfg: 
     feedbacks: list[str] = []
     for attempt in range(1, cfg.budget + 1):
         while True:
-            prompt_ids = chat_ids(tokenizer, multiturn_messages(messages, feedbacks), cfg.chat_template_kwargs)
+            prompt_ids = chat_prompt_ids(tokenizer, multiturn_messages(messages, feedbacks), cfg.chat_template_kwargs)
             if len(prompt_ids) <= cfg.max_prompt_tokens or not feedbacks:
                 break
             feedbacks.pop(0)  # the reference trims the earliest feedback first
         model.eval()
         response = sample(model, tokenizer, prompt_ids, 1, cfg, _seed(cfg, "multiturn", question, run, attempt))[0]
-        ok, score, feedback = grade(score_fn, question, tokenizer.decode(response, skip_special_tokens=True), cfg)
-        log({"method": "multiturn", "question": question.index, "run": run, "attempt": attempt, "success": ok,
+        ok, score, feedback = judge(score_fn, question, tokenizer.decode(response, skip_special_tokens=True), cfg)
+        log({"method": "multiturn", "question": question.row, "run": run, "attempt": attempt, "success": ok,
              "score": score, "response_tokens": len(response), "feedbacks_in_prompt": len(feedbacks)})
         if ok:
             return attempt
@@ -330,21 +291,21 @@ def best_of_k_counts(model, tokenizer, question: Question, score_fn: ScoreFn, cf
                      log: Callable[[dict], None]) -> tuple[int, int]:
     """(successes, samples) of ``baseline_samples`` independent base-model attempts."""
     messages = normalize_messages(question.messages)
-    prompt_ids = chat_ids(tokenizer, messages, cfg.chat_template_kwargs)
+    prompt_ids = chat_prompt_ids(tokenizer, messages, cfg.chat_template_kwargs)
     successes, done = 0, 0
     while done < cfg.baseline_samples:
         count = min(cfg.batch_size, cfg.baseline_samples - done)
         for response in sample(model, tokenizer, prompt_ids, count, cfg, _seed(cfg, "best_of_k", question, 0, done)):
             done += 1
-            ok, score, _ = grade(score_fn, question, tokenizer.decode(response, skip_special_tokens=True), cfg)
+            ok, score, _ = judge(score_fn, question, tokenizer.decode(response, skip_special_tokens=True), cfg)
             successes += ok
-            log({"method": "best_of_k", "question": question.index, "run": 0, "attempt": done, "success": ok,
+            log({"method": "best_of_k", "question": question.row, "run": 0, "attempt": done, "success": ok,
                  "score": score})
     return successes, done
 
 
 def _seed(cfg: TTSDConfig, method: str, question: Question, run: int, step: int) -> int:
-    return random.Random(f"{cfg.seed}/{method}/{question.index}/{run}/{step}").randrange(2**31)
+    return random.Random(f"{cfg.seed}/{method}/{question.row}/{run}/{step}").randrange(2**31)
 
 
 def _device(model) -> torch.device:
@@ -352,29 +313,6 @@ def _device(model) -> torch.device:
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
-def load_questions(path: str, indices: Optional[Sequence[int]] = None) -> list[Question]:
-    import pandas as pd
-
-    frame = pd.read_parquet(path)
-    for column in ("prompt", "data_source", "reward_model"):
-        if column not in frame.columns:
-            raise ValueError(f"{path}: column {column!r} missing (verl RL parquet expected: prompt, data_source, "
-                             f"reward_model.ground_truth, extra_info)")
-    rows = range(len(frame)) if indices is None else indices
-    out = []
-    for i in rows:
-        if not 0 <= i < len(frame):
-            raise ValueError(f"{path}: question index {i} out of range (the file has {len(frame)} rows)")
-        row = frame.iloc[i]
-        reward = row["reward_model"]
-        if not hasattr(reward, "get") or "ground_truth" not in reward:
-            raise ValueError(f"{path}: row {i} has no reward_model.ground_truth")
-        extra = row["extra_info"] if "extra_info" in frame.columns and hasattr(row["extra_info"], "get") else {}
-        out.append(Question(int(i), list(row["prompt"]), str(row["data_source"]), reward["ground_truth"],
-                            dict(extra or {})))
-    return out
-
-
 def evaluate_discovery(model, tokenizer, questions: Sequence[Question], score_fn: ScoreFn, cfg: TTSDConfig,
                        out_dir: str, progress: Callable[[str], None] = print) -> dict:
     """Run best-of-k, multi-turn and test-time SDPO on every question; write report.json, attempts.jsonl and
@@ -395,20 +333,20 @@ def evaluate_discovery(model, tokenizer, questions: Sequence[Question], score_fn
             model.load_state_dict(base_state)
             if cfg.baseline_samples:
                 counts.append(best_of_k_counts(model, tokenizer, question, score_fn, cfg, log))
-                progress(f"question {question.index}: best-of-k {counts[-1][0]}/{counts[-1][1]} base samples solved")
+                progress(f"question {question.row}: best-of-k {counts[-1][0]}/{counts[-1][1]} base samples solved")
             if cfg.multiturn:
                 runs = []
                 for run in range(cfg.runs):
                     model.load_state_dict(base_state)
                     runs.append(run_multiturn(model, tokenizer, question, score_fn, cfg, run, log))
                 first["multiturn"].append(runs)
-                progress(f"question {question.index}: multi-turn first success at {runs}")
+                progress(f"question {question.row}: multi-turn first success at {runs}")
             runs = []
             for run in range(cfg.runs):
                 model.load_state_dict(base_state)
                 runs.append(run_ttsd(model, tokenizer, question, score_fn, cfg, run, log))
             first["ttsd"].append(runs)
-            progress(f"question {question.index}: test-time SDPO first success at {runs}")
+            progress(f"question {question.row}: test-time SDPO first success at {runs}")
     finally:
         model.load_state_dict(base_state)
         handle.close()
@@ -419,7 +357,7 @@ def evaluate_discovery(model, tokenizer, questions: Sequence[Question], score_fn
         curves["best_of_k"] = best_of_k_curve(counts, cfg.budget)
     report = {
         "config": asdict(cfg),
-        "questions": [q.index for q in questions],
+        "questions": [q.row for q in questions],
         "first_success": first,
         "best_of_k_counts": [list(c) for c in counts],
         "curves": curves,
@@ -468,25 +406,16 @@ def _plot(curves: dict, path: str) -> None:
     plt.close(fig)
 
 
-def load_score_fn(path: Optional[str], name: str) -> ScoreFn:
-    if not path:
-        from scgrpo_verl.rewards import compute_score
-
-        return compute_score
-    from verl.utils.import_utils import load_extern_object
-
-    return load_extern_object(module_path=path, object_name=name)
-
-
 def main(args) -> int:
     """``scgrpo-verl ttsd`` (arguments from :mod:`scgrpo_verl.cli`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     indices = None if args.questions is None else [int(x) for x in args.questions.split(",") if x.strip()]
-    questions = load_questions(args.data, indices)
+    questions = load_questions(args.data, indices=indices)
     if args.limit is not None:
         questions = questions[: args.limit]
-    kwargs = {} if args.enable_thinking is None else {"enable_thinking": args.enable_thinking == "true"}
+    kwargs = chat_template_kwargs(enable_thinking=None if args.enable_thinking is None
+                                  else args.enable_thinking == "true")
     cfg = TTSDConfig(budget=args.budget, batch_size=args.batch_size, group_size=args.group_size, lr=args.lr,
                      topk=args.topk, alpha=args.alpha, teacher=args.teacher, ema_rate=args.ema_rate,
                      temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -497,8 +426,8 @@ def main(args) -> int:
                                                                    ("bfloat16" if device == "cuda" else "float32")]
     tokenizer = AutoTokenizer.from_pretrained(args.model_path)
     model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype).to(device)
-    report = evaluate_discovery(model, tokenizer, questions, load_score_fn(args.reward_path, args.reward_name),
-                                cfg, args.out)
+    score_fn = load_reward_fn(args.reward_path or None, args.reward_name)
+    report = evaluate_discovery(model, tokenizer, questions, score_fn, cfg, args.out)
     for name, curve in report["curves"].items():
         marks = [k for k in (1, 4, 16, 64, 256, 1024, cfg.budget) if k <= cfg.budget]
         print(f"{name:>10}: " + "  ".join(f"discovery@{k}={curve[k - 1]:.3f}" for k in sorted(set(marks))))

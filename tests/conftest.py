@@ -1,4 +1,7 @@
-"""Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path."""
+"""Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path; evaluation helpers."""
+
+import itertools
+from fractions import Fraction
 
 import pytest
 import torch
@@ -14,20 +17,31 @@ HIDDEN = 16
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from scgrpo_verl.cpu_backend.assets import tiny_qwen2
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return Qwen2ForCausalLM(config).float().eval()
+    return tiny_qwen2(VOCAB, seed=0, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64).eval()
+
+
+# --------------------------------------------------------------------------- evaluation (eval, report, ttsd)
+
+
+def enumerated_pass_at_k(successes, k: int) -> Fraction:
+    """pass@k by naive enumeration: the fraction of the k-subsets of the samples (``successes``: one bool each)
+    that hold at least one success."""
+    subsets = list(itertools.combinations(range(len(successes)), k))
+    return Fraction(sum(1 for s in subsets if any(successes[i] for i in s)), len(subsets))
+
+
+def verl_history() -> dict:
+    """A run's step metrics as verl logs them: in-loop validation (val-core / val-aux) at steps 0 and 2."""
+    return {
+        0: {"val-core/openai/gsm8k/acc/mean@4": 0.25, "val-aux/openai/gsm8k/reward/mean@4": 0.3,
+            "val-core/openai/gsm8k/acc/best@4/mean": 0.5, "val-core/tiny_parity/acc/mean@4": 0.4},
+        1: {"timing_s/step": 12.5, "actor/pg_loss": -0.01, "self_teacher/frac_groups_with_success": 0.5},
+        2: {"timing_s/step": 11.0, "val-core/openai/gsm8k/acc/mean@4": 0.5, "val-core/tiny_parity/acc/mean@4": 0.45,
+            "val-aux/num_turns/mean": 2.0},
+    }
 
 
 def make_micro_batch(prompt_lens, response_lens, seed=0, extra=None, batch_num_tokens=None, global_batch_size=None,

@@ -1,138 +1,17 @@
-"""scgrpo-verl eval: pass@k / avg@k / mean@k against independent computations, verl's logs read back from verl's own
-loggers, and a real end-to-end evaluation of the tiny model (HF folder and a verl FSDP checkpoint)."""
+"""scgrpo-verl eval: a real end-to-end evaluation of the tiny model (HF folder and a verl FSDP checkpoint), its options
+and one-line errors. The metrics and verl's logs are tested in tests/evaluation/ (test_metrics.py,
+test_verl_logs.py)."""
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-import math
 import os
-from contextlib import redirect_stdout
-from fractions import Fraction
 
 import pytest
+from conftest import enumerated_pass_at_k, verl_history
 
 from scgrpo_verl import eval as ev
 from scgrpo_verl.cli import main as cli_main
-
-# ---------------------------------------------------------------------------------------------------------------
-# metrics
-
-
-def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:
-    """Fraction of the k-subsets of n samples (the first c correct) that hold at least one correct sample."""
-    subsets = list(itertools.combinations(range(n), k))
-    return Fraction(sum(1 for s in subsets if any(i < c for i in s)), len(subsets))
-
-
-@pytest.mark.parametrize("n", range(1, 9))
-def test_pass_at_k_equals_enumeration_of_k_subsets(n):
-    for c in range(n + 1):
-        for k in range(1, n + 1):
-            assert ev.pass_at_k(n, c, k) == pytest.approx(float(brute_force_pass_at_k(n, c, k)), abs=1e-12), (n, c, k)
-
-
-def test_pass_at_k_is_stable_where_binomials_overflow_floats():
-    # C(2000, 1000) ~ 1e600 overflows a float; the product form stays exact to rounding
-    n, c, k = 2000, 7, 1000
-    exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
-    assert ev.pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12)
-    assert ev.pass_at_k(n, 1, 1) == pytest.approx(1 / n)
-
-
-def test_pass_at_k_rejects_impossible_counts():
-    for args in [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)]:
-        with pytest.raises(ValueError, match="pass@k needs"):
-            ev.pass_at_k(*args)
-
-
-def test_avg_and_mean_differ_only_with_unequal_sample_counts():
-    equal = [[(1.0, True), (0.0, False)], [(1.0, True), (1.0, True)], [(0.0, False), (0.0, False)]]
-    m = ev.summarize(equal)
-    assert m["avg@2"] == m["mean@2"] == pytest.approx(3 / 6)
-    assert m["pass@1"] == pytest.approx((1 / 2 + 1 + 0) / 3)
-    assert m["pass@2"] == pytest.approx((1 + 1 + 0) / 3)
-    unequal = [[(1.0, True), (1.0, True), (1.0, True), (0.5, False)], [(0.0, False), (0.2, False)]]
-    m = ev.summarize(unequal)
-    assert m["n"] is None and m["num_samples"] == 6 and m["num_questions"] == 2
-    assert m["avg@4"] == pytest.approx(3 / 6)  # every sample weighs the same
-    assert m["mean@4"] == pytest.approx((3 / 4 + 0) / 2)  # every question weighs the same
-    assert m["score/avg@4"] == pytest.approx(3.7 / 6)
-    assert m["score/mean@4"] == pytest.approx((3.5 / 4 + 0.2 / 2) / 2)
-    # pass@k only up to the smallest per-question count
-    assert "pass@2" in m and "pass@4" not in m
-    assert m["pass@2"] == pytest.approx((1 + 0) / 2)
-
-
-def test_default_ks():
-    assert ev.default_ks(1) == [1]
-    assert ev.default_ks(8) == [1, 2, 4, 8]
-    assert ev.default_ks(12) == [1, 2, 4, 8, 12]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# verl's logs, written by verl's own loggers
-
-
-def _verl_history():
-    return {
-        0: {"val-core/openai/gsm8k/acc/mean@4": 0.25, "val-aux/openai/gsm8k/reward/mean@4": 0.3,
-            "val-core/openai/gsm8k/acc/best@4/mean": 0.5, "val-core/tiny_parity/acc/mean@4": 0.4},
-        1: {"timing_s/step": 12.5, "actor/pg_loss": -0.01, "self_teacher/frac_groups_with_success": 0.5},
-        2: {"timing_s/step": 11.0, "val-core/openai/gsm8k/acc/mean@4": 0.5, "val-core/tiny_parity/acc/mean@4": 0.45,
-            "val-aux/num_turns/mean": 2.0},
-    }
-
-
-def test_read_verl_metrics_from_verls_file_logger(tmp_path, monkeypatch):
-    from verl.utils.tracking import FileLogger
-
-    path = tmp_path / "run" / "metrics.jsonl"
-    path.parent.mkdir()
-    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
-    logger = FileLogger("proj", "exp")
-    for step, data in _verl_history().items():
-        logger.log(data, step)
-    logger.finish()
-    history = ev.read_verl_metrics(str(path.parent))
-    assert history == _verl_history()
-    series = ev.validation_series(history)
-    assert series == {
-        "openai/gsm8k": {"acc/mean@4": {0: 0.25, 2: 0.5}, "acc/best@4/mean": {0: 0.5}},
-        "tiny_parity": {"acc/mean@4": {0: 0.4, 2: 0.45}},
-    }
-    assert ev.validation_series(history, "val-aux") == {"openai/gsm8k": {"reward/mean@4": {0: 0.3}}}
-
-
-def test_read_verl_metrics_from_verls_console_logger(tmp_path):
-    from verl.utils.logger.aggregate_logger import LocalLogger
-
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        logger = LocalLogger(print_to_console=True)
-        for step, data in _verl_history().items():
-            logger.log(data, step)
-    log = tmp_path / "run.log"
-    # a Ray prefix, as the TaskRunner's lines have
-    log.write_text("".join(f"(TaskRunner pid=1) {line}\n" for line in buffer.getvalue().splitlines()))
-    history = ev.read_verl_metrics(str(tmp_path))
-    expected = _verl_history()
-    assert set(history) == set(expected)
-    for step in expected:
-        assert history[step] == pytest.approx(expected[step], rel=1e-4), step  # the console rounds
-
-
-def test_read_verl_metrics_errors_name_the_file(tmp_path):
-    with pytest.raises(ev.EvalError, match="does not exist"):
-        ev.read_verl_metrics(str(tmp_path / "missing"))
-    with pytest.raises(ev.EvalError, match="no verl metric log"):
-        ev.read_verl_metrics(str(tmp_path))
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"step": 1, "data": {"a": 1}}\nnot json\n')
-    with pytest.raises(ev.EvalError, match=r"bad.jsonl:2"):
-        ev.read_verl_metrics(str(bad))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end on the tiny parity model
@@ -187,7 +66,7 @@ def test_eval_end_to_end_hf_folder(parity_assets, tmp_path, capsys):
     assert m["avg@4"] == pytest.approx(sum(r["acc"] for r in records) / 12)
     assert m["mean@4"] == pytest.approx(sum(sum(v) / 4 for v in by_q.values()) / 3)
     for k in (1, 2, 4):
-        expected = sum(float(brute_force_pass_at_k(4, sum(v), k)) for v in by_q.values()) / 3
+        expected = sum(float(enumerated_pass_at_k(v, k)) for v in by_q.values()) / 3
         assert m[f"pass@{k}"] == pytest.approx(expected)
     assert metrics["backend"] == "hf" and metrics["sampling"]["n"] == 4
 
@@ -223,7 +102,7 @@ def test_eval_merges_a_verl_fsdp_checkpoint(parity_assets, tmp_path):
 @pytest.mark.timeout(120)
 def test_eval_reads_the_runs_in_loop_validation(parity_assets, tmp_path):
     log = tmp_path / "metrics.jsonl"
-    log.write_text("".join(json.dumps({"step": s, "data": d}) + "\n" for s, d in _verl_history().items()))
+    log.write_text("".join(json.dumps({"step": s, "data": d}) + "\n" for s, d in verl_history().items()))
     result = ev.evaluate(parity_assets.model, [parity_assets.val_file], ev.Sampling(1, 0.0, 1.0, 4),
                          str(tmp_path / "out"), backend="hf", reward_path=REWARD, limit=1, verl_log=str(log))
     assert result.metrics["verl_validation"]["tiny_parity"] == {"acc/mean@4": {"0": 0.4, "2": 0.45}}

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from scgrpo_verl.eval import read_verl_metrics, validation_series
+from scgrpo_verl.evaluation.verl_logs import read_verl_metrics, validation_series
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("grpo", "sc_grpo", "sdpo", "sdpg")

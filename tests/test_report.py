@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import pytest
 
@@ -206,32 +205,3 @@ def test_report_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
-
-
-def test_cumulative_time_excludes_step_zero_and_sums_in_order():
-    run = rp.Run("a", "grpo", None, "p", {0: {"timing_s/step": 99.0}, 2: {"timing_s/step": 3.0},
-                                          1: {"timing_s/step": 1.5}})
-    assert run.cumulative_time() == {0: 0.0, 1: 1.5, 2: 4.5}
-    assert not math.isnan(run.cumulative_time()[2])
-
-
-def test_validation_plot_has_chance_n_per_point_and_notes_coinciding_lines(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
-
-    history = {s: {"val-core/tiny_parity/acc/mean@4": 0.5 + 0.05 * s, "timing_s/step": 10.0} for s in range(3)}
-    evaluation = {"data_sources": {"tiny_parity": {"num_questions": 8, "n": 8}}}
-    runs = [rp.Run(label, label, None, str(tmp_path), history, evaluation) for label in ("grpo", "sc_grpo")]
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to read them back
-    drawn = rp.make_plots(runs, str(tmp_path))
-    panel = drawn["val_vs_step"]["val-core/tiny_parity"]
-    assert set(panel) == {"grpo acc/mean@4", "sc_grpo acc/mean@4"}  # the chance line is not a run's line
-    ax = figures[0].axes[0]
-    chance = [line for line in ax.get_lines() if line.get_label() == "_chance 0.5"]
-    assert chance and list(chance[0].get_ydata()) == [0.5, 0.5]
-    texts = [t.get_text() for t in ax.texts]
-    assert "chance 0.5" in texts
-    assert "per point grpo: n=8x4=32; sc_grpo: n=8x4=32 (bars: +-1 binomial s.e.)" in texts
-    assert "same values: grpo acc/mean@4 = sc_grpo acc/mean@4" in texts
-    hidden = [line for line in ax.get_lines() if line.get_label() == "sc_grpo acc/mean@4"][0]
-    assert hidden.get_linestyle() == "--" and hidden.get_markerfacecolor() == "none"

@@ -7,12 +7,12 @@ subset enumeration for best-of-k, plain counting for the sequential methods.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
 import pytest
 import torch
+from conftest import enumerated_pass_at_k
 
 from scgrpo_verl import ttsd
 
@@ -23,19 +23,13 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
 '''
 
 
-def brute_pass_at_k(successes: list[bool], k: int) -> float:
-    """Fraction of the k-subsets of the samples that hold a success (best-of-k without replacement)."""
-    subsets = list(itertools.combinations(range(len(successes)), k))
-    return sum(any(successes[i] for i in s) for s in subsets) / len(subsets)
-
-
 def test_pass_at_k_and_best_of_k_curve_match_subset_enumeration():
     samples = [True, False, False, True, False, False, False]
     for k in range(1, len(samples) + 1):
-        assert ttsd.pass_at_k(len(samples), sum(samples), k) == pytest.approx(brute_pass_at_k(samples, k))
+        assert ttsd.pass_at_k(len(samples), sum(samples), k) == pytest.approx(float(enumerated_pass_at_k(samples, k)))
     curve = ttsd.best_of_k_curve([(2, 7), (0, 7)], budget=10)
     for k in range(1, 8):
-        assert curve[k - 1] == pytest.approx((brute_pass_at_k(samples, k) + 0.0) / 2)
+        assert curve[k - 1] == pytest.approx((float(enumerated_pass_at_k(samples, k)) + 0.0) / 2)
     assert curve[9] == pytest.approx((1 - (5 / 7) ** 10) / 2)  # beyond m: the closed form
 
 
@@ -143,7 +137,8 @@ def test_ttsd_command_discovery_bookkeeping(tiny, capsys):
                     for q in (0, 2)}
     assert all(len(s) == 6 for s in per_question.values())
     for k in range(1, budget + 1):
-        values = [brute_pass_at_k(s, k) if k <= 6 else 1 - (1 - sum(s) / 6) ** k for s in per_question.values()]
+        values = [float(enumerated_pass_at_k(s, k)) if k <= 6 else 1 - (1 - sum(s) / 6) ** k
+                  for s in per_question.values()]
         curve.append(sum(values) / 2)
     assert report["curves"]["best_of_k"] == pytest.approx(curve)
     assert report["best_of_k_counts"] == [[sum(s), 6] for s in per_question.values()]
@@ -153,14 +148,15 @@ def test_ttsd_command_discovery_bookkeeping(tiny, capsys):
 def test_ttsd_updates_move_the_policy_and_the_driver_restores_it(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scgrpo_verl.ttsd import TTSDConfig, evaluate_discovery, load_questions, load_score_fn, run_ttsd
+    from scgrpo_verl.evaluation.data import load_questions, load_reward_fn
+    from scgrpo_verl.ttsd import TTSDConfig, evaluate_discovery, run_ttsd
 
     root, model_dir, data, reward = tiny
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    score = load_score_fn(reward, "compute_score")
+    score = load_reward_fn(reward, "compute_score")
     never = lambda **kw: {"score": 0.0, "feedback": "wrong, try a different answer"}  # noqa: E731
-    question = load_questions(data, [1])[0]
+    question = load_questions(data, indices=[1])[0]
     cfg = TTSDConfig(budget=4, batch_size=2, group_size=2, lr=0.05, topk=8, max_new_tokens=3, teacher="live")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     log = []
@@ -173,3 +169,13 @@ def test_ttsd_updates_move_the_policy_and_the_driver_restores_it(tiny):
                        lr=0.05, topk=8, max_new_tokens=3, baseline_samples=2), str(root / "restore"),
                        progress=lambda s: None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_discovery_is_a_score_at_the_threshold_not_the_rewards_acc():
+    from scgrpo_verl.evaluation.data import Question
+
+    question = Question(file="f", row=0, data_source="toy", index=0, messages=[], ground_truth="1")
+    cfg = ttsd.TTSDConfig(success_threshold=1.0)
+    half = {"score": 0.5, "acc": True, "feedback": "f"}  # the reward says correct, the score is under the threshold
+    assert ttsd.judge(lambda **kw: half, question, "x", cfg) == (False, 0.5, "f")
+    assert ttsd.judge(lambda **kw: 1.0, question, "x", cfg) == (True, 1.0, "")

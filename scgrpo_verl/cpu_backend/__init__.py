@@ -53,12 +53,11 @@ from __future__ import annotations
 import logging
 import os
 
+from scgrpo_verl.cpu_flag import ENV_FLAG, PLATFORM_NAME, ROLLOUT_NAME, is_enabled
+
 logger = logging.getLogger("scgrpo_verl.cpu_backend")
 
-ENV_FLAG = "SCGRPO_VERL_CPU_BACKEND"
 TESTED_VERL_VERSIONS = ("0.9.1",)
-ROLLOUT_NAME = "hf"
-PLATFORM_NAME = "cpu"
 
 #: environment every process of a CPU run needs (driver, TaskRunner, Ray workers)
 ENV = {
@@ -71,10 +70,6 @@ ENV = {
 }
 
 _activated = False
-
-
-def is_enabled() -> bool:
-    return os.environ.get(ENV_FLAG, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def check_verl_version() -> str:

@@ -35,6 +35,9 @@ TASKS = ("math", "parity")
 PARITY_SOURCE = "tiny_parity"
 """``data_source`` of the parity task (graded by :func:`scgrpo_verl.cpu_backend.reward.compute_score`)."""
 
+CHANCE_LEVELS = {PARITY_SOURCE: 0.5}
+"""The accuracy of guessing per ``data_source`` (the parity answer is 0 or 1); ``scgrpo-verl report`` draws it."""
+
 PARITY_LOGIT_BIAS = {"0": 5.3, "1": 5.3, "<|im_end|>": 3.6}
 """Logit offsets of the parity model's output layer: P('0' or '1') ~ 0.55 and P(end) ~ 0.06 per position."""
 
@@ -87,33 +90,36 @@ def build_tokenizer(folder: str | os.PathLike, training_text: Sequence[str] = ()
     return fast
 
 
+#: the tiny Qwen2 of the CPU runs (:func:`build_model`); the unit tests' model (``tests/conftest.py``) is smaller
+TINY_QWEN2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+
+
+def tiny_qwen2(vocab_size: int, seed: int = 0, **config):
+    """A randomly initialised float32 ``Qwen2ForCausalLM`` (in memory, untied embeddings): :data:`TINY_QWEN2`
+    with ``config`` overriding or adding ``Qwen2Config`` fields, the weights drawn after ``torch.manual_seed(seed)``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=False,
+                                        **{**TINY_QWEN2, **config})).float()
+
+
 def build_model(folder: str | os.PathLike, vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0,
                 logit_bias: dict[int, float] | None = None):
-    """Save a randomly initialised 2-layer Qwen2 (hidden 64) in float32.
+    """Save a randomly initialised 2-layer Qwen2 (hidden 64, :func:`tiny_qwen2`) in float32.
 
     ``logit_bias`` ({token id: offset}) gives the output layer a bias (Qwen2's lm_head has none): every token's
     embedding gets a constant on hidden dimension 0, which dominates the residual stream, so after the final RMSNorm
     h[0] is ~ sqrt(hidden) for any input; lm_head[v, 0] = offset / sqrt(hidden) then adds ~offset to token v's logit.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig
 
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        torch_dtype="float32",
-    )
-    model = Qwen2ForCausalLM(config).float()
+    model = tiny_qwen2(vocab_size, seed, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+                       pad_token_id=pad_token_id, torch_dtype="float32")
+    config = model.config
     if logit_bias:
         with torch.no_grad():
             model.model.embed_tokens.weight[:, 0] = _BIAS_DIM_VALUE

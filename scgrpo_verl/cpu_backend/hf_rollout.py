@@ -39,9 +39,10 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from scgrpo_verl.cpu_flag import ROLLOUT_NAME
+
 logger = logging.getLogger(__name__)
 
-ROLLOUT_NAME = "hf"
 SERVER_PREFIX = f"{ROLLOUT_NAME}_server_"
 COUNTER_NAME = f"{ROLLOUT_NAME}_rollout_request_counter"
 # HF generate samples from torch's process-wide generator: one seeded generate at a time per process

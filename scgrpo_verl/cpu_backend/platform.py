@@ -17,7 +17,7 @@ import torch
 
 from verl.plugin.platform import PlatformBase
 
-PLATFORM_NAME = "cpu"
+from scgrpo_verl.cpu_flag import PLATFORM_NAME
 
 
 def _total_memory() -> int:

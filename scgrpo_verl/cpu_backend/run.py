@@ -6,7 +6,8 @@
 ``python -m verl.trainer.main_ppo --config-path=pkg://scgrpo_verl.configs --config-name=<config_name>`` in its own
 process group with :func:`cpu_overrides` + the caller's overrides (any config name and any override pass through,
 later overrides win), streams the output to ``<workdir>/run.log`` (and stdout when ``echo``), enforces a hard
-timeout, and returns the ``step:N - key:value - ...`` lines of verl's console logger as ``{step: {key: value}}``.
+timeout, and returns the ``step:N - key:value - ...`` lines of verl's console logger as ``{step: {key: value}}``
+(parsed by :mod:`scgrpo_verl.evaluation.verl_logs`, as ``scgrpo-verl eval`` / ``report`` read them).
 
 Each run gets its own Ray temp dir, so cleanup after a failure or timeout kills exactly the processes of this run
 (the launcher's process group, every descendant, and every process that names the run's Ray temp dir) instead of
@@ -29,15 +30,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
+
+from scgrpo_verl.evaluation.verl_logs import STEP_LINE, parse_console_log
 
 from . import ENV, STAGE_MARK
 from .assets import TASKS, AssetPaths, prepare_assets
 
 CONFIG_PATH = "pkg://scgrpo_verl.configs"
 AUTOLOAD_MODULE = "scgrpo_verl.cpu_backend.autoload"
-STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
-_NUMBER_WRAPPER = re.compile(r"^[A-Za-z_][\w.]*\((.*)\)$")  # np.float64(0.5) -> 0.5
 
 
 @dataclass
@@ -67,31 +68,6 @@ class CpuRunResult:
             return "".join(Path(self.log_path).read_text(errors="replace").splitlines(True)[-n:])
         except OSError:
             return ""
-
-
-def parse_value(text: str) -> float:
-    text = text.strip()
-    match = _NUMBER_WRAPPER.match(text)
-    if match:
-        text = match.group(1)
-    return float(text)
-
-
-def parse_step_line(line: str) -> Optional[tuple[int, dict[str, float]]]:
-    """``step:3 - actor/pg_loss:0.1 - ...`` (possibly after a Ray ``(TaskRunner pid=..)`` prefix) -> (3, {...})."""
-    match = STEP_LINE.search(line.rstrip("\n"))
-    if not match:
-        return None
-    values = {}
-    for item in match.group(2).split(" - "):
-        key, sep, value = item.rpartition(":")
-        if not sep:
-            continue
-        try:
-            values[key.strip()] = parse_value(value)
-        except ValueError:
-            continue
-    return int(match.group(1)), values
 
 
 # what each trainer stage is called in cpu-run's progress lines (the stage names of verl's marked_timer)
@@ -186,15 +162,6 @@ class Progress:
             return None
         self.last_time = now
         return f"[cpu-run] {self.elapsed():4.0f}s still running (last: {self.last})"
-
-
-def parse_metrics(lines: Iterable[str]) -> dict[int, dict[str, float]]:
-    metrics: dict[int, dict[str, float]] = {}
-    for line in lines:
-        parsed = parse_step_line(line)
-        if parsed:
-            metrics.setdefault(parsed[0], {}).update(parsed[1])
-    return metrics
 
 
 def cpu_overrides(
@@ -453,7 +420,7 @@ def cpu_run(
         returncode=None if timed_out or ended_by_fatal else proc.returncode,  # None: killed here
         timed_out=timed_out,
         wall_s=time.monotonic() - start,
-        metrics=parse_metrics(lines),
+        metrics=parse_console_log(lines),
         workdir=workdir,
         log_path=log_path,
         checkpoint_dir=checkpoint_dir,

@@ -32,6 +32,11 @@ SDPG (section 3). The LAST user message's content becomes
 Placeholders are ``{name}`` fields of :meth:`str.format`; a literal brace is written ``{{`` / ``}}``.
 Each template is checked at construction: an unknown placeholder or a missing required one is a
 ``ValueError`` naming the option (``self_teacher.teacher.templates.<field>``).
+
+:func:`chat_prompt_ids` turns any of these message lists (or a student's) into prompt ids, as verl renders a student
+prompt (``apply_chat_template`` with ``data.apply_chat_template_kwargs``, e.g. the thinking switch of
+:func:`chat_template_kwargs`): the one builder of chat prompt ids, for the teacher contexts, ``scgrpo-verl eval`` and
+``scgrpo-verl ttsd``.
 """
 
 from __future__ import annotations
@@ -236,3 +241,35 @@ def sdpg_teacher_messages(messages: Sequence[Mapping], privileged: str, template
     index = _last_user_index(messages)
     content = templates.sdpg_privileged.format(prompt=messages[index]["content"], privileged=privileged)
     return _replace_content(messages, index, content)
+
+
+# -- chat prompt ids (shared by the teacher contexts, scgrpo_verl.eval and scgrpo_verl.ttsd) -------------------
+def chat_template_kwargs(base: Optional[Mapping] = None, enable_thinking: Optional[bool] = None) -> dict:
+    """``apply_chat_template`` keyword arguments: ``base`` (verl's ``data.apply_chat_template_kwargs``, or a CLI's
+    ``--chat-template-kwargs``) with Qwen3's thinking switch ``enable_thinking`` set when it is given."""
+    kwargs = dict(base or {})
+    if enable_thinking is not None:
+        kwargs["enable_thinking"] = bool(enable_thinking)
+    return kwargs
+
+
+def chat_prompt_ids(
+    tokenizer, messages: Sequence[Mapping], chat_template_kwargs: Optional[Mapping] = None
+) -> list[int]:
+    """The prompt ids of a conversation, as verl renders a student prompt:
+    ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **chat_template_kwargs)`` (the
+    rendered text tokenised without special tokens added) as a flat list of ints. transformers 5 returns a
+    ``BatchEncoding``, older versions a list; a nested ``[[ids]]``, a tensor or an array are flattened too."""
+    out = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, **dict(chat_template_kwargs or {})
+    )
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):  # a tensor or an array
+        out = out.tolist()
+    out = list(out)
+    if out and (isinstance(out[0], (list, tuple)) or getattr(out[0], "ndim", 0) >= 1):
+        if len(out) != 1:
+            raise ValueError(f"apply_chat_template returned {len(out)} sequences for one conversation")
+        out = out[0].tolist() if hasattr(out[0], "tolist") else list(out[0])
+    return [int(i) for i in out]

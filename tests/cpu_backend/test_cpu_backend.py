@@ -1,4 +1,4 @@
-"""CPU debugging backend: asset builders, metric parsing, activation, and one real verl main_ppo GRPO run.
+"""CPU debugging backend: asset builders, activation, and one real verl main_ppo GRPO run.
 
 The end-to-end test (``test_e2e_grpo_cpu_run``, marked ``slow``) launches ``python -m verl.trainer.main_ppo`` with the
 shipped ``grpo`` config on the CPU backend for 2 steps (about 70 s and 4-5 GB on a 2-core machine) and checks the
@@ -171,21 +171,6 @@ def test_hf_server_weight_sync_changes_generation(asset_paths):
 # ---------------------------------------------------------------------------------------------------------------
 # launcher pieces
 # ---------------------------------------------------------------------------------------------------------------
-def test_parse_step_line_handles_ray_prefix_and_numpy_reprs():
-    line = (
-        "\x1b[36m(TaskRunnerV1 pid=12)\x1b[0m step:3 - actor/pg_loss:-0.25 - critic/score/mean:0.5 - "
-        "num_turns/mean:np.float64(2.0) - num_turns/max:np.int32(2) - timing_s/gen:1e-05 - actor/ppo_kl:nan\n"
-    )
-    step, values = cpu_run_mod.parse_step_line(line)
-    assert step == 3
-    assert values["actor/pg_loss"] == -0.25 and values["critic/score/mean"] == 0.5
-    assert values["num_turns/mean"] == 2.0 and values["num_turns/max"] == 2.0 and values["timing_s/gen"] == 1e-05
-    assert math.isnan(values["actor/ppo_kl"])
-    assert cpu_run_mod.parse_step_line("training step: 3 done") is None
-    metrics = cpu_run_mod.parse_metrics(["noise\n", line, line.replace("step:3", "step:4")])
-    assert sorted(metrics) == [3, 4]
-
-
 def test_cpu_overrides_carry_the_required_settings(asset_paths):
     overrides = cpu_run_mod.cpu_overrides(asset_paths, steps=2, checkpoint_dir="/x/ckpt", ray_tmp="/tmp/r")
     joined = "\n".join(overrides)

@@ -86,7 +86,7 @@ def test_learning_report_pools_seeds_per_method(tmp_path):
 
 
 def test_learning_report_names_a_run_without_validation(tmp_path):
-    from scgrpo_verl.eval import EvalError
+    from scgrpo_verl.evaluation import EvalError
     from scgrpo_verl.learning_report import learning_report
 
     folder = tmp_path / "r"
@@ -287,7 +287,7 @@ def test_sc_grpo_learns_the_task_through_main_ppo(assets, tmp_path):
     """One seed of SC-GRPO through verl's real main_ppo on the CPU backend: validation accuracy after 6 steps beats
     step 0 by MARGIN, and the training reward of the last two steps beats the first step's."""
     from scgrpo_verl.cpu_backend.run import cpu_run
-    from scgrpo_verl.eval import validation_series
+    from scgrpo_verl.evaluation.verl_logs import validation_series
 
     result = cpu_run("sc_grpo", steps=6, workdir=str(tmp_path / "run"), timeout=1300, echo=False,
                      overrides=learning.run_overrides(assets, "sc_grpo", seed=11, test_freq=2))
