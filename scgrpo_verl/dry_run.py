@@ -208,7 +208,7 @@ def dry_run(
     from scgrpo_verl.methods import LOG_PROB_PASS, UPDATE_PASS, get_method
     from scgrpo_verl.settings import SelfTeacherConfig
     from scgrpo_verl.teacher.engine_forward import count_teacher_tokens
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
     from scgrpo_verl.trainer import validate_self_teacher_config
 
     if groups < 1:
@@ -236,7 +236,7 @@ def dry_run(
         feedback, ground_truths, reference_solutions = [], [], []
         template_kwargs = step.chat_template_kwargs(config)  # data.apply_chat_template_kwargs, student and teacher
         for g, (messages, answer, solution) in enumerate(_problems(groups, seed)):
-            ids = chat_template_ids(tokenizer, messages, template_kwargs)
+            ids = chat_prompt_ids(tokenizer, messages, template_kwargs)
             pattern = GROUP_PATTERNS[g % len(GROUP_PATTERNS)]
             for i, (response, score) in enumerate(zip(_sample(model, tokenizer, ids, size, max_new_tokens, seed + g),
                                                       _group_scores(pattern, size))):

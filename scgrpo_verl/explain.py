@@ -281,15 +281,15 @@ def explain(
     (:func:`grade_rollout`) and write the page."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     teacher_messages = sc_grpo_teacher_messages(messages, solution, TemplateConfig())
-    student_ids = chat_template_ids(tokenizer, messages)
-    teacher_ids = chat_template_ids(tokenizer, teacher_messages)
+    student_ids = chat_prompt_ids(tokenizer, messages)
+    teacher_ids = chat_prompt_ids(tokenizer, teacher_messages)
     response_ids = tokenizer.encode(rollout, add_special_tokens=False)
     if not response_ids:
         from scgrpo_verl.errors import UserError

@@ -10,12 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scgrpo_verl"
 
 #: first component under scgrpo_verl -> layer (0 math, 1 teacher, 2 methods, 3 verl glue, 4 tools)
 LAYERS = {
-    "algos": 0, "batch_keys": 0, "errors": 0, "rewards": 0, "configs": 0,
+    "algos": 0, "batch_keys": 0, "errors": 0, "rewards": 0, "configs": 0, "cpu_flag": 0,
     "settings": 1, "teacher": 1,
     "methods": 2,
     "step": 3, "losses": 3, "estimator": 3, "config": 3, "trainer": 3, "worker": 3, "plugin": 3, "engine_path": 3,
     "compose": 3, "startup_checks": 3, "cpu_backend": 3,
-    "cli": 4, "dry_run": 4, "eval": 4, "report": 4, "ttsd": 4, "explain": 4, "learning_report": 4, "evaluation": 4,
+    "evaluation": 3,  # shared by the tools and cpu-run (verl's log parser)
+    "cli": 4, "dry_run": 4, "eval": 4, "report": 4, "ttsd": 4, "explain": 4, "learning_report": 4,
 }
 
 

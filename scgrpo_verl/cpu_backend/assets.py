@@ -178,7 +178,9 @@ def parity_rows(n: int = 16, split: str = "train", seed: int = 0) -> list[dict]:
                 "prompt": [{"role": "user", "content": f"Is {k} odd? Answer 1 for yes, 0 for no."}],
                 "ability": "parity",
                 "reward_model": {"style": "rule", "ground_truth": str(k % 2)},
-                "extra_info": {"split": split, "index": i},
+                # a worked solution, as data_prep's gsm8k keeps one (OPSD's teacher reads it)
+                "extra_info": {"split": split, "index": i,
+                               "reference_solution": f"{k} = 2 x {k // 2} + {k % 2}, so the answer is {k % 2}."},
             }
         )
     return rows

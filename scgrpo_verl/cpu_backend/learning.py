@@ -123,9 +123,9 @@ def warm_start_examples(n: int, seed: int = 0, correct: float = WARM_CORRECT, te
 
 
 def _encode(tokenizer, messages, target: str) -> tuple[list[int], int]:
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
 
-    prompt = chat_template_ids(tokenizer, messages)
+    prompt = chat_prompt_ids(tokenizer, messages)
     response = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt + response, len(prompt)
 
@@ -172,12 +172,12 @@ def answer_probabilities(model, tokenizer, messages_list, answers) -> list[float
     """Probability the model gives the right digit as its first response token, per (messages, answer)."""
     import torch
 
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
 
     out = []
     with torch.no_grad():
         for messages, answer in zip(messages_list, answers):
-            ids = torch.tensor([chat_template_ids(tokenizer, messages)])
+            ids = torch.tensor([chat_prompt_ids(tokenizer, messages)])
             probs = model(input_ids=ids).logits[0, -1].float().softmax(-1)
             out.append(float(probs[tokenizer.encode(str(answer), add_special_tokens=False)[0]]))
     return out

@@ -44,6 +44,11 @@ class OPSD(SelfTeacherMethod):
         """Every rollout whose row has a reference solution gets the reference-conditioned teacher; a row without
         one gets no teacher (counted in ``self_teacher/frac_rollouts_with_teacher``)."""
         refuse_routes(self.name, routes, references)
+        if all(rollout.privileged is None for rollout in batch.rollouts):
+            key = settings.opsd.reference_key
+            raise ConfigError(f"self_teacher.opsd.reference_key: no row of this batch has extra_info[{key!r}], the "
+                              "worked reference solution OPSD's teacher reads (data_prep's gsm8k, math500 and aime2024 "
+                              "write it; dapo_math, aime2025 and amc23 keep only the final answer)")
         return privileged_plans(batch, "reference", partial(reference_template, template=settings.opsd.template))
 
     # -- loss ---------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The self-teacher: teacher contexts (prompts) per rollout and the teacher pass on a causal LM."""
 
 from scgrpo_verl.teacher.contexts import TeacherContexts, build_teacher_contexts
-from scgrpo_verl.teacher.fit import chat_template_ids, fit_teacher_prompt
+from scgrpo_verl.teacher.fit import fit_teacher_prompt
 from scgrpo_verl.teacher.rollouts import Rollout, strip_thinking
 from scgrpo_verl.teacher.templates import (
+    chat_prompt_ids,
     TemplateConfig,
     sc_grpo_teacher_messages,
     sdpg_teacher_messages,
@@ -15,7 +16,7 @@ __all__ = [
     "TeacherContexts",
     "TemplateConfig",
     "build_teacher_contexts",
-    "chat_template_ids",
+    "chat_prompt_ids",
     "fit_teacher_prompt",
     "sc_grpo_teacher_messages",
     "sdpg_teacher_messages",

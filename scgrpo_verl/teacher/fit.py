@@ -11,27 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import torch
 
-
-def chat_template_ids(tokenizer, messages: Sequence[dict], chat_template_kwargs: Optional[dict] = None) -> list[int]:
-    """``apply_chat_template(..., add_generation_prompt=True, tokenize=True, **chat_template_kwargs)`` as a flat
-    list of ids (transformers 5 returns a ``BatchEncoding``; older versions a list). ``chat_template_kwargs`` are
-    verl's ``data.apply_chat_template_kwargs`` (e.g. Qwen3's ``enable_thinking``), so that the teacher's prompt
-    is rendered exactly as the student's."""
-    out = tokenizer.apply_chat_template(
-        list(messages), add_generation_prompt=True, tokenize=True, **dict(chat_template_kwargs or {})
-    )
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    if torch.is_tensor(out):
-        out = out.tolist()
-    out = list(out)
-    if out and isinstance(out[0], (list, tuple)) or (out and torch.is_tensor(out[0])):
-        if len(out) != 1:
-            raise ValueError(f"apply_chat_template returned {len(out)} sequences for one conversation")
-        out = list(out[0])
-    return [int(i) for i in out]
+from scgrpo_verl.teacher.templates import chat_prompt_ids
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -74,7 +55,7 @@ def fit_teacher_prompt(
     feedback, hint): each keeps its first tokens, followed by ``marker``. Everything else ``build`` adds
     (question, instruction, template, generation header) is never cut."""
     messages = build(list(pieces))
-    ids = chat_template_ids(tokenizer, messages, chat_template_kwargs)
+    ids = chat_prompt_ids(tokenizer, messages, chat_template_kwargs)
     if len(ids) <= max_len:
         return FittedPrompt(ids, messages, False, False)
     piece_ids = [_encode(tokenizer, p) for p in pieces]
@@ -83,7 +64,7 @@ def fit_teacher_prompt(
     # the shortest form of each piece: the marker alone, or the piece itself when that is no longer
     shortest = [text if n <= marker_len else marker for text, n in zip(pieces, lengths)]
     shortest_messages = build(shortest)
-    shortest_ids = chat_template_ids(tokenizer, shortest_messages, chat_template_kwargs)
+    shortest_ids = chat_prompt_ids(tokenizer, shortest_messages, chat_template_kwargs)
     if len(shortest_ids) > max_len:
         return FittedPrompt(None, None, False, True)
     budget = sum(lengths) - (len(ids) - max_len) - marker_len * sum(1 for n in lengths if n)
@@ -94,7 +75,7 @@ def fit_teacher_prompt(
             for text, p, k in zip(pieces, piece_ids, keep)
         ]
         messages = build(texts)
-        ids = chat_template_ids(tokenizer, messages, chat_template_kwargs)
+        ids = chat_prompt_ids(tokenizer, messages, chat_template_kwargs)
         if len(ids) <= max_len:
             return FittedPrompt(ids, messages, True, False)
         budget -= len(ids) - max_len  # re-tokenisation at the cut can differ by a few tokens

@@ -137,7 +137,7 @@ def _fixed_set(tokenizer, n=16, seed=7, wrong=True):
     the response is a wrong digit (``wrong``) or the right one, then end-of-turn."""
     import random
 
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sdpo_teacher_messages
 
     rng = random.Random(seed)
@@ -146,9 +146,9 @@ def _fixed_set(tokenizer, n=16, seed=7, wrong=True):
         digit = i % 10
         messages = [{"role": "user", "content": learning.digit_question(learning._letters(rng), digit)}]
         answer = (digit + 1 + i % 9) % 10 if wrong else digit
-        prompts.append(chat_template_ids(tokenizer, messages))
+        prompts.append(chat_prompt_ids(tokenizer, messages))
         responses.append(tokenizer.encode(str(answer), add_special_tokens=False) + [tokenizer.eos_token_id])
-        teacher_prompts.append(chat_template_ids(tokenizer, sdpo_teacher_messages(messages, str(digit), None,
+        teacher_prompts.append(chat_prompt_ids(tokenizer, sdpo_teacher_messages(messages, str(digit), None,
                                                                                   TemplateConfig())))
     return prompts, responses, teacher_prompts
 
@@ -235,13 +235,13 @@ def test_sdpg_opd_term_falls_on_a_fixed_set(assets):
     actor = _actor_config("sdpg", "self_teacher.sdpg.beta_base=1.0", "self_teacher.sdpg.warmup_steps=0",
                           "self_teacher.sdpg.decay_steps=0")
     prompts, responses, _ = _fixed_set(tokenizer, wrong=False)
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
     from scgrpo_verl.teacher.templates import TemplateConfig, sdpg_teacher_messages
 
     hint_prompts = []
     for p, r in zip(prompts, responses):
         question = tokenizer.decode(p).split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
-        hint_prompts.append(chat_template_ids(tokenizer, sdpg_teacher_messages(
+        hint_prompts.append(chat_prompt_ids(tokenizer, sdpg_teacher_messages(
             [{"role": "user", "content": question}], tokenizer.decode(r[:1]), TemplateConfig())))
     advantages = [torch.ones(len(r)) for r in responses]
     history = _train_on_fixed_set(model, tokenizer, actor, (prompts, responses, hint_prompts,

@@ -123,9 +123,9 @@ def test_a_method_in_one_class_runs_through_the_step_contexts_and_loss(toy_metho
 
     settings = SelfTeacherConfig.from_mapping({"enable": True})
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
-    from scgrpo_verl.teacher.fit import chat_template_ids
+    from scgrpo_verl.teacher.templates import chat_prompt_ids
 
-    prompt = chat_template_ids(tok, messages)
+    prompt = chat_prompt_ids(tok, messages)
     responses = [torch.tensor(tok.encode(text, add_special_tokens=False)) for text in ("5", "six", "4 or 5")]
     rows = {"uid": ["u"] * 3, "raw_prompt": [messages] * 3, "responses": responses,
             "input_ids": [torch.cat([torch.tensor(prompt), r]) for r in responses],

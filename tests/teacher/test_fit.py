@@ -1,24 +1,8 @@
 """Teacher prompts within max_reprompt_len (scgrpo_verl.teacher.fit) with a real local fast tokenizer + ChatML."""
 
-import torch
 from conftest import HEADER, LONG, QUESTION, build_contexts as build, decode, make
 
-from scgrpo_verl.teacher import chat_template_ids
-from scgrpo_verl.teacher.templates import TemplateConfig, sdpg_teacher_messages
-
-
-def test_chat_template_ids_accepts_list_and_nested_returns():
-    class Fake:
-        def __init__(self, out):
-            self.out = out
-
-        def apply_chat_template(self, *args, **kwargs):
-            return self.out
-
-    assert chat_template_ids(Fake([1, 2]), []) == [1, 2]
-    assert chat_template_ids(Fake([[1, 2]]), []) == [1, 2]
-    assert chat_template_ids(Fake({"input_ids": [3]}), []) == [3]
-    assert chat_template_ids(Fake(torch.tensor([[4, 5]])), []) == [4, 5]
+from scgrpo_verl.teacher.templates import TemplateConfig, chat_prompt_ids, sdpg_teacher_messages
 
 
 def test_long_demonstration_is_shortened_keeping_question_instruction_header(tok):
@@ -62,11 +46,11 @@ def test_too_long_gets_no_teacher(tok):
     # SDPG with the hint as the only shortenable text
     rollouts = [make(tok, "g", "5", 1, privileged=LONG)]
     hint_as_marker = sdpg_teacher_messages(rollouts[0].prompt, TemplateConfig().truncation_marker, TemplateConfig())
-    floor = len(chat_template_ids(tok, hint_as_marker))  # the shortest possible SDPG prompt here
+    floor = len(chat_prompt_ids(tok, hint_as_marker))  # the shortest possible SDPG prompt here
     ctx = build(rollouts, tok, "sdpg", use_privileged_context=True, max_reprompt_len=floor + 20)
     assert ctx.mask.tolist() == [1] and ctx.shortened == [True] and len(ctx.teacher_prompt_ids[0]) <= floor + 20
     assert "Hint (the reference answer to this question):\nstep 0" in decode(tok, ctx.teacher_prompt_ids[0])
     ctx = build(rollouts, tok, "sdpg", use_privileged_context=True, max_reprompt_len=floor)
-    assert ctx.mask.tolist() == [1] and ctx.teacher_prompt_ids[0] == chat_template_ids(tok, hint_as_marker)
+    assert ctx.mask.tolist() == [1] and ctx.teacher_prompt_ids[0] == chat_prompt_ids(tok, hint_as_marker)
     ctx = build(rollouts, tok, "sdpg", use_privileged_context=True, max_reprompt_len=floor - 1)
     assert ctx.mask.tolist() == [0] and ctx.too_long == [True]
