@@ -10,9 +10,11 @@ No pass of its own: the actor engine's forward step is wrapped
 teacher, each micro-batch runs the teacher forward first and the loss gets the teacher's and the student's last
 hidden states:
 
-- SC-GRPO: in verl's old-log-prob pass (:meth:`compute_log_prob` with the trainer's ``self_teacher_pass``
-  option), which then also returns D = KL(q || p) per token;
-- SDPO and SDPG: in the actor update (the loss installed with :meth:`set_loss_fn`).
+- a method whose teacher runs in the log-prob pass (``SelfTeacherMethod.teacher_pass``; SC-GRPO): verl's
+  old-log-prob pass (:meth:`compute_log_prob` with the trainer's ``self_teacher_pass`` option), which then also
+  returns D = KL(q || p) per token;
+- a method whose teacher runs in the update (SDPO, SDPG, OPSD): the actor update (the loss installed with
+  :meth:`set_loss_fn`).
 
 A ref-engine teacher's weights: verl keeps a forward-only FSDP2 ref engine's shards on the CPU (a CPU offload
 policy) and streams them to the device in every forward. The worker moves them to the device once per training
@@ -218,8 +220,8 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def configure_self_teacher(self, weights: str, trust_region_mix: float, teacher_in_update: bool = False,
                                ema_rate: float = 0.05) -> None:
-        """Which weights the teacher uses, whether the actor update runs it (SDPO, SDPG) and the EMA rate; an
-        ``ema`` teacher is blended after every update and saved and restored with checkpoints."""
+        """Which weights the teacher uses, whether the actor update runs it (the trainer asks the method) and the EMA
+        rate; an ``ema`` teacher is blended after every update and saved and restored with checkpoints."""
         self._teacher_weights = weights
         self._trust_region_mix = float(trust_region_mix)
         self._ema_teacher = weights == "ema"
