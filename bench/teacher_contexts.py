@@ -54,7 +54,6 @@ def load_before():
 
 def make_batch(tok, kind: str, prompts: int, n: int, lo: int, hi: int, think: float, seed: int = 0):
     from scgrpo_verl.cpu_backend.realistic_text import response_text
-    from scgrpo_verl.methods import get_method
 
     rng = random.Random(f"{kind}-{seed}")
     eos = tok.convert_tokens_to_ids("<|im_end|>")
@@ -77,6 +76,7 @@ def make_batch(tok, kind: str, prompts: int, n: int, lo: int, hi: int, think: fl
 
 
 def run(module, rows, tok, method: str, repeats: int):
+    from scgrpo_verl.methods import get_method
     from scgrpo_verl.settings import TeacherConfig
 
     config = TeacherConfig(use_privileged_context=method == "sdpg", use_feedback=method == "sdpo")
@@ -84,7 +84,9 @@ def run(module, rows, tok, method: str, repeats: int):
     for _ in range(repeats):
         rollouts = [module.Rollout(response_text=None, **r) for r in rows]
         start, cpu = time.perf_counter(), time.process_time()
-        ctx = module.build_teacher_contexts(rollouts, tok, get_method(method), config, generator=torch.Generator().manual_seed(0))
+        # the landed module at BEFORE_COMMIT takes the method's name, today's the registered method
+        chosen = method if hasattr(module, "METHODS") else get_method(method)
+        ctx = module.build_teacher_contexts(rollouts, tok, chosen, config, generator=torch.Generator().manual_seed(0))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         if best is None or wall < best[0]:
             best = (wall, cpu, ctx)

@@ -95,9 +95,10 @@ def main() -> None:
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from scgrpo_verl.settings import SDPOConfig, SelfTeacherConfig
+    from scgrpo_verl.batch_keys import TEACHER_INPUT_KEY, TEACHER_MASK_KEY
     from scgrpo_verl.engine_path import StandInEngine, build_micro_batch, log_prob_pass, stand_in_teacher
     from scgrpo_verl.losses import self_teacher_log_prob_pass
+    from scgrpo_verl.settings import SDPOConfig, SelfTeacherConfig
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
@@ -117,8 +118,8 @@ def main() -> None:
 
     def micro_batch():
         return build_micro_batch(prompts, responses, fields={
-            "teacher_input_ids": [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
-            "self_teacher_mask": torch.tensor(has_teacher, dtype=torch.float32)})
+            TEACHER_INPUT_KEY: [torch.tensor(t + r) for t, r in zip(teacher_prompts, responses)],
+            TEACHER_MASK_KEY: torch.tensor(has_teacher, dtype=torch.float32)})
 
     student = timed(lambda: log_prob_pass(model, micro_batch()))
     teacher_fn = stand_in_teacher(model)

@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compose a config; run verl's validation and the start-up checks")
     check.add_argument("--config-name", required=True, help=CONFIG_HELP)
     check.add_argument("--skip", action="append", default=[], metavar="CHECK[,CHECK]",
-                       help="start-up checks to skip: data_files, data_sources, rollout_name, model, attention, gpus "
-                            "(e.g. --skip gpus to check a GPU recipe on a CPU machine)")
+                       help="start-up checks to skip: data_files, data_sources, method_data, rollout_name, model, "
+                            "attention, gpus (e.g. --skip gpus to check a GPU recipe on a CPU machine)")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. self_teacher.sdpo.alpha=1.0")
     check.set_defaults(func=_check)
 

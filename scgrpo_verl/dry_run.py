@@ -29,6 +29,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from scgrpo_verl.batch_keys import SC_ROUTE_KEY
+
 #: reward pattern per group, cycled: mixed (weighted), all wrong (solve-none), all right (plain)
 GROUP_PATTERNS = ("mixed", "none", "all")
 
@@ -72,7 +74,7 @@ class DryRunReport:
             )
         for name, values in self.masks.items():
             lines.append(f"{name}: {values}")
-            if name == "sc_route":
+            if name == SC_ROUTE_KEY:
                 lines.append("  " + _route_legend())
         if self.divergence_quantiles:
             lines.append("divergence D quantiles: " + _fmt(self.divergence_quantiles))

@@ -170,19 +170,20 @@ def sc_grpo_divergence(
     Returns per-rollout D (r,) and the pass's ``model_output``."""
     from functools import partial
 
+    from scgrpo_verl.batch_keys import DIVERGENCE_KEY, TEACHER_INPUT_KEY, TEACHER_MASK_KEY
+    from scgrpo_verl.losses import self_teacher_log_prob_pass
     from scgrpo_verl.settings import SelfTeacherConfig
-    from scgrpo_verl.losses import DIVERGENCE_KEY, self_teacher_log_prob_pass
 
     has_teacher = [t is not None for t in teacher_prompts]
     teacher_ids = [list(t if t is not None else p) + list(r) for t, p, r in zip(teacher_prompts, prompts, responses)]
     micro_batch = build_micro_batch(
         prompts,
         responses,
-        fields={"teacher_input_ids": [torch.as_tensor(t) for t in teacher_ids],
-                "self_teacher_mask": torch.tensor(has_teacher, dtype=torch.float32)},
+        fields={TEACHER_INPUT_KEY: [torch.as_tensor(t) for t in teacher_ids],
+                TEACHER_MASK_KEY: torch.tensor(has_teacher, dtype=torch.float32)},
         temperature=temperature,
     )
-    config = SimpleNamespace(policy_loss=SimpleNamespace(loss_mode="sc_grpo", self_teacher=SelfTeacherConfig()))
+    config = SimpleNamespace(policy_loss=SimpleNamespace(self_teacher=SelfTeacherConfig()))
     if teacher_fn is None:
         teacher_fn = stand_in_teacher(model, teacher_model, frozen_model, trust_region_mix)
 

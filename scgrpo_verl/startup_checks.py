@@ -9,6 +9,8 @@ TransferQueue actors. Each check here returns :class:`Problem` s naming the conf
   ``.jsonl`` (the formats verl's ``RLHFDataset`` reads);
 - :func:`check_data_sources`: every ``data_source`` in those files can be graded by the configured reward function
   (only the ``data_source`` column is read, with pyarrow: seconds for the largest sets);
+- :func:`check_method_data`: the train files carry the ``extra_info`` keys the method reads (OPSD's worked
+  reference solution; only the ``extra_info`` column is read);
 - :func:`check_rollout_name`: ``actor_rollout_ref.rollout.name`` is set (not ``???``) and registered with verl;
 - :func:`check_model_path`: a local-looking ``actor_rollout_ref.model.path`` exists and holds a ``config.json``;
 - :func:`check_attention`: on a CUDA machine, verl's default ``flash_attention_2`` has flash-attn installed (else
@@ -329,9 +331,56 @@ def check_gpus(config: Any) -> list[Problem]:
                                                f"GPU(s) but {where} has {have}; {fix}")]
 
 
+def rows_with_extra_info(path: str, key: str) -> tuple[int, int]:
+    """(rows whose ``extra_info[key]`` is a non-empty value, rows) of one data file, reading only ``extra_info``."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        if "extra_info" not in pq.read_schema(path).names:
+            return 0, pq.read_metadata(path).num_rows
+        values = pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist()
+    else:
+        import pandas as pd
+
+        frame = pd.read_json(path, lines=path.endswith(".jsonl"))
+        values = list(frame["extra_info"]) if "extra_info" in frame else [None] * len(frame)
+    found = sum(1 for value in values if isinstance(value, dict) and str(value.get(key) or "").strip())
+    return found, len(values)
+
+
+def check_method_data(config: Any) -> list[Problem]:
+    """The train files carry the ``extra_info`` keys the method reads (OPSD's reference solution): a file where no
+    row has one would train nothing, and a missing one in a few rows only leaves those rollouts without a teacher."""
+    if not _get(config, "self_teacher.enable", False):
+        return []
+    from scgrpo_verl.methods import get_method, is_method
+    from scgrpo_verl.settings import SelfTeacherConfig
+
+    loss_mode = _get(config, "actor_rollout_ref.actor.policy_loss.loss_mode")
+    if not is_method(loss_mode):
+        return []
+    method = get_method(loss_mode)
+    required = method.required_extra_info(SelfTeacherConfig.from_mapping(_get(config, "self_teacher")))
+    problems = []
+    for path in data_files(config, "data.train_files"):
+        if _is_remote(path) or not os.path.isfile(path) or not path.endswith(DATA_FORMATS):
+            continue  # check_data_files reports these
+        for key, (option, where) in required.items():
+            try:
+                found, rows = rows_with_extra_info(path, key)
+            except Exception as error:  # noqa: BLE001 - an unreadable file is the user's to fix
+                problems.append(Problem("data.train_files", f"{path}: cannot be read ({type(error).__name__}: {error})"))
+                continue
+            if found == 0:
+                problems.append(Problem(option, f"{path}: none of its {rows} rows has extra_info[{key!r}], which "
+                                                f"loss_mode {loss_mode!r} reads ({where})"))
+    return problems
+
+
 CHECKS: dict[str, Callable[[Any], list[Problem]]] = {
     "data_files": check_data_files,
     "data_sources": check_data_sources,
+    "method_data": check_method_data,
     "rollout_name": check_rollout_name,
     "model": check_model_path,
     "attention": check_attention,

@@ -242,3 +242,30 @@ def test_the_driver_hook_checks_plugin_configs_only(tmp_path):
     validate(compose("grpo", missing))  # stock config: no plugin checks
     with pytest.raises(StartupCheckError, match="data.train_files: file .*missing.parquet does not exist"):
         validate(compose("sc_grpo", missing))
+
+
+def test_opsd_train_files_must_carry_the_reference_solution(tmp_path):
+    """OPSD reads extra_info[opsd.reference_key]: a train file where no row has one fails at start-up naming the
+    option and which data_prep sets write it; one row is enough (the others get no teacher, counted per step)."""
+    from scgrpo_verl.startup_checks import check_method_data
+
+    answers_only = tmp_path / "dapo.parquet"
+    pq.write_table(pa.table({"data_source": ["dapo_math"] * 2,
+                             "extra_info": [{"index": 0, "reference_answer": "3"}, {"index": 1, "reference_answer": "4"}]}),
+                   answers_only)
+    worked = tmp_path / "gsm8k.parquet"
+    pq.write_table(pa.table({"data_source": ["gsm8k"] * 2,
+                             "extra_info": [{"index": 0, "reference_solution": "2 + 1 = 3\n#### 3"},
+                                            {"index": 1, "reference_solution": ""}]}), worked)
+    no_column = write_parquet(tmp_path / "bare.parquet", ["gsm8k"])
+    problems = check_method_data(compose("opsd", f"data.train_files=[{answers_only},{worked},{no_column}]"))
+    assert keys(problems) == ["self_teacher.opsd.reference_key"] * 2
+    assert str(problems[0]) == (
+        f"self_teacher.opsd.reference_key: {answers_only}: none of its 2 rows has extra_info['reference_solution'], "
+        "which loss_mode 'opsd' reads (data_prep's gsm8k, math500 and aime2024 write it; dapo_math, aime2025 and "
+        "amc23 keep only the final answer)")
+    assert f"{no_column}: none of its 1 rows" in str(problems[1])
+    renamed = compose("opsd", f"data.train_files={worked}", "self_teacher.opsd.reference_key=solution")
+    assert keys(check_method_data(renamed)) == ["self_teacher.opsd.reference_key"]
+    assert check_method_data(compose("opsd", f"data.train_files={worked}")) == []
+    assert check_method_data(compose("sdpg", f"data.train_files={answers_only}")) == []  # SDPG reads no extra_info

@@ -144,6 +144,11 @@ class SelfTeacherMethod:
         """The privileged context of one rollout from its :meth:`context_fields` (``None``: none)."""
         return None
 
+    def required_extra_info(self, settings) -> dict[str, tuple[str, str]]:
+        """``{extra_info key: (the option naming it, where such data comes from)}`` the training data must carry
+        (the start-up check ``method_data`` refuses a train file where no row has the key)."""
+        return {}
+
     def plan_contexts(self, batch, settings):
         """Which rollouts get a teacher and with what context: a :class:`scgrpo_verl.teacher.plans.Plans`."""
         raise NotImplementedError

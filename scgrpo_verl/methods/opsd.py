@@ -21,6 +21,11 @@ from scgrpo_verl.teacher.plans import BatchPlan, privileged_plans, refuse_routes
 from scgrpo_verl.teacher.templates import normalize_messages, replace_last_user_message
 
 
+#: which data_prep sets keep a worked solution (said in the errors about a missing one)
+REFERENCE_SETS = ("data_prep's gsm8k, math500 and aime2024 write it; dapo_math, aime2025 and amc23 keep only the "
+                  "final answer")
+
+
 @register_method("opsd")
 class OPSD(SelfTeacherMethod):
     options = "opsd"
@@ -40,6 +45,9 @@ class OPSD(SelfTeacherMethod):
         value = dict(row.get("extra_info") or {}).get(settings.opsd.reference_key)
         return None if value is None or not str(value).strip() else str(value)
 
+    def required_extra_info(self, settings) -> dict[str, tuple[str, str]]:
+        return {settings.opsd.reference_key: ("self_teacher.opsd.reference_key", REFERENCE_SETS)}
+
     def plan_contexts(self, batch, settings, generator=None, routes=None, references=None) -> BatchPlan:
         """Every rollout whose row has a reference solution gets the reference-conditioned teacher; a row without
         one gets no teacher (counted in ``self_teacher/frac_rollouts_with_teacher``)."""
@@ -47,8 +55,7 @@ class OPSD(SelfTeacherMethod):
         if all(rollout.privileged is None for rollout in batch.rollouts):
             key = settings.opsd.reference_key
             raise ConfigError(f"self_teacher.opsd.reference_key: no row of this batch has extra_info[{key!r}], the "
-                              "worked reference solution OPSD's teacher reads (data_prep's gsm8k, math500 and aime2024 "
-                              "write it; dapo_math, aime2025 and amc23 keep only the final answer)")
+                              f"worked reference solution OPSD's teacher reads ({REFERENCE_SETS})")
         return privileged_plans(batch, "reference", partial(reference_template, template=settings.opsd.template))
 
     # -- loss ---------------------------------------------------------------------------------------------

@@ -67,6 +67,6 @@ def test_reference_kl_terms_match_their_definitions_on_probabilities():
 
 
 def test_reference_kl_names_are_the_config_choices():
-    from scgrpo_verl.config import REFERENCE_KL_TYPES
+    from scgrpo_verl.settings import REFERENCE_KL_TYPES
 
     assert REFERENCE_KL_TERMS == {"urkl": urkl, "ufkl": ufkl} and set(REFERENCE_KL_TERMS) == set(REFERENCE_KL_TYPES)

@@ -329,6 +329,7 @@ METHOD_METRICS = {
     "sc_grpo": ("self_teacher/frac_solve_none", "actor/self_teacher/sc_c", "actor/self_teacher/sc_weight_mean"),
     "sdpo": ("actor/self_teacher/distill_loss",),
     "sdpg": ("actor/self_teacher/opd_loss", "actor/self_teacher/sdpg_beta"),
+    "opsd": ("actor/self_teacher/distill_loss",),
 }
 
 
@@ -351,7 +352,7 @@ def _max_delta(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("method", ["sc_grpo", "sdpg"])
+@pytest.mark.parametrize("method", ["sc_grpo", "sdpg", "opsd"])
 def test_e2e_self_teacher_cpu_run(tmp_path, method):
     """verl 0.9.1 main_ppo with the shipped method config (trainer mode self_teacher) on the CPU backend: one
     step with the teacher step, the plugin loss and the method's metrics, and the actor moved."""
@@ -367,6 +368,9 @@ def test_e2e_self_teacher_cpu_run(tmp_path, method):
     if method == "sdpg":
         assert metrics["self_teacher/frac_rollouts_with_teacher"] == 1.0  # the answer hint for every rollout
         assert metrics["actor/self_teacher/sdpg_beta"] > 0
+    if method == "opsd":  # every row's worked solution reached the frozen teacher through extra_info
+        assert metrics["self_teacher/frac_rollouts_with_teacher"] == 1.0
+        assert metrics["actor/self_teacher/distill_loss"] > 0
     from safetensors.torch import load_file
 
     initial = load_file(os.path.join(result.assets.model, "model.safetensors"))

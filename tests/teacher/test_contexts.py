@@ -10,7 +10,7 @@ from tokenizer_utils import build_byte_level_tokenizer
 from scgrpo_verl.settings import TeacherConfig
 
 from scgrpo_verl.methods import get_method
-from scgrpo_verl.teacher import Rollout, build_teacher_contexts, chat_template_ids, strip_thinking
+from scgrpo_verl.teacher import Rollout, build_teacher_contexts, chat_prompt_ids, strip_thinking
 
 
 def test_tokenizer_helper_round_trips(tmp_path):
@@ -26,7 +26,7 @@ def test_tokenizer_helper_round_trips(tmp_path):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert rendered == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n" + HEADER
-    assert decode(tok, chat_template_ids(tok, messages)) == rendered
+    assert decode(tok, chat_prompt_ids(tok, messages)) == rendered
 
 
 @pytest.mark.parametrize("method", ["sc_grpo", "sdpo", "sdpg"])
@@ -36,7 +36,7 @@ def test_teacher_input_is_prompt_plus_identical_response_ids(tok, method):
     assert ctx.mask.tolist() == [1.0] * 8
     for r, prompt, full, msgs in zip(rollouts, ctx.teacher_prompt_ids, ctx.teacher_input_ids, ctx.teacher_messages):
         assert full == prompt + r.response_ids
-        assert prompt == chat_template_ids(tok, msgs)
+        assert prompt == chat_prompt_ids(tok, msgs)
         assert decode(tok, prompt).endswith(HEADER)
         assert QUESTION in decode(tok, prompt)
 
@@ -171,7 +171,7 @@ def test_teacher_prompt_uses_the_students_chat_template_kwargs(tmp_path):
     contexts = build_teacher_contexts(rollouts, tokenizer, get_method("sc_grpo"), TeacherConfig(), chat_template_kwargs=off)
     teacher_prompt = tokenizer.decode(contexts.teacher_input_ids[0][: -len(ids)])
     assert teacher_prompt.endswith("<|assistant|><think>\n\n</think>\n\n")
-    assert tokenizer.decode(chat_template_ids(tokenizer, prompt, off)).endswith("<think>\n\n</think>\n\n")
+    assert tokenizer.decode(chat_prompt_ids(tokenizer, prompt, off)).endswith("<think>\n\n</think>\n\n")
     plain = build_teacher_contexts(rollouts, tokenizer, get_method("sc_grpo"), TeacherConfig())
     assert tokenizer.decode(plain.teacher_input_ids[0][: -len(ids)]).endswith("<|assistant|>")
 
