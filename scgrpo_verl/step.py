@@ -66,8 +66,8 @@ def rollouts_from_rows(method: SelfTeacherMethod, settings, rows: Mapping[str, A
     input_ids = [torch.as_tensor(row) for row in _rows(rows["input_ids"])]
     n = len(responses)
     feedback = reward_feedback(_rows(rows["extra_fields"])) if settings.teacher.use_feedback else [""] * n
-    own = method.context_fields(settings)
-    per_row = [{name: _rows(rows[name])[i] for name in own} for i in range(n)] if own else [{}] * n
+    own = {name: _rows(rows[name]) for name in method.context_fields(settings)}
+    per_row = [{name: column[i] for name, column in own.items()} for i in range(n)]
     privileged = [method.privileged_text(settings, row) for row in per_row]
     groups, indices = canonical_keys(uids, input_ids, responses, keys)
     return [

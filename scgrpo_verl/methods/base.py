@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from scgrpo_verl.batch_keys import TEACHER_MASK_KEY
 from scgrpo_verl.errors import ConfigError
 
 #: verl passes a method's teacher can run in
@@ -105,6 +106,12 @@ class LossInputs:
     token_weights: Callable[..., torch.Tensor]
     log_metric: Callable[[str, torch.Tensor], None]
     metrics: dict = field(default_factory=dict)
+
+    def teacher_rows(self) -> torch.Tensor:
+        """(B, 1) 1.0 where the rollout has a teacher; a ``KeyError`` naming the key when the step did not stage it."""
+        if self.teacher_mask is None:
+            raise KeyError(f"the micro-batch has no {TEACHER_MASK_KEY!r} (written by the trainer's teacher step)")
+        return self.teacher_mask
 
     def require_teacher(self, method: str):
         if self.teacher is None:

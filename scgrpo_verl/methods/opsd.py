@@ -66,7 +66,7 @@ class OPSD(SelfTeacherMethod):
         cfg = inputs.settings.opsd
         teacher = inputs.require_teacher(self.name)
         kind, alpha = resolve_kind(cfg.divergence, cfg.beta if cfg.divergence == "jsd" else None)
-        coefficients = inputs.token_weights(inputs.response_mask) * inputs.teacher_mask
+        coefficients = inputs.token_weights(inputs.response_mask) * inputs.teacher_rows()
         topk = cfg.topk if cfg.distillation == "topk" else None
         distill_loss, _ = teacher.divergence(coefficients, kind, alpha, topk=topk)
         inputs.log_metric(f"self_teacher/{self.loss_metric}", distill_loss.detach())

@@ -54,7 +54,7 @@ class SDPG(SelfTeacherMethod):
         if beta <= 0:
             return pg_loss
         teacher = inputs.require_teacher(self.name)
-        gate = opd_gate(inputs.advantages).float() * inputs.teacher_mask
+        gate = opd_gate(inputs.advantages).float() * inputs.teacher_rows()
         coefficients = inputs.token_weights(inputs.response_mask) * gate
         opd_loss, _ = teacher.divergence(coefficients, DIVERGENCE_KIND, clamp=cfg.opd_clamp)
         inputs.log_metric(f"self_teacher/{self.loss_metric}", opd_loss.detach())

@@ -60,10 +60,10 @@ class SDPO(SelfTeacherMethod):
         teacher = inputs.require_teacher(self.name)
         mask, info = inputs.response_mask, {}
         if cfg.normalize == "teacher_tokens":  # the authors' scaling: over the tokens that have a teacher
-            mask = mask & (inputs.teacher_mask > 0)
+            mask = mask & (inputs.teacher_rows() > 0)
             info = teacher_token_counts(inputs)
         weight = sdpo_importance_weight(inputs.log_prob, inputs.old_log_prob, cfg.is_clip, inputs.rollout_is_weights)
-        weight = weight * inputs.teacher_mask
+        weight = weight * inputs.teacher_rows()
         if cfg.distillation == "sampled_token":
             teacher_log_prob = teacher.sampled_token_log_probs(inputs.tensor("responses").long())
             per_token = sampled_token_distillation_loss(inputs.log_prob, teacher_log_prob) * weight
