@@ -270,12 +270,14 @@ def dry_run(
     if settings.enable:
         # step 1, as the trainer runs it on the rows it reads from TransferQueue
         with _timed(timings, "teacher_contexts"):
-            rows = {"uid": uids, "raw_prompt": messages_per_row, "input_ids": [torch.tensor(s) for s in student_sequences],
-                    "responses": [torch.tensor(r) for r in response_ids],
-                    "rm_scores": [torch.tensor([0.0] * (len(r) - 1) + [sc]) for r, sc in zip(response_ids, scores)],
-                    "extra_fields": [{"reward_extra_info": {"feedback": fb}} for fb in feedback],
-                    "reward_model": [{"ground_truth": gt} for gt in ground_truths],
-                    "extra_info": [{"reference_solution": ref} for ref in reference_solutions]}
+            batch = {"uid": uids, "raw_prompt": messages_per_row,
+                     "input_ids": [torch.tensor(s) for s in student_sequences],
+                     "responses": [torch.tensor(r) for r in response_ids],
+                     "rm_scores": [torch.tensor([0.0] * (len(r) - 1) + [sc]) for r, sc in zip(response_ids, scores)],
+                     "extra_fields": [{"reward_extra_info": {"feedback": fb}} for fb in feedback],
+                     "reward_model": [{"ground_truth": gt} for gt in ground_truths],
+                     "extra_info": [{"reference_solution": ref} for ref in reference_solutions]}
+            rows = {name: batch[name] for name in step.context_fields(method, settings)}  # what the trainer reads
             rollouts = step.rollouts_from_rows(method, settings, rows, keys)
             contexts = step.build_contexts(method, settings, rollouts, tokenizer,
                                            torch.Generator().manual_seed(settings.sc_grpo.seed), template_kwargs)

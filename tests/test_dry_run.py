@@ -81,3 +81,25 @@ def test_dry_run_rejects_a_missing_checkpoint_and_bad_options(workdir):
         dry_run("sdpo", ["self_teacher.sdpo.alpha=1.5"], workdir=workdir)
     with pytest.raises(ValueError, match="group_size"):
         dry_run("sc_grpo", group_size=1, workdir=workdir)
+
+
+def test_dry_run_runs_the_trainer_steps_functions(workdir, monkeypatch):
+    """The dry-run stages the batch with scgrpo_verl.step's functions, the ones the trainer calls, in the
+    trainer's order: a passing dry-run exercises the production staging (contexts, D, advantages, options)."""
+    import scgrpo_verl.step as step
+
+    called = []
+    for name in ("context_fields", "rollouts_from_rows", "build_contexts", "stage_teacher_inputs", "teacher_pass",
+                 "keep_log_prob_pass", "adjust_advantages", "update_options"):
+        original = getattr(step, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            called.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(step, name, spy)
+    report = dry_run("sc_grpo", groups=3, group_size=3, max_new_tokens=6, workdir=workdir)
+    assert math.isfinite(report.loss)
+    order = [name for i, name in enumerate(called) if name not in called[:i]]
+    assert order == ["teacher_pass", "context_fields", "rollouts_from_rows", "build_contexts", "stage_teacher_inputs",
+                     "keep_log_prob_pass", "update_options", "adjust_advantages"]
