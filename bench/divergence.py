@@ -13,9 +13,9 @@ runs the same table on the CPU at a small shape (a dry run of the script).
 
 For each anchor T x V x H and divergence kind it runs, forward + backward of sum_t w_t D_t:
 - ``naive``: hidden states -> both sides' [T, V] logits -> log_softmax -> divergence, plain autograd (fp32);
-- ``fused``: :func:`scgrpo_verl.algos.divergence.fused_linear_divergence` (chunks sized in bytes, gradient
+- ``fused``: :func:`scgrpo_verl.algos.fused_divergence.fused_linear_divergence` (chunks sized in bytes, gradient
   formed in the forward);
-- ``logits``: :func:`~scgrpo_verl.algos.divergence.full_vocab_divergence` on given [T, V] logits (the kernel the
+- ``logits``: :func:`~scgrpo_verl.algos.fused_divergence.full_vocab_divergence` on given [T, V] logits (the kernel the
   actor update runs on the engine's student logits) against the same plain autograd on logits.
 
 Peak memory is each variant's peak resident-set growth above its inputs, measured in a fresh child process
@@ -80,7 +80,7 @@ def _inputs(tokens: int, vocab: int, hidden: int, seed: int = 0):
 
 def run_variant(variant: str, kind: str, tokens: int, vocab: int, hidden: int, chunk_bytes: int):
     """One forward + backward; returns the grads (for the check)."""
-    from scgrpo_verl.algos.divergence import Projection, fused_linear_divergence, full_vocab_divergence
+    from scgrpo_verl.algos.fused_divergence import Projection, fused_linear_divergence, full_vocab_divergence
 
     alpha = 0.5 if kind == "jsd" else None
     weight, student, teacher, token_weights = _inputs(tokens, vocab, hidden)
@@ -177,7 +177,7 @@ def _device_time(fn, device, repeats: int) -> dict:
 
 def device_table(args) -> None:
     """The GPU table (module docstring): floor, plain autograd, ours, Liger, per anchor and kind."""
-    from scgrpo_verl.algos.divergence import Projection, fused_linear_divergence
+    from scgrpo_verl.algos.fused_divergence import Projection, fused_linear_divergence
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -29,7 +29,7 @@ from divergence import _peak_bytes, _reset_peak, _rss_bytes  # noqa: E402  (the 
 
 
 def child(variant: str, tokens: int, vocab: int, hidden: int) -> None:
-    from scgrpo_verl.algos.divergence import Projection, full_vocab_divergence, fused_linear_divergence
+    from scgrpo_verl.algos.fused_divergence import Projection, full_vocab_divergence, fused_linear_divergence
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

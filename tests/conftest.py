@@ -1,6 +1,8 @@
-"""Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path; evaluation helpers."""
+"""Shared CPU fixtures: a tiny random Qwen2, jagged micro-batches and verl's engine loss path; a naive divergence
+loop; evaluation helpers."""
 
 import itertools
+import math
 from fractions import Fraction
 
 import pytest
@@ -21,6 +23,31 @@ def tiny_model():
 
     return tiny_qwen2(VOCAB, seed=0, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64).eval()
+
+
+# --------------------------------------------------------------------------- divergences (algos/)
+
+
+def naive_divergence(p_logits, q_logits, kind, alpha, temperature=1.0):
+    """Python loop over tokens and vocabulary entries, in float64."""
+    out = []
+    for zp, zq in zip(p_logits.double().tolist(), q_logits.double().tolist()):
+        ep = [math.exp(z / temperature) for z in zp]
+        eq = [math.exp(z / temperature) for z in zq]
+        p = [e / sum(ep) for e in ep]
+        q = [e / sum(eq) for e in eq]
+
+        def kl(a, b):
+            return sum(ai * math.log(ai / bi) for ai, bi in zip(a, b) if ai > 0)
+
+        if kind == "forward_kl" or (kind == "jsd" and alpha == 0.0):
+            out.append(kl(q, p))
+        elif kind == "reverse_kl" or (kind == "jsd" and alpha == 1.0):
+            out.append(kl(p, q))
+        else:
+            m = [(1 - alpha) * pi + alpha * qi for pi, qi in zip(p, q)]
+            out.append((1 - alpha) * kl(p, m) + alpha * kl(q, m))
+    return torch.tensor(out, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------- evaluation (eval, report, ttsd)

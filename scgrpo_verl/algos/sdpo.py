@@ -1,7 +1,8 @@
 """SDPO (arXiv 2601.20802): self-distillation per-token terms (plain torch).
 
 The feedback- or solution-conditioned self-teacher q is distilled into the student p. The per-token
-divergence comes from :mod:`scgrpo_verl.algos.divergence` (full vocabulary or top-k + tail); this
+divergence comes from :mod:`scgrpo_verl.algos.divergence` and its chunked kernel
+:mod:`scgrpo_verl.algos.fused_divergence` (full vocabulary or top-k + tail); this
 module adds the sampled-token form and SDPO's clipped importance weight.
 """
 

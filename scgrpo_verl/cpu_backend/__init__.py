@@ -186,7 +186,7 @@ def _patch_offload_pinning() -> None:
 
 
 #: prefix of the line each trainer stage prints when it starts (``[scgrpo-stage] gen``); ``cpu-run`` turns these
-#: into its progress lines (:class:`scgrpo_verl.cpu_backend.run.Progress`)
+#: into its progress lines (:class:`scgrpo_verl.cpu_backend.progress.Progress`)
 STAGE_MARK = "[scgrpo-stage] "
 STAGES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "save_checkpoint", "testing")
 

@@ -9,7 +9,7 @@ forward of an FSDP module runs between the student's forward and its backward, a
 still issues a one-token forward, so every FSDP rank runs the same collectives.
 
 Both sides are kept as last hidden states (the decoder's output, read by a forward hook), (N_t, H), never as
-logits: the divergence projects them through the lm_heads chunk by chunk (:mod:`scgrpo_verl.algos.divergence`).
+logits: the divergence projects them through the lm_heads chunk by chunk (:mod:`scgrpo_verl.algos.fused_divergence`).
 The student's lm_head runs as its module's forward (:func:`through_module`), so FSDP2 gathers its shard and
 reduces its gradient as for the model's own forward; this works with verl's ``use_fused_kernels`` on or off.
 
@@ -287,7 +287,7 @@ class MicroBatchTeacher:
         return self.capture.rows((sample[index], column[index]))
 
     def _projections(self, weight, bias):
-        from scgrpo_verl.algos.divergence import Projection
+        from scgrpo_verl.algos.fused_divergence import Projection
 
         return [Projection(t.hidden, weight if t.weight is None else t.weight, bias if t.weight is None else t.bias,
                            t.coef) for t in self.teacher.terms]
@@ -299,8 +299,8 @@ class MicroBatchTeacher:
         """sum over teacher tokens of w min(D, clamp) (differentiable) and D as a padded (B, T) tensor (0 elsewhere).
 
         ``token_weights`` (B, T) detached weights on the loss's padded grid (``kind``, ``alpha``, ``topk``,
-        ``add_tail``, ``clamp``: :func:`scgrpo_verl.algos.divergence.fused_linear_divergence`)."""
-        from scgrpo_verl.algos.divergence import Projection, fused_linear_divergence
+        ``add_tail``, ``clamp``: :func:`scgrpo_verl.algos.fused_divergence.fused_linear_divergence`)."""
+        from scgrpo_verl.algos.fused_divergence import Projection, fused_linear_divergence
 
         out = torch.zeros_like(token_weights, dtype=torch.float32)
         hidden = self._student_hidden()
@@ -325,7 +325,7 @@ class MicroBatchTeacher:
     @torch.no_grad()
     def sampled_token_log_probs(self, responses: torch.Tensor) -> torch.Tensor:
         """The teacher's log-prob of each sampled response token (B, T) (``responses`` padded (B, T) ids)."""
-        from scgrpo_verl.algos.divergence import projected_token_log_probs
+        from scgrpo_verl.algos.fused_divergence import projected_token_log_probs
 
         out = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
         if not self.teacher.terms:  # no teacher row and no other rank (else the head runs on 0 rows)

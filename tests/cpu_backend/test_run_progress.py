@@ -9,6 +9,7 @@ import types
 
 import scgrpo_verl.cpu_backend.run as run
 from scgrpo_verl.cpu_backend import STAGE_MARK
+from scgrpo_verl.cpu_backend.progress import Progress, fatal_cause
 
 OOM_LINE = ("\x1b[36m(raylet)\x1b[0m ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on "
             "memory. Memory on the node (IP: 10.0.0.2) where the task (actor ID: 7f, name=WorkerDict.__init__, "
@@ -17,7 +18,7 @@ OOM_LINE = ("\x1b[36m(raylet)\x1b[0m ray.exceptions.OutOfMemoryError: Task was k
 
 
 def test_progress_names_ray_and_each_stage_of_each_step():
-    progress = run.Progress(steps=2, loss_mode="sc_grpo")
+    progress = Progress(steps=2, loss_mode="sc_grpo")
     lines = [
         "2026-12-04 20:34:37,361\tINFO worker.py:2029 -- Started a local Ray instance. View the dashboard at ...",
         "[transformers] Accessing `initialize_global_process_group_ray` from `.models.aria` ...",
@@ -40,9 +41,9 @@ def test_progress_names_ray_and_each_stage_of_each_step():
     progress.last_time -= 61
     assert progress.heartbeat(60).endswith("still running (last: step 2/2: validation)")
     assert progress.heartbeat(60) is None  # once per quiet minute
-    sdpo = run.Progress(steps=1, loss_mode="sdpo")
+    sdpo = Progress(steps=1, loss_mode="sdpo")
     assert sdpo(f"{STAGE_MARK}update_actor").endswith("step 0/1: actor update with the teacher pass")
-    assert run.Progress(steps=1)(f"{STAGE_MARK}old_log_prob").endswith("old log-probs")  # GRPO: no teacher
+    assert Progress(steps=1)(f"{STAGE_MARK}old_log_prob").endswith("old log-probs")  # GRPO: no teacher
 
 
 def test_the_summary_counts_training_steps_of_those_asked(monkeypatch, tmp_path, capsys):
@@ -56,12 +57,12 @@ def test_the_summary_counts_training_steps_of_those_asked(monkeypatch, tmp_path,
 
 
 def test_fatal_cause_names_an_oom_kill_and_a_dead_worker():
-    assert run.fatal_cause(OOM_LINE).startswith("Ray killed a worker for lack of memory (ray.exceptions."
-                                                "OutOfMemoryError: Task was killed due to the node running low")
-    assert run.fatal_cause("(raylet) Workers (tasks / actors) killed due to memory pressure (OOM), 1 worker(s)")
-    assert run.fatal_cause("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.")
-    assert run.fatal_cause("(TaskRunnerV1 pid=1) step:1 - actor/pg_loss:0.1") is None
-    assert run.fatal_cause("Traceback (most recent call last):") is None
+    assert fatal_cause(OOM_LINE).startswith("Ray killed a worker for lack of memory (ray.exceptions."
+                                            "OutOfMemoryError: Task was killed due to the node running low")
+    assert fatal_cause("(raylet) Workers (tasks / actors) killed due to memory pressure (OOM), 1 worker(s)")
+    assert fatal_cause("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert fatal_cause("(TaskRunnerV1 pid=1) step:1 - actor/pg_loss:0.1") is None
+    assert fatal_cause("Traceback (most recent call last):") is None
 
 
 def _fake_launch(monkeypatch, tmp_path, script: str):
