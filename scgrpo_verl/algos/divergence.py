@@ -4,14 +4,13 @@ Notation (ALGORITHMS.md): p_t = pi_theta(. | x, o_<t) is the student, q_t = sg[p
 the self-teacher; both score the same response token. Every function returns one value per token,
 accumulated in fp32 whatever the input dtype (bf16 logits are upcast before the softmax).
 
-Four forms share one definition (:func:`divergence_from_log_probs`):
+Three forms share one definition (:func:`divergence_from_log_probs`):
 (a) ``full_vocab_divergence`` from full logits (N, V), chunked, and
 (b) ``fused_linear_divergence`` from hidden states and lm_heads (``Projection``), chunked over tokens,
     full vocabulary or the student's top-k (+ tail): the form training uses, no (N, V) buffer;
     both in the chunked kernel :mod:`scgrpo_verl.algos.fused_divergence`;
-(c) :func:`topk_log_probs` / :func:`topk_divergence` on the student's top-k ids plus a tail bucket (plain autograd);
-(d) :func:`sampled_token_kl` single-sample k1 / k3 estimators on the sampled token, and the kernel module's
-    ``projected_token_log_probs`` (the sampled token's log-prob from hidden states).
+(c) :func:`topk_log_probs` on the student's top-k ids plus a tail bucket (plain autograd; test-time distillation),
+and the kernel module's ``projected_token_log_probs`` gives the sampled token's log-prob from hidden states.
 
 Divergence kinds:
 - ``forward_kl``: KL(q || p) = sum_v q (log q - log p)       (teacher-to-student; SC-GRPO's D, SDPO alpha=0)
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
 
 def resolve_kind(kind: str, alpha: Optional[float] = None) -> tuple[str, float]:
     """Normalise (kind, alpha): ``jsd`` with alpha 0 or 1 is forward or reverse KL (SDPO's convention)."""
@@ -126,41 +126,3 @@ def student_topk_ids(student_logits: torch.Tensor, k: int) -> torch.Tensor:
     if not 0 < k <= student_logits.shape[-1]:
         raise ValueError(f"top-k needs 0 < k <= vocab size {student_logits.shape[-1]}, got {k}")
     return student_logits.detach().topk(k, dim=-1).indices
-
-
-def topk_divergence(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    k: int,
-    kind: str = "reverse_kl",
-    alpha: Optional[float] = None,
-    temperature: float = 1.0,
-    mask: Optional[torch.Tensor] = None,
-    add_tail: bool = True,
-) -> torch.Tensor:
-    """Form (c): divergence on the student's top-k ids plus a tail bucket (or renormalised), (..., V) -> (...)."""
-    ids = student_topk_ids(student_logits, k)
-    log_p = topk_log_probs(student_logits, ids, temperature, add_tail)
-    log_q = topk_log_probs(teacher_logits.detach(), ids, temperature, add_tail)
-    return _apply_mask(divergence_from_log_probs(log_p, log_q, kind, alpha), mask)
-
-
-def sampled_token_kl(
-    student_log_probs: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    estimator: Literal["k1", "k3"] = "k1",
-    mask: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Form (d): single-sample estimators of KL(p || q) on the sampled token y_t ~ p, (...) -> (...).
-
-    k1 = log p(y) - log q(y); k3 = q(y)/p(y) - 1 - log(q(y)/p(y)) (non-negative, lower variance).
-    Both are unbiased: E_{y~p}[k] = KL(p || q).
-    """
-    log_ratio = teacher_log_probs.float() - student_log_probs.float()  # log q/p
-    if estimator == "k1":
-        values = -log_ratio
-    elif estimator == "k3":
-        values = torch.expm1(log_ratio) - log_ratio
-    else:
-        raise ValueError(f"unknown sampled-token estimator {estimator!r}; expected 'k1' or 'k3'")
-    return _apply_mask(values, mask)
