@@ -31,9 +31,10 @@ Every logged metric is either one that must match (:data:`MUST_MATCH`) or one th
 ``balance_batch``); a metric in neither list fails the test, so a new metric is classified on purpose.
 
 Runs are shared: one cpu-run per (method, world size, use_dynamic_bsz), made the first time a test asks for it. The
-default set (4 runs, what CI can afford) is sc_grpo (teacher in verl's old-log-prob pass) and sdpg (teacher in the
-actor update), each with ``use_dynamic_bsz=True`` at 1 and 2 ranks. Set ``SCGRPO_WORLD_SIZE_FULL=1`` for the full
-2 x 2 matrix of grpo, sc_grpo, sdpo and sdpg (16 runs).
+default set (6 runs, what CI can afford) is sc_grpo (teacher in verl's old-log-prob pass) and sdpg (teacher in the
+actor update), each with ``use_dynamic_bsz=True`` at 1 and 2 ranks, and opsd (the frozen teacher in the ref engine)
+with static micro-batches. Set ``SCGRPO_WORLD_SIZE_FULL=1`` for the full 2 x 2 matrix of grpo, sc_grpo, sdpo, sdpg
+and opsd (20 runs).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ METHOD_OVERRIDES = {
     "sc_grpo": ("self_teacher.teacher.success_threshold=0.02", "self_teacher.sc_grpo.threshold_scope=batch"),
     "sdpo": (),
     "sdpg": ("self_teacher.teacher.success_threshold=0.02", "self_teacher.sdpg.warmup_steps=0"),
+    "opsd": (),
 }
 EXTRA = os.environ.get("SCGRPO_WORLD_SIZE_OVERRIDES", "").split()  # e.g. to try a key before it is merged
 
@@ -110,6 +112,7 @@ EXTRA = os.environ.get("SCGRPO_WORLD_SIZE_OVERRIDES", "").split()  # e.g. to try
 PAIRS = [  # CI's set: the two methods whose teacher runs in different passes, with dynamic batching
     ("sc_grpo", (1, True), (2, True)),  # teacher in verl's old-log-prob pass
     ("sdpg", (1, True), (2, True)),  # teacher in the actor update
+    ("opsd", (1, False), (2, False)),  # the frozen ref-engine teacher in the actor update, static micro-batches
 ]
 if os.environ.get("SCGRPO_WORLD_SIZE_FULL", "").strip() in ("1", "true", "yes"):
     PAIRS = [(m, (1, dyn), (2, dyn)) for m in METHOD_OVERRIDES for dyn in (False, True)]
