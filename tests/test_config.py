@@ -61,6 +61,10 @@ def test_paper_setups_in_method_configs():
     ("sc_grpo", "algorithm.adv_estimator=grpo", "algorithm.adv_estimator"),
     ("sdpo", "self_teacher.enable=false", "self_teacher.enable"),
     ("sdpo", "actor_rollout_ref.actor.policy_loss.loss_mode=nope", "policy_loss.loss_mode"),
+    ("opsd", "self_teacher.teacher.weights=ema", "self_teacher.teacher.weights: OPSD's teacher is frozen or live"),
+    ("opsd", "self_teacher.opsd.divergence=tv", "self_teacher.opsd.divergence"),
+    ("opsd", "self_teacher.opsd.template='{prompt} only'", "self_teacher.opsd.template: missing required placeholder"),
+    ("opsd", "algorithm.adv_estimator=sc_grpo", "algorithm.adv_estimator"),
 ])
 def test_invalid_options_fail_at_start_up_naming_the_key(name, override, key):
     with pytest.raises(Exception) as error:
