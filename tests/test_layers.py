@@ -26,10 +26,19 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """The scgrpo_verl modules ``path`` imports (``from scgrpo_verl import step`` counts as ``scgrpo_verl.step``)."""
+    """The scgrpo_verl modules ``path`` imports (``from scgrpo_verl import step`` counts as ``scgrpo_verl.step``;
+    relative imports are resolved against the module's package)."""
     found = set()
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "scgrpo_verl":
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.module else base
+            found.add(module)
+            if not node.module:
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "scgrpo_verl":
             if node.module == "scgrpo_verl":
                 found.update(f"scgrpo_verl.{alias.name}" for alias in node.names)
             else:

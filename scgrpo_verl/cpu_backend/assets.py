@@ -33,6 +33,7 @@ ASSETS_VERSION = 2
 
 TASKS = ("math", "parity")
 PARITY_SOURCE = "tiny_parity"
+DIGIT_SOURCE = "tiny_find_digit"  # the learning task (scgrpo_verl.cpu_backend.learning)
 """``data_source`` of the parity task (graded by :func:`scgrpo_verl.cpu_backend.reward.compute_score`)."""
 
 CHANCE_LEVELS = {PARITY_SOURCE: 0.5}

@@ -35,10 +35,8 @@ import string
 import sys
 from pathlib import Path
 
-from .assets import AssetPaths, build_model, build_tokenizer, write_parquet
-
-DIGIT_SOURCE = "tiny_find_digit"
-"""``data_source`` of the task (graded by :func:`scgrpo_verl.cpu_backend.reward.compute_score`)."""
+from .assets import DIGIT_SOURCE, AssetPaths, build_model, build_tokenizer, write_parquet  # noqa: F401 (DIGIT_SOURCE:
+# the task's data_source, graded by scgrpo_verl.cpu_backend.reward.compute_score; tests read it from here too)
 
 WARM_CORRECT = 0.22
 """Probability that a warm-start student example carries the right digit (else a uniformly random digit)."""

@@ -11,7 +11,7 @@ path of SDPO's teacher (verl keeps the extra keys per sample in ``extra_fields["
 Data sources: the miniature's parity task (:data:`scgrpo_verl.cpu_backend.assets.PARITY_SOURCE`) is graded by
 :func:`grade_parity` (score 1 if the first ``0``/``1`` in the response is the answer, else 0; no dense term, so
 "verified" means right), the learning run's find-the-digit task
-(:data:`scgrpo_verl.cpu_backend.learning.DIGIT_SOURCE`) by :func:`grade_digit` (the first digit, likewise); every
+(:data:`scgrpo_verl.cpu_backend.assets.DIGIT_SOURCE`) by :func:`grade_digit` (the first digit, likewise); every
 other source gets verl's default rule reward when verl knows it, else the plugin's
 :func:`scgrpo_verl.rewards.compute_score` (e.g. the canonical ``gsm8k`` that ``data_prep`` writes), plus the dense term.
 """
@@ -51,7 +51,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     from verl.utils.reward_score import default_compute_score
 
     from scgrpo_verl.cpu_backend.assets import PARITY_SOURCE  # absolute: verl loads this file by path
-    from scgrpo_verl.cpu_backend.learning import DIGIT_SOURCE
+    from scgrpo_verl.cpu_backend.assets import DIGIT_SOURCE
 
     if data_source == PARITY_SOURCE:
         return grade_parity(solution_str, ground_truth)
