@@ -122,37 +122,3 @@ def test_estimator_without_divergence_is_verl_grpo(norm):
         return compute_advantage(data, estimator, norm_adv_by_std_in_grpo=norm, config=cfg).batch["advantages"]
 
     assert torch.equal(run("sc_grpo"), run("grpo"))
-
-
-def test_trainer_step_replaces_only_solve_none_groups():
-    """The estimator is GRPO's; the trainer step's advantage hook (the method's) then swaps in the pseudo-advantages
-    of the solve-none group and leaves every other row's GRPO advantage alone."""
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
-
-    from scgrpo_verl import step
-    from scgrpo_verl.methods import get_method
-    from scgrpo_verl.settings import SelfTeacherConfig
-
-    B, T = 8, 4
-    mask = torch.ones(B, T)
-    rewards = torch.zeros(B, T)
-    rewards[4:6, -1] = 1.0  # group "b": n_c = 2 of 4 -> weighted (advantage unchanged here)
-    index = np.array(["a"] * 4 + ["b"] * 4, dtype=object)
-    divergence = torch.rand(B, T, generator=torch.Generator().manual_seed(1))
-    reference = torch.tensor([True] + [False] * 7)
-    route = torch.tensor([ROUTE_SOLVE_NONE] * 4 + [ROUTE_WEIGHTED] * 4)
-    estimated, _ = get_adv_estimator_fn("sc_grpo")(rewards, mask, index, config=_algorithm_config())
-    grpo, _ = compute_grpo_outcome_advantage(rewards, mask, index)
-    torch.testing.assert_close(estimated, grpo)
-    fields = {"sc_divergence": divergence, "sc_route": route, "sc_reference": reference.long()}
-    metrics = {}
-    adv = step.adjust_advantages(get_method("sc_grpo"), SelfTeacherConfig(), estimated, mask, list(index), fields,
-                                 metrics)
-    torch.testing.assert_close(adv[4:], grpo[4:])
-    pseudo, _ = solve_none_pseudo_advantage(divergence, mask, list(index), route, reference)
-    torch.testing.assert_close(adv[:4], pseudo[:4].unsqueeze(-1).expand(4, T))
-    assert adv[0].abs().sum() == 0 and adv[1:4].abs().sum() > 0
-    assert metrics["self_teacher/frac_solve_none"] == 0.5
-    no_solve_none = dict(fields, sc_route=torch.full((B,), ROUTE_WEIGHTED))
-    assert step.adjust_advantages(get_method("sc_grpo"), SelfTeacherConfig(), estimated, mask, list(index),
-                                  no_solve_none, {}) is None
