@@ -359,10 +359,6 @@ def preflight_check(config_name: str, overrides: Sequence[str]) -> Optional[str]
     return actor.policy_loss.loss_mode if teacher is not None and teacher.enable else None
 
 
-def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if math.isfinite(v)}
-
-
 def write_metrics_json(metrics: dict[int, dict[str, float]], path: str) -> str:
     """``{step: {key: value}}`` -> JSON at ``path`` (steps as strings; non-finite values as null)."""
     import json
