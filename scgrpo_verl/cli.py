@@ -87,7 +87,7 @@ def _plugin_options(self_teacher, loss_mode: str) -> list[str]:
     from dataclasses import fields
 
     from scgrpo_verl.methods import get_method
-    from scgrpo_verl.teacher.templates import TemplateConfig
+    from scgrpo_verl.settings import TemplateConfig
 
     method = get_method(loss_mode)
     lines = [f"self_teacher.enable = {str(self_teacher.enable).lower()}"]

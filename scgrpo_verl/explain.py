@@ -282,7 +282,8 @@ def explain(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scgrpo_verl.teacher.templates import chat_prompt_ids
-    from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
+    from scgrpo_verl.settings import TemplateConfig
+    from scgrpo_verl.teacher.templates import sc_grpo_teacher_messages
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()

@@ -1,4 +1,5 @@
-"""The plugin's options as plain dataclasses (no verl import): the one source of truth for their defaults.
+"""The plugin's options as plain dataclasses (no verl import, nothing of the package above ``algos``): the one
+source of truth for their defaults.
 
 The YAML section ``self_teacher`` (``configs/self_teacher_defaults.yaml``) mirrors :class:`SelfTeacherConfig`
 field by field (``tests/test_settings.py`` compares the two). Every option carries its help text in
@@ -11,13 +12,13 @@ options it reads, is a file in :mod:`scgrpo_verl.methods`.
 
 from __future__ import annotations
 
+import string
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Iterator, Mapping, Optional
 
 from scgrpo_verl.algos.divergence import DIVERGENCE_KINDS
 from scgrpo_verl.errors import ConfigError
-from scgrpo_verl.teacher.templates import TemplateConfig
 
 TEACHER_WEIGHTS = ("live", "frozen", "ema", "trust_region")
 SDPO_DISTILLATION_MODES = ("full", "topk", "sampled_token")
@@ -183,10 +184,125 @@ class OPSDConfig:
         _one_of(self.distillation, OPSD_DISTILLATION_MODES, "opsd.distillation")
         _require(self.topk >= 1, "opsd.topk", f"must be >= 1, got {self.topk}")
         _require(self.reference_key.strip() != "", "opsd.reference_key", "must name an extra_info key")
-        from scgrpo_verl.teacher.templates import check_template
-
         check_template("self_teacher.opsd.template", self.template, allowed={"prompt", "reference"},
                        required={"prompt", "reference"})
+
+
+# -- teacher-prompt templates (the messages they build: scgrpo_verl.teacher.templates) -----------------------
+KEY_PREFIX = "self_teacher.teacher.templates"
+
+# field -> (allowed placeholders, required placeholders)
+PLACEHOLDERS: dict[str, tuple[frozenset, frozenset]] = {
+    "sdpo_reprompt": (frozenset({"prompt", "solution", "feedback"}), frozenset({"prompt", "solution", "feedback"})),
+    "sdpo_solution": (frozenset({"solution"}), frozenset({"solution"})),
+    "sdpo_feedback": (frozenset({"feedback"}), frozenset({"feedback"})),
+    "sc_grpo_default_system": (frozenset(), frozenset()),
+    "sc_grpo_guide": (frozenset({"reference"}), frozenset({"reference"})),
+    "sc_grpo_solve_none_guide": (frozenset({"reference"}), frozenset({"reference"})),
+    "sdpg_privileged": (frozenset({"prompt", "privileged"}), frozenset({"prompt", "privileged"})),
+}
+
+
+def _error(name: str, message: str) -> ValueError:
+    return ValueError(f"{KEY_PREFIX}.{name}: {message}")
+
+
+def template_placeholders(key: str, template: str) -> set[str]:
+    """The ``{placeholder}`` names of ``template`` (the option ``key``); positional, attribute, index and
+    format-spec fields are rejected (they would make rendering depend on the inserted text)."""
+    found = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:  # unbalanced braces
+        raise ValueError(f"{key}: malformed template ({exc}); write a literal brace as '{{{{' or '}}}}'") from None
+    for _, field_name, format_spec, conversion in parsed:
+        if field_name is None:
+            continue
+        if field_name == "" or field_name.isdigit():
+            raise ValueError(f"{key}: positional placeholders ('{{}}' / '{{0}}') are not allowed; use named ones")
+        if not field_name.isidentifier():
+            raise ValueError(f"{key}: placeholder {{{field_name}}} must be a plain name (no attribute or index access)")
+        if format_spec or conversion:
+            raise ValueError(f"{key}: placeholder {{{field_name}}} must not carry a conversion or format spec")
+        found.add(field_name)
+    return found
+
+
+def check_template(key: str, template: Any, allowed: set, required: set) -> None:
+    """A ``ValueError`` naming option ``key`` unless ``template`` is a string whose placeholders are among
+    ``allowed`` and include every ``required`` one."""
+    if not isinstance(template, str):
+        raise ValueError(f"{key}: must be a string, got {type(template).__name__}")
+    found = template_placeholders(key, template)
+    unknown = sorted(found - set(allowed))
+    if unknown:
+        allowed_text = ", ".join("{" + p + "}" for p in sorted(allowed)) or "none"
+        raise ValueError(f"{key}: unknown placeholder {{{unknown[0]}}}; allowed: {allowed_text}")
+    missing = sorted(set(required) - found)
+    if missing:
+        raise ValueError(f"{key}: missing required placeholder {{{missing[0]}}}")
+
+
+def _check_template(name: str, template: Any) -> None:
+    allowed, required = PLACEHOLDERS[name]
+    check_template(f"{KEY_PREFIX}.{name}", template, allowed, required)
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """Teacher-prompt templates (``self_teacher.teacher.templates``); see the module docstring."""
+
+    # SDPO: the reprompt replaces the last user message; a closing line asks for a correct solution.
+    sdpo_reprompt: str = (
+        "{prompt}{solution}{feedback}\n\n"
+        "Using the material above, now give a correct solution to the original question."
+    )
+    sdpo_solution: str = "\n\nCorrect solution:\n\n{solution}\n"
+    sdpo_feedback: str = "\n\nFeedback received on your earlier, unsuccessful attempt:\n\n{feedback}\n"
+    # SC-GRPO: base system prompt + guide instruction + the reference trajectory, in the system message.
+    sc_grpo_default_system: str = ""
+    sc_grpo_guide: str = (
+        "A reference solution to the problem you are about to receive is shown below. "
+        "Use it as a guide while you write your own answer.\n\n"
+        "Reference solution:\n{reference}"
+    )
+    sc_grpo_solve_none_guide: Optional[str] = None  # None: solve-none references use sc_grpo_guide
+    # SDPG: the question plus a hint section holding the dataset's reference answer / solution.
+    sdpg_privileged: str = (
+        "{prompt}\n\nHint (the reference answer to this question):\n{privileged}\n\n"
+        "Use the hint to produce a correct, complete solution."
+    )
+    truncation_marker: str = "\n...[truncated]...\n"
+
+    def __post_init__(self):
+        for name in PLACEHOLDERS:
+            value = getattr(self, name)
+            if name == "sc_grpo_solve_none_guide" and value is None:
+                continue
+            _check_template(name, value)
+        if not isinstance(self.truncation_marker, str):
+            raise _error("truncation_marker", f"must be a string, got {type(self.truncation_marker).__name__}")
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> "TemplateConfig":
+        """Build from a mapping (or an OmegaConf ``DictConfig``), naming an unknown option; ``None``: defaults."""
+        if isinstance(values, cls):
+            return values
+        if values is None:
+            return cls()
+        if hasattr(values, "items") and not isinstance(values, Mapping):  # DictConfig without importing omegaconf
+            values = {key: values[key] for key in values}
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{KEY_PREFIX}: expected a mapping of options, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known - {"_target_"})
+        if unknown:
+            raise _error(unknown[0], f"unknown option; known options are {sorted(known)}")
+        return cls(**{key: value for key, value in values.items() if key != "_target_"})
+
+    @property
+    def solve_none_guide(self) -> str:
+        return self.sc_grpo_guide if self.sc_grpo_solve_none_guide is None else self.sc_grpo_solve_none_guide
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from scgrpo_verl.algos.sdpo import sdpo_importance_weight
 from scgrpo_verl.evaluation.data import Question, grade, load_questions, load_reward_fn
 from scgrpo_verl.evaluation.generation import sample_token_ids
 from scgrpo_verl.evaluation.metrics import pass_at_k
+from scgrpo_verl.settings import TemplateConfig
 from scgrpo_verl.teacher.templates import (
-    TemplateConfig,
     chat_prompt_ids,
     chat_template_kwargs,
     normalize_messages,

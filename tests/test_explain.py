@@ -161,7 +161,9 @@ def test_token_credit_values_match_a_naive_computation(model_path, tmp_path):
     """D per token = KL(q || p) from two separate forwards; f(D) = D / (D + c) with c = max(P75(D), c_min)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scgrpo_verl.teacher.templates import TemplateConfig, sc_grpo_teacher_messages
+    from scgrpo_verl.settings import TemplateConfig
+
+    from scgrpo_verl.teacher.templates import sc_grpo_teacher_messages
 
     prompt, rollout, solution = "What is 2 + 2?", "2 + 2 = 5 #### 5", "2 + 2 = 4. #### 4"
     credit = explain(model_path, prompt, rollout, solution, str(tmp_path / "page.html"))

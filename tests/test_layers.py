@@ -8,15 +8,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scgrpo_verl"
 
-#: first component under scgrpo_verl -> layer (0 math, 1 teacher, 2 methods, 3 verl glue, 4 tools)
+#: first component under scgrpo_verl -> layer (0 math, 1 options, 2 teacher, 3 methods, 4 verl glue, 5 tools)
 LAYERS = {
     "algos": 0, "batch_keys": 0, "errors": 0, "rewards": 0, "configs": 0, "cpu_flag": 0,
-    "settings": 1, "teacher": 1,
-    "methods": 2,
-    "step": 3, "losses": 3, "estimator": 3, "config": 3, "trainer": 3, "worker": 3, "plugin": 3, "engine_path": 3,
-    "compose": 3, "startup_checks": 3, "cpu_backend": 3,
-    "evaluation": 3,  # shared by the tools and cpu-run (verl's log parser)
-    "cli": 4, "dry_run": 4, "eval": 4, "report": 4, "ttsd": 4, "explain": 4, "learning_report": 4,
+    "settings": 1,
+    "teacher": 2,
+    "methods": 3,
+    "step": 4, "losses": 4, "estimator": 4, "config": 4, "trainer": 4, "worker": 4, "plugin": 4, "engine_path": 4,
+    "compose": 4, "startup_checks": 4, "cpu_backend": 4,
+    "evaluation": 4,  # shared by the tools and cpu-run (verl's log parser)
+    "cli": 5, "dry_run": 5, "eval": 5, "report": 5, "ttsd": 5, "explain": 5, "learning_report": 5,
 }
 
 

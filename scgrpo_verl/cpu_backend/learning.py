@@ -103,7 +103,7 @@ def warm_start_examples(n: int, seed: int = 0, correct: float = WARM_CORRECT, te
                         ) -> list[tuple[list[dict], str]]:
     """``n`` (chat messages, target digit) pairs: student prompts whose label is right with probability ``correct``
     (else a uniformly random digit), and teacher prompts (``teacher_fraction`` of them), always right."""
-    from scgrpo_verl.teacher.templates import TemplateConfig
+    from scgrpo_verl.settings import TemplateConfig
 
     rng = random.Random(f"warm-{seed}")
     templates = TemplateConfig()

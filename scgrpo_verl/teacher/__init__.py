@@ -3,9 +3,9 @@
 from scgrpo_verl.teacher.contexts import TeacherContexts, build_teacher_contexts
 from scgrpo_verl.teacher.fit import fit_teacher_prompt
 from scgrpo_verl.teacher.rollouts import Rollout, strip_thinking
+from scgrpo_verl.settings import TemplateConfig
 from scgrpo_verl.teacher.templates import (
     chat_prompt_ids,
-    TemplateConfig,
     sc_grpo_teacher_messages,
     sdpg_teacher_messages,
     sdpo_teacher_messages,

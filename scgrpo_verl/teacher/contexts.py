@@ -24,7 +24,7 @@ import torch
 from scgrpo_verl.algos.sc_grpo import group_positions
 from scgrpo_verl.teacher.prompt import PromptBuilder
 from scgrpo_verl.teacher.rollouts import GroupedBatch, Rollout
-from scgrpo_verl.teacher.templates import TemplateConfig
+from scgrpo_verl.settings import SelfTeacherConfig, TeacherConfig, TemplateConfig
 
 
 @dataclass
@@ -70,8 +70,6 @@ class TeacherContexts:
 def _settings(settings):
     """The whole ``self_teacher`` section from a :class:`~scgrpo_verl.settings.SelfTeacherConfig` or from its
     :class:`~scgrpo_verl.settings.TeacherConfig` alone (the other blocks at their defaults)."""
-    from scgrpo_verl.settings import SelfTeacherConfig, TeacherConfig
-
     if isinstance(settings, SelfTeacherConfig):
         return settings
     if isinstance(settings, TeacherConfig):

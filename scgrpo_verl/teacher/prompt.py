@@ -23,7 +23,7 @@ from scgrpo_verl.teacher.splice import (
     splice_demonstration,
     text_chunks,
 )
-from scgrpo_verl.teacher.templates import TemplateConfig
+from scgrpo_verl.settings import TemplateConfig
 
 _CHUNK = 256  # characters: the template's far sides are tokenised in pieces of at least this length
 _SENTINELS = (

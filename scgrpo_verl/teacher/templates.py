@@ -1,4 +1,4 @@
-"""Teacher-prompt templates of the three self-teacher methods (pure python; no verl import).
+"""Teacher-prompt messages of the self-teacher methods, and chat prompt ids (pure python; no verl import).
 
 Every method builds the self-teacher's prompt from the student's chat messages plus extra context;
 the response tokens scored after it are the student's own, unchanged (ALGORITHMS.md).
@@ -30,8 +30,9 @@ SDPG (section 3). The LAST user message's content becomes
 ``teacher.max_reprompt_len`` (``scgrpo_verl.teacher.fit``).
 
 Placeholders are ``{name}`` fields of :meth:`str.format`; a literal brace is written ``{{`` / ``}}``.
-Each template is checked at construction: an unknown placeholder or a missing required one is a
-``ValueError`` naming the option (``self_teacher.teacher.templates.<field>``).
+The options themselves are :class:`scgrpo_verl.settings.TemplateConfig`, checked at construction: an unknown
+placeholder or a missing required one is a ``ValueError`` naming the option
+(``self_teacher.teacher.templates.<field>``).
 
 :func:`chat_prompt_ids` turns any of these message lists (or a student's) into prompt ids, as verl renders a student
 prompt (``apply_chat_template`` with ``data.apply_chat_template_kwargs``, e.g. the thinking switch of
@@ -41,125 +42,9 @@ prompt (``apply_chat_template`` with ``data.apply_chat_template_kwargs``, e.g. t
 
 from __future__ import annotations
 
-import string
-from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Sequence
 
-KEY_PREFIX = "self_teacher.teacher.templates"
-
-# field -> (allowed placeholders, required placeholders)
-PLACEHOLDERS: dict[str, tuple[frozenset, frozenset]] = {
-    "sdpo_reprompt": (frozenset({"prompt", "solution", "feedback"}), frozenset({"prompt", "solution", "feedback"})),
-    "sdpo_solution": (frozenset({"solution"}), frozenset({"solution"})),
-    "sdpo_feedback": (frozenset({"feedback"}), frozenset({"feedback"})),
-    "sc_grpo_default_system": (frozenset(), frozenset()),
-    "sc_grpo_guide": (frozenset({"reference"}), frozenset({"reference"})),
-    "sc_grpo_solve_none_guide": (frozenset({"reference"}), frozenset({"reference"})),
-    "sdpg_privileged": (frozenset({"prompt", "privileged"}), frozenset({"prompt", "privileged"})),
-}
-
-
-def _error(name: str, message: str) -> ValueError:
-    return ValueError(f"{KEY_PREFIX}.{name}: {message}")
-
-
-def template_placeholders(key: str, template: str) -> set[str]:
-    """The ``{placeholder}`` names of ``template`` (the option ``key``); positional, attribute, index and
-    format-spec fields are rejected (they would make rendering depend on the inserted text)."""
-    found = set()
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:  # unbalanced braces
-        raise ValueError(f"{key}: malformed template ({exc}); write a literal brace as '{{{{' or '}}}}'") from None
-    for _, field_name, format_spec, conversion in parsed:
-        if field_name is None:
-            continue
-        if field_name == "" or field_name.isdigit():
-            raise ValueError(f"{key}: positional placeholders ('{{}}' / '{{0}}') are not allowed; use named ones")
-        if not field_name.isidentifier():
-            raise ValueError(f"{key}: placeholder {{{field_name}}} must be a plain name (no attribute or index access)")
-        if format_spec or conversion:
-            raise ValueError(f"{key}: placeholder {{{field_name}}} must not carry a conversion or format spec")
-        found.add(field_name)
-    return found
-
-
-def check_template(key: str, template: Any, allowed: set, required: set) -> None:
-    """A ``ValueError`` naming option ``key`` unless ``template`` is a string whose placeholders are among
-    ``allowed`` and include every ``required`` one."""
-    if not isinstance(template, str):
-        raise ValueError(f"{key}: must be a string, got {type(template).__name__}")
-    found = template_placeholders(key, template)
-    unknown = sorted(found - set(allowed))
-    if unknown:
-        allowed_text = ", ".join("{" + p + "}" for p in sorted(allowed)) or "none"
-        raise ValueError(f"{key}: unknown placeholder {{{unknown[0]}}}; allowed: {allowed_text}")
-    missing = sorted(set(required) - found)
-    if missing:
-        raise ValueError(f"{key}: missing required placeholder {{{missing[0]}}}")
-
-
-def _check_template(name: str, template: Any) -> None:
-    allowed, required = PLACEHOLDERS[name]
-    check_template(f"{KEY_PREFIX}.{name}", template, allowed, required)
-
-
-@dataclass(frozen=True)
-class TemplateConfig:
-    """Teacher-prompt templates (``self_teacher.teacher.templates``); see the module docstring."""
-
-    # SDPO: the reprompt replaces the last user message; a closing line asks for a correct solution.
-    sdpo_reprompt: str = (
-        "{prompt}{solution}{feedback}\n\n"
-        "Using the material above, now give a correct solution to the original question."
-    )
-    sdpo_solution: str = "\n\nCorrect solution:\n\n{solution}\n"
-    sdpo_feedback: str = "\n\nFeedback received on your earlier, unsuccessful attempt:\n\n{feedback}\n"
-    # SC-GRPO: base system prompt + guide instruction + the reference trajectory, in the system message.
-    sc_grpo_default_system: str = ""
-    sc_grpo_guide: str = (
-        "A reference solution to the problem you are about to receive is shown below. "
-        "Use it as a guide while you write your own answer.\n\n"
-        "Reference solution:\n{reference}"
-    )
-    sc_grpo_solve_none_guide: Optional[str] = None  # None: solve-none references use sc_grpo_guide
-    # SDPG: the question plus a hint section holding the dataset's reference answer / solution.
-    sdpg_privileged: str = (
-        "{prompt}\n\nHint (the reference answer to this question):\n{privileged}\n\n"
-        "Use the hint to produce a correct, complete solution."
-    )
-    truncation_marker: str = "\n...[truncated]...\n"
-
-    def __post_init__(self):
-        for name in PLACEHOLDERS:
-            value = getattr(self, name)
-            if name == "sc_grpo_solve_none_guide" and value is None:
-                continue
-            _check_template(name, value)
-        if not isinstance(self.truncation_marker, str):
-            raise _error("truncation_marker", f"must be a string, got {type(self.truncation_marker).__name__}")
-
-    @classmethod
-    def from_mapping(cls, values: Any) -> "TemplateConfig":
-        """Build from a mapping (or an OmegaConf ``DictConfig``), naming an unknown option; ``None``: defaults."""
-        if isinstance(values, cls):
-            return values
-        if values is None:
-            return cls()
-        if hasattr(values, "items") and not isinstance(values, Mapping):  # DictConfig without importing omegaconf
-            values = {key: values[key] for key in values}
-        if not isinstance(values, Mapping):
-            raise ValueError(f"{KEY_PREFIX}: expected a mapping of options, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known - {"_target_"})
-        if unknown:
-            raise _error(unknown[0], f"unknown option; known options are {sorted(known)}")
-        return cls(**{key: value for key, value in values.items() if key != "_target_"})
-
-    @property
-    def solve_none_guide(self) -> str:
-        return self.sc_grpo_guide if self.sc_grpo_solve_none_guide is None else self.sc_grpo_solve_none_guide
-
+from scgrpo_verl.settings import TemplateConfig
 
 # -- message builders (shared by scgrpo_verl.teacher.plans and scgrpo_verl.explain) ----------------------
 def normalize_messages(messages: Any) -> list[dict]:

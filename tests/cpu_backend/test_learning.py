@@ -138,7 +138,8 @@ def _fixed_set(tokenizer, n=16, seed=7, wrong=True):
     import random
 
     from scgrpo_verl.teacher.templates import chat_prompt_ids
-    from scgrpo_verl.teacher.templates import TemplateConfig, sdpo_teacher_messages
+    from scgrpo_verl.settings import TemplateConfig
+    from scgrpo_verl.teacher.templates import sdpo_teacher_messages
 
     rng = random.Random(seed)
     prompts, responses, teacher_prompts = [], [], []
@@ -236,7 +237,8 @@ def test_sdpg_opd_term_falls_on_a_fixed_set(assets):
                           "self_teacher.sdpg.decay_steps=0")
     prompts, responses, _ = _fixed_set(tokenizer, wrong=False)
     from scgrpo_verl.teacher.templates import chat_prompt_ids
-    from scgrpo_verl.teacher.templates import TemplateConfig, sdpg_teacher_messages
+    from scgrpo_verl.settings import TemplateConfig
+    from scgrpo_verl.teacher.templates import sdpg_teacher_messages
 
     hint_prompts = []
     for p, r in zip(prompts, responses):

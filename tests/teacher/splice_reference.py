@@ -7,8 +7,8 @@ from conftest import LONG, QUESTION
 
 from scgrpo_verl.teacher import Rollout, strip_thinking
 from scgrpo_verl.teacher.fit import fit_teacher_prompt
+from scgrpo_verl.settings import TemplateConfig
 from scgrpo_verl.teacher.templates import (
-    TemplateConfig,
     sc_grpo_teacher_messages,
     sdpg_teacher_messages,
     sdpo_teacher_messages,

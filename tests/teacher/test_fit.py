@@ -2,7 +2,9 @@
 
 from conftest import HEADER, LONG, QUESTION, build_contexts as build, decode, make
 
-from scgrpo_verl.teacher.templates import TemplateConfig, chat_prompt_ids, sdpg_teacher_messages
+from scgrpo_verl.settings import TemplateConfig
+
+from scgrpo_verl.teacher.templates import chat_prompt_ids, sdpg_teacher_messages
 
 
 def test_long_demonstration_is_shortened_keeping_question_instruction_header(tok):

@@ -10,7 +10,7 @@ from scgrpo_verl.algos.sc_grpo import ROUTE_PLAIN, ROUTE_SOLVE_NONE, ROUTE_WEIGH
 from scgrpo_verl.methods import get_method
 from scgrpo_verl.settings import TeacherConfig
 from scgrpo_verl.teacher import build_teacher_contexts
-from scgrpo_verl.teacher.templates import TemplateConfig
+from scgrpo_verl.settings import TemplateConfig
 
 
 # -- SDPO ------------------------------------------------------------------------------------------------

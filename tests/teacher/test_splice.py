@@ -12,7 +12,7 @@ from scgrpo_verl.methods import get_method
 from scgrpo_verl.cpu_backend.realistic_text import KINDS, build_realistic_tokenizer, response_text
 from scgrpo_verl.teacher import Rollout, build_teacher_contexts
 from scgrpo_verl.teacher.splice import byte_level_tables
-from scgrpo_verl.teacher.templates import TemplateConfig
+from scgrpo_verl.settings import TemplateConfig
 
 
 CONFIGS = [

@@ -4,13 +4,12 @@ messages written out by hand."""
 import pytest
 from conftest import QUESTION, build_contexts as build, decode, make
 
+from scgrpo_verl.settings import TemplateConfig, template_placeholders
 from scgrpo_verl.teacher.templates import (
-    TemplateConfig,
     normalize_messages,
     sc_grpo_teacher_messages,
     sdpg_teacher_messages,
     sdpo_teacher_messages,
-    template_placeholders,
 )
 
 
