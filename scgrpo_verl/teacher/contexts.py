@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from scgrpo_verl.algos.sc_grpo import group_positions
+from scgrpo_verl.settings import SelfTeacherConfig, TeacherConfig, TemplateConfig
 from scgrpo_verl.teacher.prompt import PromptBuilder
 from scgrpo_verl.teacher.rollouts import GroupedBatch, Rollout
-from scgrpo_verl.settings import SelfTeacherConfig, TeacherConfig, TemplateConfig
 
 
 @dataclass
