@@ -301,7 +301,8 @@ def dry_run(
         state = {}
         if runs_in == LOG_PROB_PASS:  # steps 2-3: D from verl's log-prob pass, the teacher forward before the student's
             pieces, _ = sc_grpo_divergence(model, prompt_ids, contexts.teacher_prompt_ids, response_ids, temperature,
-                                           chunk_mib=settings.teacher.divergence_chunk_mib, teacher_fn=teacher_fn)
+                                           chunk_mib=settings.teacher.divergence_chunk_mib, teacher_fn=teacher_fn,
+                                           loss_mode=loss_mode)
             kept = step.keep_log_prob_pass(method, settings, pieces, contexts, report.metrics)
             fields.update(kept.fields)
             state = kept.update_options

@@ -160,10 +160,11 @@ def sc_grpo_divergence(
     trust_region_mix: float = 0.05,
     chunk_mib: Optional[float] = None,
     teacher_fn=None,
+    loss_mode: str = "sc_grpo",
 ) -> tuple[list[torch.Tensor], dict]:
-    """SC-GRPO's D = KL(q || p) per response token, computed as the workers compute it: verl's log-prob pass
-    with the teacher forward before each micro-batch's student forward (rows whose teacher prompt is None get no
-    teacher, D = 0).
+    """SC-GRPO's D = KL(q || p) per response token (the D of ``loss_mode``'s log-prob pass), computed as the workers
+    compute it: verl's log-prob pass with the teacher forward before each micro-batch's student forward (rows whose
+    teacher prompt is None get no teacher, D = 0).
 
     ``teacher_fn`` replaces the teacher forward (e.g. a timed one); by default the teacher is ``model``
     (live), ``teacher_model`` (frozen / EMA) or the trust-region mix with ``frozen_model``.
@@ -183,7 +184,7 @@ def sc_grpo_divergence(
                 TEACHER_MASK_KEY: torch.tensor(has_teacher, dtype=torch.float32)},
         temperature=temperature,
     )
-    config = SimpleNamespace(policy_loss=SimpleNamespace(self_teacher=SelfTeacherConfig()))
+    config = SimpleNamespace(policy_loss=SimpleNamespace(loss_mode=loss_mode, self_teacher=SelfTeacherConfig()))
     if teacher_fn is None:
         teacher_fn = stand_in_teacher(model, teacher_model, frozen_model, trust_region_mix)
 

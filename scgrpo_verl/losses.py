@@ -38,7 +38,6 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from scgrpo_verl.batch_keys import DIVERGENCE_KEY, GLOBAL_STEPS_KEY, TEACHER_MASK_KEY
 from scgrpo_verl.methods import LossInputs, get_method, is_method, method_names
-from scgrpo_verl.methods.sc_grpo import DIVERGENCE_KIND as SC_GRPO_KIND
 from scgrpo_verl.teacher.engine_forward import response_token_rows
 
 
@@ -80,16 +79,17 @@ def agg_token_weights(loss_mask: torch.Tensor, loss_agg_mode: str, **global_info
 
 def self_teacher_log_prob_pass(config, model_output: Optional[dict] = None, data: Optional[TensorDict] = None,
                                dp_group=None, self_teacher=None):
-    """The loss of verl's old-log-prob pass when it also runs SC-GRPO's teacher: no loss, and D = KL(q || p) per
-    token (ALGORITHMS.md section 1) added to ``model_output`` as ``DIVERGENCE_KEY``, nested (B, j) over the input
-    tokens like verl's log-probs (at the positions predicting the response tokens, 0 elsewhere)."""
+    """The loss of verl's old-log-prob pass when it also runs the method's teacher (a ``LOG_PROB_PASS`` method): no
+    loss, and the method's D per token (SC-GRPO: KL(q || p), ALGORITHMS.md section 1) added to ``model_output`` as
+    ``DIVERGENCE_KEY``, nested (B, j) over the input tokens like verl's log-probs (at the positions predicting the
+    response tokens, 0 elsewhere)."""
     if self_teacher is None:
         raise ValueError("the self-teacher log-prob pass needs the micro-batch's teacher (SelfTeacherWorker runs it)")
     teacher = self_teacher
     response_mask = _padded(data, "response_mask")
     ones = torch.ones(response_mask.shape, dtype=torch.float32, device=response_mask.device)
     with torch.no_grad():
-        _, divergence = teacher.divergence(ones, SC_GRPO_KIND)
+        _, divergence = teacher.divergence(ones, get_method(config.policy_loss.loss_mode).log_prob_divergence)
     input_lengths = data["input_ids"].offsets().diff().cpu()
     response_lengths = data["responses"].offsets().diff().cpu()
     flat = torch.zeros(int(input_lengths.sum()), dtype=torch.float32, device=divergence.device)

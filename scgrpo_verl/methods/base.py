@@ -134,6 +134,8 @@ class SelfTeacherMethod:
     template_fields: tuple = ()
     #: the loss term's metric name (``self_teacher/<loss_metric>``), for docs and the dry-run
     loss_metric: Optional[str] = None
+    #: ``LOG_PROB_PASS`` methods: the divergence D per token the log-prob pass returns (a ``DIVERGENCE_KINDS`` name)
+    log_prob_divergence: Optional[str] = None
 
     # -- configuration ------------------------------------------------------------------------------------
     def method_options(self, settings) -> Any:

@@ -36,6 +36,7 @@ DIVERGENCE_KIND = "forward_kl"
 class SCGRPO(SelfTeacherMethod):
     options = "sc_grpo"
     adv_estimator = "sc_grpo"
+    log_prob_divergence = DIVERGENCE_KIND
     template_fields = ("sc_grpo_default_system", "sc_grpo_guide", "sc_grpo_solve_none_guide")
 
     def check(self, settings) -> None:
