@@ -62,11 +62,6 @@ def _padded(data: TensorDict, key: str, fill: float = 0.0) -> torch.Tensor:
     return value.to_padded_tensor(fill) if getattr(value, "is_nested", False) else value
 
 
-def divergence_chunk_bytes(st) -> Optional[int]:
-    """``self_teacher.teacher.divergence_chunk_mib`` in bytes (None: the device's budget)."""
-    return st.teacher.divergence_chunk_bytes
-
-
 def agg_token_weights(loss_mask: torch.Tensor, loss_agg_mode: str, **global_info) -> torch.Tensor:
     """The detached coefficient of every token in verl's ``agg_loss`` (linear in ``loss_mat``), (B, T):
     agg_loss(X) = sum_t c_t X_t, read off as its gradient at X = 0."""

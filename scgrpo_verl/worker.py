@@ -36,7 +36,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from scgrpo_verl.batch_keys import PASS_OPTION, TEACHER_MASK_KEY, TEACHER_ROWS_KEY, TEACHER_TOKENS_KEY
-from scgrpo_verl.losses import divergence_chunk_bytes, self_teacher_log_prob_pass, self_teacher_loss
+from scgrpo_verl.losses import self_teacher_log_prob_pass, self_teacher_loss
 from scgrpo_verl.teacher.engine_forward import (
     count_teacher_tokens,
     dp_all_reduce_sum,
@@ -150,7 +150,8 @@ class SelfTeacherWorker(ActorRolloutRefWorker):
             if not self._teacher_in_pass or loss_function is None:
                 return forward_step(micro_batch, loss_function, forward_only)
             micro_batch = micro_batch.to(self._actor_device())
-            chunk = divergence_chunk_bytes(self._loss_config.policy_loss.self_teacher) if self._loss_config else None
+            settings = self._loss_config.policy_loss.self_teacher if self._loss_config else None
+            chunk = settings.teacher.divergence_chunk_bytes if settings is not None else None
             return forward_step_with_teacher(forward_step, engine.module, micro_batch, loss_function, forward_only,
                                              self.micro_batch_teacher, chunk)
 
