@@ -138,9 +138,6 @@ class SelfTeacherMethod:
     log_prob_divergence: Optional[str] = None
 
     # -- configuration ------------------------------------------------------------------------------------
-    def method_options(self, settings) -> Any:
-        return None if self.options is None else getattr(settings, self.options)
-
     def check(self, settings) -> None:
         """Cross-option checks of the method (a ``ConfigError`` naming the key)."""
 
