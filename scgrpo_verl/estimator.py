@@ -28,14 +28,8 @@ def grpo_outcome_advantage(
     from the ``algorithm`` config as verl's ``grpo`` does."""
     if config is not None:
         norm_adv_by_std_in_grpo = config.get("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
-    return compute_grpo_outcome_advantage(
-        token_level_rewards=token_level_rewards,
-        response_mask=response_mask,
-        index=index,
-        epsilon=epsilon,
-        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
-        config=config,
-    )
+    return compute_grpo_outcome_advantage(token_level_rewards, response_mask, index, epsilon,
+                                          norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config)
 
 
 def register_estimators() -> None:
