@@ -45,7 +45,7 @@ EXTRAS_REQUIRE = {
 setup(
     name="scgrpo_verl",
     version="0.1.0",
-    description="SC-GRPO, SDPO and SDPG self-teacher credit assignment as a plugin for verl",
+    description="SC-GRPO, SDPO, SDPG and OPSD self-teacher credit assignment as a plugin for verl",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

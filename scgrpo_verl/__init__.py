@@ -1,4 +1,4 @@
-"""scgrpo_verl: SC-GRPO, SDPO and SDPG self-teacher methods as a plugin for stock verl.
+"""scgrpo_verl: SC-GRPO, SDPO, SDPG and OPSD self-teacher methods as a plugin for stock verl.
 
 ``scgrpo_verl.algos`` holds the papers' math as plain torch functions (no verl import).
 ``scgrpo_verl.plugin`` registers the estimator and losses with verl; verl imports it

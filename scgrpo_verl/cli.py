@@ -28,7 +28,7 @@ import warnings
 from scgrpo_verl.errors import EXIT_USER_ERROR, UserError, debug_requested, one_line
 
 DESCRIPTION = """\
-SC-GRPO, SDPO and SDPG for verl: check a config, try it on a CPU, explain a rollout's token credit.
+SC-GRPO, SDPO, SDPG and OPSD for verl: check a config, try it on a CPU, explain a rollout's token credit.
 
 Add --debug (or set HYDRA_FULL_ERROR=1) to any command for full tracebacks.
 Training itself runs with verl's own launcher:
