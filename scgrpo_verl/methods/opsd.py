@@ -18,7 +18,7 @@ from scgrpo_verl.errors import ConfigError
 from scgrpo_verl.methods.base import LossInputs, SelfTeacherMethod, register_method
 from scgrpo_verl.settings import OPSD_TEACHER_WEIGHTS
 from scgrpo_verl.teacher.plans import BatchPlan, privileged_plans, refuse_routes
-from scgrpo_verl.teacher.templates import normalize_messages, replace_last_user_message
+from scgrpo_verl.teacher.templates import replace_last_user_message
 
 
 #: which data_prep sets keep a worked solution (said in the errors about a missing one)
@@ -78,5 +78,4 @@ class OPSD(SelfTeacherMethod):
 def reference_template(prompt, pieces, templates, template: str):
     """(student prompt, piece texts, templates) -> teacher messages: the last user message becomes ``template``
     with the question as ``{prompt}`` and the reference solution as ``{reference}``."""
-    return replace_last_user_message(normalize_messages(prompt),
-                                     lambda content: template.format(prompt=content, reference=pieces[0]))
+    return replace_last_user_message(prompt, lambda question: template.format(prompt=question, reference=pieces[0]))

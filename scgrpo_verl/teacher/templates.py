@@ -110,22 +110,17 @@ def sdpo_teacher_messages(
     messages: Sequence[Mapping], solution: Optional[str], feedback: Optional[str], templates: TemplateConfig
 ) -> list[dict]:
     """SDPO teacher messages: the last user message becomes the reprompt (solution and/or feedback sections)."""
-    messages = normalize_messages(messages)
-    index = _last_user_index(messages)
-    content = templates.sdpo_reprompt.format(
-        prompt=messages[index]["content"],
+    return replace_last_user_message(messages, lambda question: templates.sdpo_reprompt.format(
+        prompt=question,
         solution=templates.sdpo_solution.format(solution=solution) if solution is not None else "",
         feedback=templates.sdpo_feedback.format(feedback=feedback) if feedback is not None else "",
-    )
-    return _replace_content(messages, index, content)
+    ))
 
 
 def sdpg_teacher_messages(messages: Sequence[Mapping], privileged: str, templates: TemplateConfig) -> list[dict]:
     """SDPG teacher messages: the last user message becomes the question plus the hint section."""
-    messages = normalize_messages(messages)
-    index = _last_user_index(messages)
-    content = templates.sdpg_privileged.format(prompt=messages[index]["content"], privileged=privileged)
-    return _replace_content(messages, index, content)
+    return replace_last_user_message(
+        messages, lambda question: templates.sdpg_privileged.format(prompt=question, privileged=privileged))
 
 
 # -- chat prompt ids (shared by the teacher contexts, scgrpo_verl.eval and scgrpo_verl.ttsd) -------------------
